@@ -1,0 +1,32 @@
+# LPMOS — see README.md. `make run` and `make test` are the two commands that matter.
+GO      ?= go
+BIN     := bin
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build run test test-short bench start-etcd clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd
+
+# The whole system on one host: control plane + appliance dc1 on the appliance's embedded etcd.
+run: build
+	./scripts/run.sh
+
+# Standalone etcd (embedded etcd v3.6 in a small binary) for the multi-process setup.
+start-etcd: build
+	$(BIN)/lpmos-etcd --data-dir=run/etcd
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./store/...
+
+clean:
+	rm -rf $(BIN) build run
