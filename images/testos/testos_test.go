@@ -1,0 +1,104 @@
+package testos
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBoot builds the image and boots one copy of it per firmware, one VM at a time
+// (2 shared cores, TCG).
+func TestBoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: -short: the test OS boots take ~40 s under TCG")
+	}
+	start := time.Now()
+	img := Build(t)
+	t.Logf("build-testos.sh: %v", time.Since(start).Round(time.Millisecond))
+	checkOutputs(t, img)
+
+	for _, tc := range []struct {
+		fw     Firmware
+		loader string
+	}{{BIOS, "syslinux"}, {UEFI, "systemd-boot"}} {
+		t.Run(string(tc.fw), func(t *testing.T) {
+			res := Boot(t, BootConfig{Disk: CopyImage(t, img), Firmware: tc.fw, Timeout: 100 * time.Second})
+			t.Logf("%s boot to marker: %v", tc.fw, res.Elapsed.Round(time.Millisecond))
+			t.Logf("%s", res.Line)
+			for _, want := range []string{"kernel=", "lpmos.loader=" + tc.loader, "lpmos.disk=PARTUUID=4c504d4f-01"} {
+				if !strings.Contains(res.Line, want) {
+					t.Errorf("marker line lacks %q: %q", want, res.Line)
+				}
+			}
+		})
+	}
+}
+
+// checkOutputs: the sidecar checksum matches and every compressed variant exists and is
+// smaller than the raw image.
+func checkOutputs(t *testing.T, img string) {
+	t.Helper()
+	raw, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(raw)
+	side, err := os.ReadFile(img + ".sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(string(side)); len(f) == 0 || f[0] != hex.EncodeToString(sum[:]) {
+		t.Errorf("%s.sha256 = %q, image hashes to %x", img, side, sum)
+	}
+	t.Logf("%s: %d bytes", filepath.Base(img), len(raw))
+	for _, ext := range []string{".zst", ".gz", ".xz"} {
+		fi, err := os.Stat(img + ext)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d bytes", filepath.Base(img)+ext, fi.Size())
+		if fi.Size() >= int64(len(raw)) {
+			t.Errorf("%s is not smaller than the raw image", ext)
+		}
+	}
+}
+
+func TestWaitForMarker(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "serial.log")
+	exited := make(chan struct{})
+
+	// The line appears only once it is complete.
+	if err := os.WriteFile(log, []byte("kernel noise\r\n"+Marker+" kernel=6.1 firmware=bios"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := findMarker(log); ok {
+		t.Fatal("partial marker line accepted")
+	}
+	go func() {
+		f, _ := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)
+		_, _ = f.WriteString(" cmdline=\"x\"\r\n[ 1.0] reboot: Power down\r\n")
+		_ = f.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	line, err := WaitForMarker(ctx, log, exited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Marker + " kernel=6.1 firmware=bios cmdline=\"x\""; line != want {
+		t.Fatalf("line = %q, want %q", line, want)
+	}
+
+	// QEMU exiting without the marker ends the wait at once, not at the deadline.
+	empty := filepath.Join(dir, "empty.log")
+	close(exited)
+	if _, err := WaitForMarker(ctx, empty, exited); err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("err = %v, want QEMU exited", err)
+	}
+}
