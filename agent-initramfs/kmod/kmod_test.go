@@ -181,6 +181,7 @@ type fakeSys struct {
 	t      *testing.T
 	root   string
 	loaded []string
+	params map[string]string
 }
 
 func (f *fakeSys) device(bus, name, modalias string) string {
@@ -197,9 +198,13 @@ func (f *fakeSys) bind(dev, driver string) {
 
 // insert plays the kernel: virtio_pci binds the virtio PCI functions and creates the
 // virtio bus devices behind them; virtio_net and virtio_rng bind theirs.
-func (f *fakeSys) insert(path string) error {
+func (f *fakeSys) insert(path, params string) error {
 	name := Normalize(filepath.Base(path))
 	f.loaded = append(f.loaded, name)
+	if f.params == nil {
+		f.params = map[string]string{}
+	}
+	f.params[name] = params
 	if err := os.MkdirAll(filepath.Join(f.root, "module", name), 0o755); err != nil {
 		return err
 	}
@@ -234,6 +239,7 @@ func TestLoadForDevices(t *testing.T) {
 	l := NewLoader(ix, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	l.SysRoot = sys.root
 	l.Insert = sys.insert
+	l.Params = map[string]string{"virtio_net": "napi_tx=1"}
 	rep, err := l.LoadForDevices(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -252,6 +258,9 @@ func TestLoadForDevices(t *testing.T) {
 	if len(rep.Failed) != 0 {
 		t.Errorf("failed: %v", rep.Failed)
 	}
+	if sys.params["virtio_net"] != "napi_tx=1" || sys.params["virtio"] != "" {
+		t.Errorf("params passed: %v", sys.params)
+	}
 
 	// A second explicit load of something already done is a no-op.
 	if err := l.Load("virtio-rng"); err != nil || len(sys.loaded) != len(want) {
@@ -268,7 +277,7 @@ func TestLoadFailureIsReported(t *testing.T) {
 	sys.device("pci", "0000:00:02.0", "pci:v00008086d0000100Esv00008086sd00001000bc02sc00i00")
 	l := NewLoader(ix, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	l.SysRoot = sys.root
-	l.Insert = func(string) error { return os.ErrPermission }
+	l.Insert = func(string, string) error { return os.ErrPermission }
 	rep, err := l.LoadForDevices(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -19,10 +19,13 @@ type Loader struct {
 	Log     *slog.Logger
 	SysRoot string // "/sys"; tests point it at a fake tree
 
-	// Insert loads one module file into the kernel. Nil means finit_module(2) for plain
-	// .ko files and init_module(2) on the decompressed image otherwise. An error
-	// wrapping unix.EEXIST counts as success.
-	Insert func(path string) error
+	// Params are module parameters by module name, e.g. {"scsi_mod": "scan=sync"}.
+	Params map[string]string
+
+	// Insert loads one module file into the kernel with its parameters. Nil means
+	// finit_module(2) for plain .ko files and init_module(2) on the decompressed image
+	// otherwise. An error wrapping unix.EEXIST counts as success.
+	Insert func(path, params string) error
 
 	done   map[string]error // outcome per module this loader tried
 	loaded []string
@@ -98,7 +101,7 @@ func (l *Loader) insert(name string) error {
 	if insert == nil {
 		insert = insertModule
 	}
-	if err := insert(p); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := insert(p, l.Params[name]); err != nil && !errors.Is(err, unix.EEXIST) {
 		l.Log.Warn("module load failed", "module", name, "err", err)
 		return fmt.Errorf("load module %s: %w", name, err)
 	}
@@ -108,22 +111,25 @@ func (l *Loader) insert(name string) error {
 }
 
 // insertModule loads a module file into the running kernel.
-func insertModule(path string) error {
+func insertModule(path, params string) error {
 	if strings.HasSuffix(path, ".ko") {
 		f, err := os.Open(path)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		return unix.FinitModule(int(f.Fd()), "", 0)
+		return unix.FinitModule(int(f.Fd()), params, 0)
 	}
 	// Compressed: the kernel may lack in-kernel decompression, so hand it the image.
 	image, err := readModule(path)
 	if err != nil {
 		return err
 	}
-	return unix.InitModule(image, "")
+	return unix.InitModule(image, params)
 }
+
+// Loaded returns the modules this loader inserted, in order.
+func (l *Loader) Loaded() []string { return append([]string(nil), l.loaded...) }
 
 // maxRounds bounds the device scan: loading a bus driver (virtio_pci) creates devices
 // on a new bus (virtio), whose drivers are matched in the next round.

@@ -1,0 +1,59 @@
+package boot
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCmdline(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmdline string
+		want          Settings
+		wantErr       bool
+	}{
+		{
+			name:    "all",
+			cmdline: "BOOT_IMAGE=vmlinuz console=ttyS0 lpmos.url=http://10.0.2.2:8081 lpmos.task=550e8400 BOOTIF=01-52-54-00-AB-cd-01 lpmos.reboot_delay=90\n",
+			want:    Settings{RegionalURL: "http://10.0.2.2:8081", TaskID: "550e8400", MAC: "52:54:00:ab:cd:01", RebootDelay: 90 * time.Second},
+		},
+		{
+			name:    "quoted and duration",
+			cmdline: `lpmos.url="http://appliance:8081/" lpmos.reboot_delay=2m quiet`,
+			want:    Settings{RegionalURL: "http://appliance:8081/", RebootDelay: 2 * time.Minute},
+		},
+		{
+			name:    "no url keeps the delay",
+			cmdline: "console=ttyS0 lpmos.reboot_delay=30s",
+			want:    Settings{RebootDelay: 30 * time.Second},
+			wantErr: true,
+		},
+		{
+			name:    "bad BOOTIF",
+			cmdline: "lpmos.url=http://x BOOTIF=52:54:00:ab:cd:01",
+			want:    Settings{RegionalURL: "http://x"},
+			wantErr: true,
+		},
+		{
+			name:    "bad delay",
+			cmdline: "lpmos.url=http://x lpmos.reboot_delay=soon",
+			want:    Settings{RegionalURL: "http://x"},
+			wantErr: true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseCmdline(strings.NewReader(tc.cmdline))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	if _, err := ParseCmdline(strings.NewReader("quiet")); !errors.Is(err, ErrNoURL) {
+		t.Errorf("missing url: err = %v, want ErrNoURL", err)
+	}
+}
