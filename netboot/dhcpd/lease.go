@@ -1,0 +1,334 @@
+package dhcpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Lease binds an address to a client in full-DHCP mode.
+type Lease struct {
+	MAC      string     `json:"mac"` // lower-case, colon-separated
+	IP       netip.Addr `json:"ip"`
+	Expiry   time.Time  `json:"expiry"`
+	Hostname string     `json:"hostname,omitempty"`
+}
+
+// LeaseStore persists full-DHCP leases across restarts. The server keeps
+// the authoritative index in memory (it is the only writer for its pool) and
+// writes through: Put before an ACK leaves, Delete when a lease is released
+// or reclaimed. The appliance implements it on etcd under a regional key;
+// MemLeases serves tests and appliances without etcd.
+type LeaseStore interface {
+	// Leases returns every stored lease, read once when Serve starts.
+	Leases(ctx context.Context) ([]Lease, error)
+	// Put stores l, replacing any lease for l.IP.
+	Put(ctx context.Context, l Lease) error
+	// Delete removes the lease for ip; deleting a missing lease is not an error.
+	Delete(ctx context.Context, ip netip.Addr) error
+}
+
+// MemLeases is an in-memory LeaseStore. The zero value is ready to use.
+type MemLeases struct {
+	mu sync.Mutex
+	m  map[netip.Addr]Lease
+}
+
+func (s *MemLeases) Leases(ctx context.Context) ([]Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Lease, 0, len(s.m))
+	for _, l := range s.m {
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
+	return out, nil
+}
+
+func (s *MemLeases) Put(ctx context.Context, l Lease) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[netip.Addr]Lease{}
+	}
+	s.m[l.IP] = l
+	return nil
+}
+
+func (s *MemLeases) Delete(ctx context.Context, ip netip.Addr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, ip)
+	return nil
+}
+
+// Pool is the address pool and the options handed out in full-DHCP mode.
+type Pool struct {
+	Start, End netip.Addr // inclusive range (--dhcp-range)
+	Subnet     netip.Prefix
+	Router     netip.Addr   // option 3; zero: none
+	DNS        []netip.Addr // option 6
+	LeaseTime  time.Duration
+}
+
+// ParseRange parses "10.77.0.100,10.77.0.200" (--dhcp-range).
+func ParseRange(s string) (start, end netip.Addr, err error) {
+	a, b, ok := strings.Cut(s, ",")
+	if !ok {
+		a, b, ok = strings.Cut(s, "-")
+	}
+	if !ok {
+		return start, end, fmt.Errorf("dhcp range %q: want START,END", s)
+	}
+	if start, err = netip.ParseAddr(strings.TrimSpace(a)); err != nil {
+		return start, end, fmt.Errorf("dhcp range %q: %w", s, err)
+	}
+	if end, err = netip.ParseAddr(strings.TrimSpace(b)); err != nil {
+		return start, end, fmt.Errorf("dhcp range %q: %w", s, err)
+	}
+	return start, end, nil
+}
+
+func (p *Pool) validate() error {
+	if !p.Start.Is4() || !p.End.Is4() || p.End.Less(p.Start) {
+		return fmt.Errorf("dhcpd: pool range %v-%v is not an IPv4 range", p.Start, p.End)
+	}
+	if !p.Subnet.IsValid() || !p.Subnet.Contains(p.Start) || !p.Subnet.Contains(p.End) {
+		return fmt.Errorf("dhcpd: pool range %v-%v is outside subnet %v", p.Start, p.End, p.Subnet)
+	}
+	if p.LeaseTime <= 0 {
+		p.LeaseTime = time.Hour
+	}
+	return nil
+}
+
+func (p *Pool) contains(ip netip.Addr) bool {
+	return ip.Is4() && !ip.Less(p.Start) && !p.End.Less(ip)
+}
+
+// Errors of the allocator; the server maps them to NAK or silence.
+var (
+	errPoolFull   = errors.New("dhcpd: pool exhausted")
+	errNotOurs    = errors.New("dhcpd: address outside the pool")
+	errHeld       = errors.New("dhcpd: address held by another client")
+	errNoBinding  = errors.New("dhcpd: no offer or lease for this client")
+	offerHold     = 30 * time.Second // RFC 2131 4.3.1: reserve an offered address briefly
+	declineHold   = 10 * time.Minute // RFC 2131 4.3.3: a declined address is in use by someone
+	declinedOwner = "declined"
+)
+
+type binding struct {
+	Lease
+	committed bool // persisted (ACKed) rather than only offered
+}
+
+// leases is the in-memory index; one mutex keeps "never the same address
+// twice" true under concurrent requests.
+type leases struct {
+	mu     sync.Mutex
+	pool   *Pool
+	store  LeaseStore
+	byMAC  map[string]*binding
+	byIP   map[netip.Addr]*binding
+	cursor netip.Addr
+}
+
+func newLeases(p *Pool, st LeaseStore) *leases {
+	return &leases{pool: p, store: st, byMAC: map[string]*binding{}, byIP: map[netip.Addr]*binding{}, cursor: p.Start}
+}
+
+func (ls *leases) load(ctx context.Context) error {
+	all, err := ls.store.Leases(ctx)
+	if err != nil {
+		return fmt.Errorf("dhcpd: load leases: %w", err)
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for _, l := range all {
+		if !ls.pool.contains(l.IP) {
+			continue // pool shrank since; the lease dies with it
+		}
+		if old := ls.byMAC[l.MAC]; old != nil {
+			delete(ls.byIP, old.IP) // a MAC keeps one address: the last stored wins
+		}
+		b := &binding{Lease: l, committed: true}
+		ls.byMAC[l.MAC] = b
+		ls.byIP[l.IP] = b
+	}
+	return nil
+}
+
+func (ls *leases) drop(b *binding) {
+	delete(ls.byIP, b.IP)
+	if ls.byMAC[b.MAC] == b {
+		delete(ls.byMAC, b.MAC)
+	}
+}
+
+// free reports whether ip can go to mac now.
+func (ls *leases) free(ip netip.Addr, mac string, now time.Time) bool {
+	b := ls.byIP[ip]
+	return b == nil || b.MAC == mac || b.Expiry.Before(now)
+}
+
+// offer picks an address for mac: its current binding, else the requested
+// address if free (RFC 2131 4.3.1), else the next never-used address, else
+// the longest-expired lease (reclaimed).
+func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if b := ls.byMAC[mac]; b != nil {
+		if !b.committed {
+			b.Expiry = now.Add(offerHold)
+		}
+		return b.IP, nil
+	}
+	ip, err := ls.pick(ctx, mac, requested, now)
+	if err != nil {
+		return ip, err
+	}
+	b := &binding{Lease: Lease{MAC: mac, IP: ip, Expiry: now.Add(offerHold)}}
+	ls.byMAC[mac] = b
+	ls.byIP[ip] = b
+	return ip, nil
+}
+
+func (ls *leases) pick(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
+	if ls.pool.contains(requested) && ls.byIP[requested] == nil {
+		return requested, nil
+	}
+	// Never-used addresses first, round-robin from the cursor, so a freshly
+	// released address is not handed to someone else at once.
+	for ip, n := ls.cursor, 0; n < poolSize(ls.pool); n++ {
+		if ls.byIP[ip] == nil {
+			ls.cursor = next(ls.pool, ip)
+			return ip, nil
+		}
+		ip = next(ls.pool, ip)
+	}
+	var oldest *binding
+	for _, b := range ls.byIP {
+		if b.Expiry.Before(now) && (oldest == nil || b.Expiry.Before(oldest.Expiry)) {
+			oldest = b
+		}
+	}
+	if oldest == nil {
+		return netip.Addr{}, errPoolFull
+	}
+	if oldest.committed {
+		if err := ls.store.Delete(ctx, oldest.IP); err != nil {
+			return netip.Addr{}, fmt.Errorf("dhcpd: reclaim %v: %w", oldest.IP, err)
+		}
+	}
+	ls.drop(oldest)
+	return oldest.IP, nil
+}
+
+func poolSize(p *Pool) int {
+	s, e := p.Start.As4(), p.End.As4()
+	return int(be32(e)-be32(s)) + 1
+}
+
+func be32(b [4]byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func next(p *Pool, ip netip.Addr) netip.Addr {
+	if ip == p.End {
+		return p.Start
+	}
+	return ip.Next()
+}
+
+// commit turns mac's claim on ip into a lease (REQUEST -> ACK), persisting
+// it first. errHeld: someone else has ip (NAK). errNotOurs: outside the pool.
+func (ls *leases) commit(ctx context.Context, mac string, ip netip.Addr, hostname string, now time.Time) (Lease, error) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if !ls.pool.contains(ip) {
+		return Lease{}, errNotOurs
+	}
+	if !ls.free(ip, mac, now) {
+		return Lease{}, errHeld
+	}
+	if old := ls.byIP[ip]; old != nil && old.MAC != mac {
+		if old.committed { // expired lease of another client: reclaim
+			if err := ls.store.Delete(ctx, ip); err != nil {
+				return Lease{}, fmt.Errorf("dhcpd: reclaim %v: %w", ip, err)
+			}
+		}
+		ls.drop(old)
+	}
+	if old := ls.byMAC[mac]; old != nil && old.IP != ip {
+		// The client moved (INIT-REBOOT elsewhere, or it took another
+		// offer): its old address goes back to the pool.
+		if old.committed {
+			if err := ls.store.Delete(ctx, old.IP); err != nil {
+				return Lease{}, fmt.Errorf("dhcpd: release %v: %w", old.IP, err)
+			}
+		}
+		ls.drop(old)
+	}
+	l := Lease{MAC: mac, IP: ip, Expiry: now.Add(ls.pool.LeaseTime), Hostname: hostname}
+	if err := ls.store.Put(ctx, l); err != nil {
+		return Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, err)
+	}
+	b := &binding{Lease: l, committed: true}
+	ls.byMAC[mac] = b
+	ls.byIP[ip] = b
+	return l, nil
+}
+
+// lookup returns mac's binding, if any.
+func (ls *leases) lookup(mac string) (Lease, bool) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	b := ls.byMAC[mac]
+	if b == nil {
+		return Lease{}, false
+	}
+	return b.Lease, true
+}
+
+// release ends mac's lease on ip (DHCPRELEASE), or its pending offer when
+// it chose another server.
+func (ls *leases) release(ctx context.Context, mac string, ip netip.Addr) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	b := ls.byMAC[mac]
+	if b == nil || (ip.IsValid() && b.IP != ip) {
+		return errNoBinding
+	}
+	if b.committed {
+		if err := ls.store.Delete(ctx, b.IP); err != nil {
+			return fmt.Errorf("dhcpd: release %v: %w", b.IP, err)
+		}
+	}
+	ls.drop(b)
+	return nil
+}
+
+// decline quarantines ip: the client found it in use (ARP), so someone
+// outside our records holds it.
+func (ls *leases) decline(ctx context.Context, mac string, ip netip.Addr, now time.Time) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if b := ls.byMAC[mac]; b != nil && b.IP == ip {
+		if b.committed {
+			if err := ls.store.Delete(ctx, ip); err != nil {
+				return fmt.Errorf("dhcpd: decline %v: %w", ip, err)
+			}
+		}
+		ls.drop(b)
+	}
+	if !ls.pool.contains(ip) || ls.byIP[ip] != nil {
+		return nil
+	}
+	ls.byIP[ip] = &binding{Lease: Lease{MAC: declinedOwner, IP: ip, Expiry: now.Add(declineHold)}}
+	return nil
+}

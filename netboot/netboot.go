@@ -1,0 +1,115 @@
+// Package netboot holds what the boot protocols (netboot/dhcpd, netboot/tftpd,
+// netboot/ipxe) share: the machine a request came from, the plan for it, and
+// the Booter that decides between the two. It knows nothing of etcd or tasks:
+// the appliance implements Booter on top of its store.
+package netboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// Stage says which step of the boot path asked. Booters may log it; most
+// should answer the same way at every stage.
+type Stage string
+
+const (
+	StageFirmware Stage = "firmware" // the NIC's PXE/HTTP-boot ROM, first DHCP
+	StageIPXE     Stage = "ipxe"     // iPXE's own DHCP (user class iPXE)
+	StageScript   Stage = "script"   // iPXE fetching its per-machine script over HTTP
+)
+
+// Firmware kinds, spelled like iPXE's ${platform}.
+const (
+	FirmwareBIOS = "pcbios"
+	FirmwareEFI  = "efi"
+)
+
+// Machine is what the boot protocols know about a client.
+type Machine struct {
+	MAC net.HardwareAddr
+	// Arch is iPXE's ${buildarch} spelling: "i386", "x86_64", "arm64", or ""
+	// when the client did not say (DHCP option 93 absent).
+	Arch string
+	// Firmware is FirmwareBIOS, FirmwareEFI or "" when unknown.
+	Firmware string
+	Stage    Stage
+}
+
+// Plan is what a machine boots. A Plan with LocalDisk set boots the machine's
+// own disk (its task is completed); otherwise Kernel is required.
+type Plan struct {
+	// LocalDisk makes the script hand the machine back to its firmware's next
+	// boot device, so a server left PXE-first does not loop into the installer.
+	LocalDisk bool
+
+	// Kernel and Initrds are names of files the HTTP handler serves
+	// (ipxe.Config.Files) or absolute http(s) URLs.
+	Kernel  string
+	Initrds []string
+
+	// RegionalURL and TaskID go on the kernel command line as lpmos.url= and
+	// lpmos.task= for the agent.
+	RegionalURL string
+	TaskID      string
+	// Args are extra kernel arguments, each "key" or "key=value".
+	Args []string
+}
+
+// A Booter decides what a machine boots.
+//
+// Boot protocols are stateless and clients retry, so Boot is called several
+// times per boot attempt (firmware DHCP on 67 and again on 4011, iPXE's DHCP,
+// the HTTP script request): keep it cheap and idempotent, and do not count
+// calls as boots. A nil Plan with a nil error means "not ours": the DHCP
+// server stays silent (so another server may answer) and the HTTP handler
+// answers 404. An error is logged and treated like silence: a broken store
+// must not make machines boot something unexpected. Boot may be called
+// concurrently.
+type Booter interface {
+	Boot(ctx context.Context, m Machine) (*Plan, error)
+}
+
+// BooterFunc adapts a function to Booter.
+type BooterFunc func(context.Context, Machine) (*Plan, error)
+
+// Boot calls f.
+func (f BooterFunc) Boot(ctx context.Context, m Machine) (*Plan, error) { return f(ctx, m) }
+
+// ErrUnsafeValue is returned for a value that would break out of the line it
+// is written on (iPXE scripts, kernel command lines are line- and
+// space-oriented).
+var ErrUnsafeValue = errors.New("netboot: unsafe value")
+
+// CheckValue refuses control characters (newline, NUL, DEL...) in v. name
+// says which field, for the error.
+func CheckValue(name, v string) error {
+	for i, r := range v {
+		if r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 {
+			return fmt.Errorf("%w: %s has control character %q at byte %d", ErrUnsafeValue, name, r, i)
+		}
+	}
+	return nil
+}
+
+// CheckWord is CheckValue that also refuses spaces and empty values, for
+// values that must stay one word (a kernel argument, a URL).
+func CheckWord(name, v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: %s is empty", ErrUnsafeValue, name)
+	}
+	if strings.ContainsAny(v, " \t") {
+		return fmt.Errorf("%w: %s contains a space", ErrUnsafeValue, name)
+	}
+	return CheckValue(name, v)
+}
+
+// BootIF formats mac the way pxelinux and dracut read it on the kernel
+// command line: "01-" (ARP hardware type 1, Ethernet) then the MAC in
+// lower-case hex with dashes.
+func BootIF(mac net.HardwareAddr) string {
+	return "01-" + strings.ReplaceAll(mac.String(), ":", "-")
+}

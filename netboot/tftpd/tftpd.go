@@ -1,0 +1,138 @@
+// Package tftpd serves the iPXE first stage over TFTP (RFC 1350), read-only,
+// from an fs.FS. Options: blksize (RFC 2348) and tsize (RFC 2349) are
+// negotiated; windowsize (RFC 7440) is not implemented by pin/tftp v3.1.0,
+// so it is left out of the OACK and the client falls back to lock-step, as
+// RFC 2347 allows for any option a server does not support.
+package tftpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/pin/tftp/v3"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Files are served by name, flat (ipxe.Binaries() or ipxe.BinariesDir).
+	Files  fs.FS
+	Logger *slog.Logger
+	// Timeout per retransmission; zero: 2 s. Retries; zero: 5.
+	Timeout time.Duration
+	Retries int
+}
+
+// Server is a read-only TFTP server; run it with Serve.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	srv *tftp.Server
+}
+
+// ErrRefused is the error a refused request gets (sent to the client as a
+// TFTP error).
+var ErrRefused = errors.New("tftpd: refused")
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Files == nil {
+		return nil, errors.New("tftpd: config needs Files")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	// A nil write handler makes pin/tftp answer every WRQ with an error.
+	s.srv = tftp.NewServer(s.read, nil)
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = 5
+	}
+	s.srv.SetTimeout(cfg.Timeout)
+	s.srv.SetRetries(cfg.Retries)
+	return s, nil
+}
+
+// Serve answers on conn (":69") until ctx ends, then waits for running
+// transfers to stop.
+func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			s.srv.Shutdown() // closes conn and waits for transfers
+		case <-done:
+		}
+	}()
+	s.log.Info("TFTP server started", "addr", conn.LocalAddr().String())
+	err := s.srv.Serve(conn)
+	close(done)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tftpd: serve: %w", err)
+	}
+	return nil
+}
+
+// clean refuses any name that could leave the flat set of served files:
+// absolute paths, dot-dot, any separator (Files is one directory).
+func clean(name string) (string, error) {
+	if strings.HasPrefix(name, "/") || strings.HasPrefix(name, `\`) {
+		return "", fmt.Errorf("%w: absolute path %q", ErrRefused, name)
+	}
+	if strings.Contains(name, "..") {
+		return "", fmt.Errorf("%w: parent directory in %q", ErrRefused, name)
+	}
+	if name == "" || strings.ContainsAny(name, `/\`) || !fs.ValidPath(name) {
+		return "", fmt.Errorf("%w: bad file name %q", ErrRefused, name)
+	}
+	return name, nil
+}
+
+func (s *Server) read(filename string, rf io.ReaderFrom) error {
+	start := time.Now()
+	client := ""
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		ra := ot.RemoteAddr()
+		client = ra.String()
+	}
+	log := s.log.With("client", client, "file", filename)
+	name, err := clean(filename)
+	if err != nil {
+		log.Warn("TFTP: request refused", "err", err)
+		return err
+	}
+	f, err := s.cfg.Files.Open(name)
+	if err != nil {
+		log.Warn("TFTP: unknown file", "err", err)
+		return fmt.Errorf("%w: no such file %q", ErrRefused, name)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		log.Warn("TFTP: not a regular file")
+		return fmt.Errorf("%w: no such file %q", ErrRefused, name)
+	}
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		ot.SetSize(st.Size()) // RFC 2349 tsize in the OACK
+	}
+	n, err := rf.ReadFrom(f)
+	d := time.Since(start)
+	if err != nil {
+		log.Warn("TFTP: transfer failed", "bytes", n, "duration", d.Round(time.Millisecond), "err", err)
+		return fmt.Errorf("tftpd: send %s: %w", name, err)
+	}
+	log.Info("TFTP: transfer done", "bytes", n, "duration", d.Round(time.Millisecond))
+	return nil
+}
