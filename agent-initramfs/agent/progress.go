@@ -1,0 +1,52 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"lpmos.dev/lpmos/appliance/regionapi"
+)
+
+// Progress sends progress for one task; Update throttles to about once a second.
+type Progress struct {
+	api    *regionapi.Client
+	mac    string
+	taskID string
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	last time.Time
+}
+
+// Send posts one update now.
+func (p *Progress) Send(ctx context.Context, r regionapi.ProgressRequest) error {
+	r.MACAddress, r.TaskID = p.mac, p.taskID
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return p.api.Progress(sctx, r)
+}
+
+// Update posts r unless an update went out less than a second ago (force overrides).
+// Errors are logged: a lost progress update must not stop an install.
+func (p *Progress) Update(ctx context.Context, r regionapi.ProgressRequest, force bool) {
+	p.mu.Lock()
+	if !force && time.Since(p.last) < time.Second {
+		p.mu.Unlock()
+		return
+	}
+	p.last = time.Now()
+	p.mu.Unlock()
+	if err := p.Send(ctx, r); err != nil {
+		p.log.Warn("progress update failed", "stage", r.Stage, "err", err)
+	}
+}
+
+// Fail reports the task failed with reason.
+func (p *Progress) Fail(ctx context.Context, reason string) {
+	ctx = context.WithoutCancel(ctx)
+	if err := p.Send(ctx, regionapi.ProgressRequest{Stage: "failed", Message: reason}); err != nil {
+		p.log.Error("could not report failure", "reason", reason, "err", err)
+	}
+}

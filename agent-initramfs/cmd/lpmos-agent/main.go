@@ -1,0 +1,49 @@
+// Command lpmos-agent inventories this machine, reports it to its region's appliance,
+// waits for approval and installs the image. On a host: --regional-url and --target.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"lpmos.dev/lpmos/agent-initramfs/agent"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "lpmos-agent: error:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	var cfg agent.Config
+	fs := flag.NewFlagSet("lpmos-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.RegionalURL, "regional-url", "", "regional appliance URL, e.g. http://localhost:8081 (env REGIONAL_CLIENT_URL)")
+	fs.StringVar(&cfg.MAC, "mac", "", "report as this MAC (default: the primary NIC's)")
+	fs.StringVar(&cfg.Target, "target", "", "file (host mode) or block device to install the image into")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 10, "report attempts while no task matches")
+	fs.DurationVar(&cfg.PollInterval, "poll-interval", 5*time.Second, "approval poll interval")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if cfg.RegionalURL == "" {
+		cfg.RegionalURL = getenv("REGIONAL_CLIENT_URL")
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(stderr, nil))
+	return agent.Run(ctx, cfg)
+}

@@ -1,0 +1,153 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
+)
+
+// routes is the appliance's one HTTP server: the regional API and the files agents
+// download. Authentication can wrap this handler later.
+func (a *Appliance) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(a.log, f) }
+	mux.HandleFunc("POST /api/report", h(a.handleReport))
+	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
+	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
+	mux.HandleFunc("GET /api/health", h(a.handleHealth))
+	mux.Handle("GET /images/", http.StripPrefix("/images/", a.images.handler()))
+	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
+		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
+	}))
+	return mux
+}
+
+func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
+	var req regionapi.ReportRequest
+	if err := httpjson.Decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.MACAddress == "" {
+		return &store.ValidationError{Field: "mac_address", Message: "is required"}
+	}
+	mac, err := store.NormalizeMAC(req.MACAddress)
+	if err != nil {
+		return err
+	}
+	if len(req.Hardware) == 0 || req.Hardware[0] != '{' {
+		return &store.ValidationError{Field: "hardware", Message: "is required and must be a JSON object"}
+	}
+	a.log.Info("Received hardware report from agent: " + mac)
+	res, err := a.store.Report(r.Context(), a.cfg.Label, mac, req.Hardware)
+	if err != nil {
+		return err
+	}
+	if !res.Matched {
+		a.log.Info(fmt.Sprintf("Failed to find task for MAC %s: no task found", mac), "unmatched_report", res.Unmatched.ID)
+		return &httpjson.Error{
+			Code:    http.StatusNotFound,
+			Message: fmt.Sprintf("No task found for MAC %s in region %s", mac, a.cfg.Label),
+			Extra:   map[string]any{"retry_after": a.cfg.RetryAfter},
+		}
+	}
+	a.log.Info(fmt.Sprintf("Found matching task %s for MAC %s", res.Task.TaskID, mac))
+	a.log.Info("Hardware report stored for task " + res.Task.TaskID)
+	httpjson.Write(w, http.StatusOK, regionapi.Response{Status: "ok", TaskID: res.Task.TaskID})
+	return nil
+}
+
+func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error {
+	mac, err := store.NormalizeMAC(r.PathValue("mac"))
+	if err != nil {
+		return err
+	}
+	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return httpjson.Errorf(http.StatusNotFound, "No open task for MAC %s in region %s", mac, a.cfg.Label)
+		}
+		return err
+	}
+	resp := regionapi.ApprovalResponse{
+		Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
+		Approved: t.Status == store.StatusApproved || t.Status == store.StatusInstalling,
+		OSType:   t.OSType, OSVersion: t.OSVersion,
+	}
+	if d := t.Disk; d != nil {
+		resp.Disk = &regionapi.DiskHint{Serial: d.Serial, WWN: d.WWN, ByPath: d.ByPath, MinBytes: d.MinBytes, MaxBytes: d.MaxBytes}
+	}
+	if resp.Approved {
+		img, ok := a.images.lookup(t.OSType, t.OSVersion)
+		if ok {
+			img.URL = "http://" + r.Host + "/images/" + img.URL
+			resp.Image = &img
+		} else {
+			resp.Message = fmt.Sprintf("region %s has no image for %s %s (available: %v)", a.cfg.Label, t.OSType, t.OSVersion, a.images.names())
+		}
+	} else {
+		resp.Message = "waiting for approval"
+	}
+	httpjson.Write(w, http.StatusOK, resp)
+	return nil
+}
+
+func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error {
+	var req regionapi.ProgressRequest
+	if err := httpjson.Decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.MACAddress == "" {
+		return &store.ValidationError{Field: "mac_address", Message: "is required"}
+	}
+	if req.TaskID == "" {
+		return &store.ValidationError{Field: "task_id", Message: "is required"}
+	}
+	if req.Stage == "" {
+		return &store.ValidationError{Field: "stage", Message: "is required"}
+	}
+	t, err := a.store.RecordProgress(r.Context(), store.ProgressUpdate{
+		Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
+		Progress: store.Progress{
+			Stage: req.Stage, Percentage: req.Percentage, Message: req.Message,
+			BytesDone: req.BytesDone, BytesTotal: req.BytesTotal, RateBps: req.RateBps, ETASeconds: req.ETASeconds,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	switch t.Status {
+	case store.StatusCompleted:
+		a.log.Info("Task " + t.TaskID + " completed")
+	case store.StatusFailed:
+		a.log.Warn("Task "+t.TaskID+" failed", "reason", t.Error)
+	default:
+		a.log.Debug("Progress", "task", t.TaskID, "stage", req.Stage, "percentage", req.Percentage)
+	}
+	httpjson.Write(w, http.StatusOK, regionapi.Response{Status: "ok", TaskID: t.TaskID})
+	return nil
+}
+
+func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	h := regionapi.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: a.store.Ping(ctx) == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
+	code := http.StatusOK
+	if !h.EtcdReachable {
+		h.Status, code = "degraded", http.StatusServiceUnavailable
+	}
+	httpjson.Write(w, code, h)
+	return nil
+}
+
+func decodeMeta(b []byte) (store.Metadata, error) {
+	var m store.Metadata
+	err := json.Unmarshal(b, &m)
+	return m, err
+}

@@ -1,0 +1,240 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"lpmos.dev/lpmos/appliance/applog"
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/etcdserver"
+)
+
+// Version is the appliance's version, set at build time with -ldflags.
+var Version = "dev"
+
+// Appliance is a running regional appliance.
+type Appliance struct {
+	cfg    Config
+	log    *slog.Logger
+	etcd   *etcdserver.Server // nil with external etcd
+	client *clientv3.Client
+	store  *store.Store
+	hb     *store.Heartbeater
+	ln     net.Listener
+	srv    *http.Server
+	images *imageCatalog
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// Run is the appliance's main: parse flags and env, start, serve until ctx ends.
+func Run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := ParseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	a, err := Start(ctx, cfg, stderr)
+	if err != nil {
+		return err
+	}
+	return a.Wait()
+}
+
+// Start brings the appliance up: etcd (embedded or dialled), the regional API, the task
+// watcher and the heartbeat. It returns once the API listens; Wait blocks until ctx ends
+// and the appliance has shut down (status offline written).
+func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &Appliance{cfg: cfg, log: applog.New(logw, cfg.Label, parseLevel(cfg.LogLevel)), done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			a.closeBackends()
+		}
+	}()
+
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		dir, _ := filepath.Abs(cfg.EtcdDataDir)
+		a.log.Info("Starting embedded etcd", "data_dir", dir, "client_urls", cfg.EtcdListenClientURLs)
+		srv, err := etcdserver.Start(ctx, etcdserver.Config{
+			Name: cfg.Label, DataDir: cfg.EtcdDataDir,
+			ListenClientURLs: cfg.EtcdListenClientURLs, ListenPeerURLs: cfg.EtcdListenPeerURLs,
+		})
+		if err != nil {
+			return nil, err
+		}
+		a.etcd = srv
+		endpoints = srv.Endpoints()
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	a.client, a.store = cli, store.New(cli)
+	pingCtx, cancelPing := context.WithTimeout(ctx, 15*time.Second)
+	err = a.store.Ping(pingCtx)
+	cancelPing()
+	if err != nil {
+		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
+	}
+	a.images = newImageCatalog(cfg.ImagesDir)
+
+	ln, err := net.Listen("tcp", cfg.Addr())
+	if err != nil {
+		return nil, fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
+	}
+	a.ln = ln
+	a.srv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	hb, err := a.store.StartHeartbeat(runCtx, store.Heartbeat{Region: cfg.Label, APIURL: a.URL(), Version: Version}, cfg.HeartbeatTTL, a.log)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	a.hb = hb
+	ok = true
+
+	watchReady := make(chan struct{})
+	go a.run(runCtx, watchReady)
+	<-watchReady
+	a.log.Info("Regional appliance ready", "api", a.URL(), "etcd", endpoints, "embedded_etcd", a.etcd != nil, "version", Version)
+	return a, nil
+}
+
+func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
+	defer close(a.done)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- a.srv.Serve(a.ln) }()
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- a.watch(ctx, watchReady) }()
+
+	var etcdErr <-chan error
+	if a.etcd != nil {
+		etcdErr = a.etcd.Err()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		a.err = fmt.Errorf("regional API: %w", err)
+	case err := <-etcdErr:
+		a.err = fmt.Errorf("embedded etcd: %w", err)
+	}
+	a.cancel()
+	a.log.Info("Shutting down")
+	shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Warn("API shutdown", "err", err)
+	}
+	if err := a.hb.Stop(shCtx); err != nil {
+		a.log.Warn("could not mark region offline", "err", err)
+	} else {
+		a.log.Info("Region marked offline")
+	}
+	<-watchErr
+	a.closeBackends()
+}
+
+func (a *Appliance) closeBackends() {
+	if a.client != nil {
+		a.client.Close()
+	}
+	if a.etcd != nil {
+		a.etcd.Close()
+	}
+}
+
+// Wait blocks until the appliance has stopped and returns why, if not a clean stop.
+func (a *Appliance) Wait() error {
+	<-a.done
+	return a.err
+}
+
+// Stop shuts the appliance down and waits.
+func (a *Appliance) Stop() error {
+	a.cancel()
+	return a.Wait()
+}
+
+// URL is the regional API's base URL as seen from this host.
+func (a *Appliance) URL() string {
+	addr := a.ln.Addr().(*net.TCPAddr)
+	host := a.cfg.APIHost
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+}
+
+// EtcdEndpoints are the endpoints of the embedded etcd (nil with an external one).
+func (a *Appliance) EtcdEndpoints() []string {
+	if a.etcd == nil {
+		return nil
+	}
+	return a.etcd.Endpoints()
+}
+
+// watch logs the region's task lifecycle. Only /os/install/task/{label}/ is watched:
+// other regions' tasks never reach this appliance.
+func (a *Appliance) watch(ctx context.Context, ready chan struct{}) error {
+	once := func() {
+		select {
+		case <-ready:
+		default:
+			close(ready)
+		}
+	}
+	defer once()
+	for ctx.Err() == nil {
+		err := a.store.WatchTasks(ctx, a.cfg.Label, once, a.onTaskEvent)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Warn("task watch ended; restarting", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+func (a *Appliance) onTaskEvent(ev store.TaskEvent) {
+	switch {
+	case ev.Field == "metadata" && ev.Created:
+		t, err := decodeMeta(ev.Value)
+		if err != nil {
+			a.log.Warn("unreadable task metadata", "task", ev.TaskID, "err", err)
+			return
+		}
+		a.log.Info("New task assigned: " + ev.TaskID)
+		a.log.Info(fmt.Sprintf("Task %s ready for PXE boot (target MAC: %s)", ev.TaskID, t.TargetMAC))
+	case ev.Field == "status" && !ev.Deleted:
+		a.log.Info(fmt.Sprintf("Task %s status: %s", ev.TaskID, ev.Value))
+	}
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

@@ -1,0 +1,114 @@
+// Package appliance is the regional appliance: one per datacenter (--label=dc1). It
+// watches its own region's tasks, answers agents on the regional API, heartbeats, and
+// (with no --etcd-endpoints) runs an embedded etcd so one host needs nothing else.
+package appliance
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"lpmos.dev/lpmos/store"
+)
+
+// Config is the appliance's configuration. Flags win over environment variables.
+type Config struct {
+	Label         string
+	APIPort       int
+	APIHost       string // listen host; empty means all interfaces
+	EtcdEndpoints []string
+
+	// Embedded etcd (used when EtcdEndpoints is empty), with etcd's own flag names.
+	EtcdDataDir          string
+	EtcdListenClientURLs string
+	EtcdListenPeerURLs   string
+
+	HeartbeatTTL time.Duration
+	RetryAfter   int // seconds an agent is told to wait after a 404 report
+	ImagesDir    string
+	LogLevel     string
+}
+
+// envFor maps a flag to the environment variable of the v2.1 contract.
+var envFor = map[string]string{
+	"label":          "REGION_LABEL",
+	"api-port":       "API_PORT",
+	"etcd-endpoints": "ETCD_ENDPOINTS",
+}
+
+// ParseConfig reads args (without the program name) and the environment.
+func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	var c Config
+	var endpoints string
+	fs := flag.NewFlagSet("lpmos-appliance", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Label, "label", "", "region label, e.g. dc1: [a-z0-9-]+ (env REGION_LABEL; required)")
+	fs.IntVar(&c.APIPort, "api-port", 8081, "regional API and HTTP boot port (env API_PORT)")
+	fs.StringVar(&c.APIHost, "api-host", "", "address to listen on (default: all interfaces)")
+	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints; empty starts an embedded etcd (env ETCD_ENDPOINTS)")
+	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", "", "embedded etcd data directory (default ./<label>.etcd)")
+	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URLs (a control plane on this host dials these)")
+	fs.StringVar(&c.EtcdListenPeerURLs, "etcd-listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URLs")
+	fs.DurationVar(&c.HeartbeatTTL, "heartbeat-ttl", 30*time.Second, "TTL of the region heartbeat lease")
+	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
+	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	// Environment fills only what no flag set.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, env := range envFor {
+		if v := getenv(env); v != "" && !set[name] {
+			if err := fs.Set(name, v); err != nil {
+				return Config{}, fmt.Errorf("%s=%q: %w", env, v, err)
+			}
+		}
+	}
+	c.EtcdEndpoints = splitList(endpoints)
+	if c.EtcdDataDir == "" {
+		c.EtcdDataDir = c.Label + ".etcd"
+	}
+	return c, c.Validate()
+}
+
+// Validate names the flag that is wrong.
+func (c Config) Validate() error {
+	if c.Label == "" {
+		return errors.New("--label (or REGION_LABEL) is required, e.g. --label=dc1")
+	}
+	if err := store.ValidateRegion(c.Label); err != nil {
+		return fmt.Errorf("--label: %q must match [a-z0-9-]+ (at most 63 characters)", c.Label)
+	}
+	if c.APIPort < 0 || c.APIPort > 65535 {
+		return fmt.Errorf("--api-port: %d is not a port", c.APIPort)
+	}
+	if c.HeartbeatTTL < time.Second {
+		return fmt.Errorf("--heartbeat-ttl: %s is below 1s", c.HeartbeatTTL)
+	}
+	if c.RetryAfter < 1 {
+		return fmt.Errorf("--retry-after: %d must be at least 1", c.RetryAfter)
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Addr is the listen address of the API.
+func (c Config) Addr() string { return c.APIHost + ":" + strconv.Itoa(c.APIPort) }

@@ -1,0 +1,103 @@
+package regionapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Client talks to one appliance's regional API.
+type Client struct {
+	BaseURL string // e.g. http://10.0.0.1:8081
+	HTTP    *http.Client
+}
+
+// StatusError is a non-2xx answer, with the API's JSON body when it had one.
+type StatusError struct {
+	Code int
+	Body Response
+}
+
+func (e *StatusError) Error() string {
+	if e.Body.Message != "" {
+		return fmt.Sprintf("HTTP %d: %s", e.Code, e.Body.Message)
+	}
+	return fmt.Sprintf("HTTP %d", e.Code)
+}
+
+func (c *Client) httpClient() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.httpClient().Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		se := &StatusError{Code: resp.StatusCode}
+		_ = json.Unmarshal(data, &se.Body)
+		return se
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Report posts a hardware report. A 404 (no task yet) comes back as *StatusError with
+// Body.RetryAfter set.
+func (c *Client) Report(ctx context.Context, r ReportRequest) (Response, error) {
+	var out Response
+	err := c.do(ctx, http.MethodPost, "/api/report", r, &out)
+	return out, err
+}
+
+// Approval asks whether mac's task is approved.
+func (c *Client) Approval(ctx context.Context, mac string) (ApprovalResponse, error) {
+	var out ApprovalResponse
+	err := c.do(ctx, http.MethodGet, "/api/approval/"+url.PathEscape(mac), nil, &out)
+	return out, err
+}
+
+// Progress posts install progress.
+func (c *Client) Progress(ctx context.Context, p ProgressRequest) error {
+	return c.do(ctx, http.MethodPost, "/api/progress", p, nil)
+}
+
+// Health reads /api/health.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var out Health
+	err := c.do(ctx, http.MethodGet, "/api/health", nil, &out)
+	return out, err
+}

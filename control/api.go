@@ -1,0 +1,161 @@
+package control
+
+import (
+	"net/http"
+
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(s.log, f) }
+	mux.HandleFunc("POST /api/v1/tasks", h(s.createTask))
+	mux.HandleFunc("GET /api/v1/tasks", h(s.listTasks))
+	mux.HandleFunc("GET /api/v1/tasks/{id}", h(s.getTask))
+	mux.HandleFunc("POST /api/v1/tasks/{id}/approve", h(s.approveTask))
+	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", h(s.cancelTask))
+	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
+	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
+	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))
+	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
+		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
+	}))
+	s.pageRoutes(mux)
+	return mux
+}
+
+func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
+	var req store.NewTask
+	if err := httpjson.Decode(w, r, &req); err != nil {
+		return err
+	}
+	t, err := s.store.CreateTask(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	s.log.Info("task created", "task", t.TaskID, "region", t.RegionID, "mac", t.TargetMAC, "status", t.Status)
+	httpjson.Write(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.ListFilter{Region: q.Get("region"), Status: store.Status(q.Get("status"))}
+	if f.Region != "" {
+		if err := store.ValidateRegion(f.Region); err != nil {
+			return err
+		}
+	}
+	if f.Status != "" && !f.Status.Valid() {
+		return &store.ValidationError{Field: "status", Message: "unknown status " + string(f.Status)}
+	}
+	if m := q.Get("mac"); m != "" {
+		mac, err := store.NormalizeMAC(m)
+		if err != nil {
+			return err
+		}
+		f.MAC = mac
+	}
+	tasks, err := s.store.ListTasks(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	if tasks == nil {
+		tasks = []store.Task{}
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": tasks, "count": len(tasks)})
+	return nil
+}
+
+func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.store.GetTask(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, t)
+	return nil
+}
+
+// actionBody is the optional body of approve/cancel.
+type actionBody struct {
+	By     string `json:"by,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	return httpjson.Decode(w, r, v)
+}
+
+func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
+	var b actionBody
+	if err := decodeOptional(w, r, &b); err != nil {
+		return err
+	}
+	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.By)
+	if err != nil {
+		return err
+	}
+	s.log.Info("task approved", "task", t.TaskID, "region", t.RegionID)
+	httpjson.Write(w, http.StatusOK, t)
+	return nil
+}
+
+func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
+	var b actionBody
+	if err := decodeOptional(w, r, &b); err != nil {
+		return err
+	}
+	t, err := s.store.CancelTask(r.Context(), r.PathValue("id"), b.Reason)
+	if err != nil {
+		return err
+	}
+	s.log.Info("task cancelled", "task", t.TaskID, "region", t.RegionID)
+	httpjson.Write(w, http.StatusOK, t)
+	return nil
+}
+
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	regions, err := s.store.ListRegions(r.Context())
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"regions": regions, "unmatched_alert": s.cfg.UnmatchedAlert})
+	return nil
+}
+
+func (s *Server) listUnmatched(w http.ResponseWriter, r *http.Request) error {
+	region := r.URL.Query().Get("region")
+	if region != "" {
+		if err := store.ValidateRegion(region); err != nil {
+			return err
+		}
+	}
+	reports, err := s.store.ListUnmatched(r.Context(), region)
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"reports": reports, "count": len(reports)})
+	return nil
+}
+
+func (s *Server) matchUnmatched(w http.ResponseWriter, r *http.Request) error {
+	region := r.PathValue("region")
+	if err := store.ValidateRegion(region); err != nil {
+		return err
+	}
+	var m store.MatchRequest
+	if err := httpjson.Decode(w, r, &m); err != nil {
+		return err
+	}
+	t, err := s.store.MatchUnmatched(r.Context(), region, r.PathValue("id"), m)
+	if err != nil {
+		return err
+	}
+	s.log.Info("unmatched report matched", "report", r.PathValue("id"), "task", t.TaskID)
+	httpjson.Write(w, http.StatusOK, t)
+	return nil
+}

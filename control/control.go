@@ -1,0 +1,106 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"lpmos.dev/lpmos/store"
+)
+
+// Server is a running control plane.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	client *clientv3.Client
+	store  *store.Store
+	ln     net.Listener
+	srv    *http.Server
+	done   chan struct{}
+	err    error
+	cancel context.CancelFunc
+}
+
+// Run is the control plane's main.
+func Run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := ParseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	s, err := Start(ctx, cfg, slog.New(slog.NewTextHandler(stderr, nil)).With("component", "control"))
+	if err != nil {
+		return err
+	}
+	return s.Wait()
+}
+
+// Start dials etcd and serves the API; it returns once listening.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", cfg.EtcdEndpoints, err)
+	}
+	s := &Server{cfg: cfg, log: log, client: cli, store: store.New(cli), done: make(chan struct{})}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = s.store.Ping(pctx)
+	cancel()
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd at %v does not answer (start an appliance with embedded etcd, or `make start-etcd`): %w", cfg.EtcdEndpoints, err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr())
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("--port: listen on %s: %w", cfg.Addr(), err)
+	}
+	s.ln = ln
+	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	runCtx, cancelRun := context.WithCancel(ctx)
+	s.cancel = cancelRun
+	go s.run(runCtx)
+	log.Info("control plane ready", "url", s.URL(), "etcd", cfg.EtcdEndpoints)
+	return s, nil
+}
+
+func (s *Server) run(ctx context.Context) {
+	defer close(s.done)
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		s.err = err
+	}
+	shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Warn("shutdown", "err", err)
+	}
+	s.client.Close()
+}
+
+// Wait blocks until the server stops.
+func (s *Server) Wait() error { <-s.done; return s.err }
+
+// Stop shuts down and waits.
+func (s *Server) Stop() error { s.cancel(); return s.Wait() }
+
+// URL is the base URL as seen from this host.
+func (s *Server) URL() string {
+	host := s.cfg.Host
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(s.ln.Addr().(*net.TCPAddr).Port))
+}

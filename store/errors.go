@@ -1,0 +1,41 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors at the storage boundary; the HTTP layers map them to status codes in
+// one place each.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the request contradicts the current state (a second open task for a
+	// MAC, a transition the state machine forbids, progress from the wrong MAC).
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid: the input itself is wrong.
+	ErrInvalid = errors.New("invalid")
+)
+
+// ValidationError names the field that is wrong; it wraps ErrInvalid.
+type ValidationError struct {
+	Field   string
+	Message string
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Message }
+func (e *ValidationError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &ValidationError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// TransitionError is an illegal state change; it wraps ErrConflict.
+type TransitionError struct {
+	TaskID   string
+	From, To Status
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("task %s is %s: cannot become %s", e.TaskID, e.From, e.To)
+}
+func (e *TransitionError) Unwrap() error { return ErrConflict }

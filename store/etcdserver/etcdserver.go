@@ -1,0 +1,110 @@
+// Package etcdserver starts an embedded etcd (go.etcd.io/etcd/server/v3/embed): the
+// appliance's self-contained mode, the lpmos-etcd binary behind `make start-etcd`, and
+// the tests. Besides store, it is the only package that imports etcd.
+package etcdserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Config uses etcd's own flag names (data-dir, listen-client-urls, listen-peer-urls).
+type Config struct {
+	Name             string // member name; default "default"
+	DataDir          string
+	ListenClientURLs string // comma-separated; default http://127.0.0.1:2379
+	ListenPeerURLs   string // comma-separated; default http://127.0.0.1:2380
+	// Quiet drops etcd's own zap logging (tests); otherwise etcd logs warnings to stderr.
+	Quiet bool
+}
+
+// Server is a running embedded etcd.
+type Server struct {
+	etcd *embed.Etcd
+}
+
+// Start starts etcd and waits until it serves (or ctx ends). Port 0 in a URL picks a free
+// port; Endpoints reports the real addresses.
+func Start(ctx context.Context, c Config) (*Server, error) {
+	if c.DataDir == "" {
+		return nil, errors.New("etcd: data dir is required")
+	}
+	cfg := embed.NewConfig()
+	if c.Name != "" {
+		cfg.Name = c.Name
+	}
+	cfg.Dir = c.DataDir
+	clientURLs, err := parseURLs(c.ListenClientURLs, "http://127.0.0.1:2379")
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-listen-client-urls: %w", err)
+	}
+	peerURLs, err := parseURLs(c.ListenPeerURLs, "http://127.0.0.1:2380")
+	if err != nil {
+		return nil, fmt.Errorf("--etcd-listen-peer-urls: %w", err)
+	}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clientURLs, clientURLs
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peerURLs, peerURLs
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if c.Quiet {
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	} else {
+		cfg.LogLevel = "warn"
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.DataDir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, errors.New("embedded etcd: not ready after 60s")
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	return &Server{etcd: e}, nil
+}
+
+// Endpoints are the client addresses to dial (host:port), with the real ports.
+func (s *Server) Endpoints() []string {
+	var eps []string
+	for _, l := range s.etcd.Clients {
+		eps = append(eps, l.Addr().String())
+	}
+	return eps
+}
+
+// Err reports a fatal serving error.
+func (s *Server) Err() <-chan error { return s.etcd.Err() }
+
+// Close stops etcd; safe to call once.
+func (s *Server) Close() { s.etcd.Close() }
+
+func parseURLs(s, def string) ([]url.URL, error) {
+	if strings.TrimSpace(s) == "" {
+		s = def
+	}
+	var out []url.URL
+	for _, part := range strings.Split(s, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" {
+			return nil, fmt.Errorf("%q: scheme must be http, https or unix", part)
+		}
+		out = append(out, *u)
+	}
+	return out, nil
+}

@@ -1,0 +1,56 @@
+package store
+
+import "strings"
+
+// Every etcd key LPMOS reads or writes is built here, so a layout change is one diff.
+// The v2.1 keys (DESIGN.md) are the contract; the /os/index/ keys are our own extras
+// that make lookups O(1) and are always written in the same transaction as the data
+// they index.
+const (
+	taskRoot      = "/os/install/task/"
+	regionRoot    = "/os/region/"
+	unmatchedRoot = "/os/unmatched_reports/"
+	indexRoot     = "/os/index/"
+)
+
+// Task fields under /os/install/task/{region}/{task_id}/.
+const (
+	fieldMetadata = "metadata"
+	fieldStatus   = "status"
+	fieldHardware = "hardware"
+	fieldProgress = "progress"
+	fieldApproval = "approval"
+)
+
+func taskDir(region, id string) string          { return taskRoot + region + "/" + id + "/" }
+func taskKey(region, id, field string) string   { return taskDir(region, id) + field }
+func regionTaskPrefix(region string) string     { return taskRoot + region + "/" }
+func heartbeatKey(region string) string         { return regionRoot + region + "/heartbeat" }
+func regionStatusKey(region string) string      { return regionRoot + region + "/status" }
+func unmatchedPrefix(region string) string      { return unmatchedRoot + region + "/" }
+func unmatchedKey(region, id string) string     { return unmatchedRoot + region + "/" + id }
+func leasePrefix(region string) string          { return "/os/dhcp/leases/" + region + "/" }
+func leaseKey(region, ip string) string         { return leasePrefix(region) + ip }
+func openMACIndexKey(region, mac string) string { return indexRoot + "mac/" + region + "/" + mac }
+func lastMACIndexKey(region, mac string) string { return indexRoot + "mac-last/" + region + "/" + mac }
+func unmatchedIndexKey(region, mac string) string {
+	return indexRoot + "unmatched/" + region + "/" + mac
+}
+func taskRegionIndexKey(id string) string    { return indexRoot + "task/" + id }
+func statusIndexPrefix(region string) string { return indexRoot + "status/" + region + "/" }
+func statusIndexKey(region string, st Status, id string) string {
+	return statusIndexPrefix(region) + string(st) + "/" + id
+}
+
+// splitTaskKey parses /os/install/task/{region}/{id}/{field}.
+func splitTaskKey(key string) (region, id, field string, ok bool) {
+	rest, found := strings.CutPrefix(key, taskRoot)
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}

@@ -1,0 +1,237 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Region status values (/os/region/{region}/status).
+const (
+	RegionOnline  = "online"
+	RegionOffline = "offline"
+)
+
+// Heartbeater keeps /os/region/{region}/heartbeat alive on a lease: if the appliance
+// dies, etcd deletes the key when the TTL runs out and the region reads as offline.
+type Heartbeater struct {
+	s    *Store
+	hb   Heartbeat
+	ttl  time.Duration
+	log  *slog.Logger
+	done chan struct{}
+	stop context.CancelFunc
+
+	lease clientv3.LeaseID
+}
+
+// StartHeartbeat writes the heartbeat and status online now, then refreshes them every
+// ttl/3 until Stop. ttl is rounded up to whole seconds (etcd's lease unit).
+func (s *Store) StartHeartbeat(ctx context.Context, hb Heartbeat, ttl time.Duration, log *slog.Logger) (*Heartbeater, error) {
+	if err := ValidateRegion(hb.Region); err != nil {
+		return nil, err
+	}
+	if ttl < time.Second {
+		ttl = time.Second
+	}
+	h := &Heartbeater{s: s, hb: hb, ttl: ttl, log: log, done: make(chan struct{})}
+	if err := h.beat(ctx); err != nil {
+		return nil, err
+	}
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	h.stop = cancel
+	go h.loop(loopCtx)
+	return h, nil
+}
+
+func (h *Heartbeater) beat(ctx context.Context) error {
+	if h.lease != 0 {
+		if _, err := h.s.c.KeepAliveOnce(ctx, h.lease); errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			h.lease = 0 // expired while etcd was unreachable: take a new one
+		} else if err != nil {
+			return fmt.Errorf("heartbeat keepalive: %w", err)
+		}
+	}
+	if h.lease == 0 {
+		secs := int64((h.ttl + time.Second - 1) / time.Second)
+		g, err := h.s.c.Grant(ctx, secs)
+		if err != nil {
+			return fmt.Errorf("heartbeat lease: %w", err)
+		}
+		h.lease = g.ID
+	}
+	hb := h.hb
+	hb.Timestamp = h.s.now()
+	b, _ := json.Marshal(hb)
+	_, err := h.s.c.Txn(ctx).Then(
+		clientv3.OpPut(heartbeatKey(hb.Region), string(b), clientv3.WithLease(h.lease)),
+		clientv3.OpPut(regionStatusKey(hb.Region), RegionOnline),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+func (h *Heartbeater) loop(ctx context.Context) {
+	defer close(h.done)
+	t := time.NewTicker(h.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			bctx, cancel := context.WithTimeout(ctx, h.ttl/3)
+			if err := h.beat(bctx); err != nil && ctx.Err() == nil {
+				h.log.Warn("heartbeat failed", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Stop ends the heartbeat: status offline and the lease revoked, so the region reads
+// offline at once rather than after the TTL.
+func (h *Heartbeater) Stop(ctx context.Context) error {
+	h.stop()
+	<-h.done
+	_, err := h.s.c.Put(ctx, regionStatusKey(h.hb.Region), RegionOffline)
+	if h.lease != 0 {
+		if _, rerr := h.s.c.Revoke(ctx, h.lease); rerr != nil && err == nil && !errors.Is(rerr, rpctypes.ErrLeaseNotFound) {
+			err = rerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("heartbeat stop: %w", err)
+	}
+	return nil
+}
+
+// ListRegions returns every known region (one that ever had an appliance, a task or an
+// unmatched report), with health and counts. It reads keys only for the counts, never
+// the tasks' hardware reports.
+func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
+	regions := map[string]*Region{}
+	get := func(name string) *Region {
+		r := regions[name]
+		if r == nil {
+			r = &Region{Name: name, Status: RegionOffline, Counts: map[Status]int{}}
+			regions[name] = r
+		}
+		return r
+	}
+	resp, err := s.c.Txn(ctx).Then(
+		clientv3.OpGet(regionRoot, clientv3.WithPrefix()),
+		clientv3.OpGet(indexRoot+"status/", clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(unmatchedRoot, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("list regions: %w", err)
+	}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), regionRoot), "/")
+		if len(parts) != 2 {
+			continue
+		}
+		r := get(parts[0])
+		switch parts[1] {
+		case "status":
+			r.Status = string(kv.Value)
+		case "heartbeat":
+			var hb Heartbeat
+			if json.Unmarshal(kv.Value, &hb) == nil {
+				r.Heartbeat = &hb
+			}
+		}
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
+		if len(parts) == 3 {
+			get(parts[0]).Counts[Status(parts[1])]++
+		}
+	}
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), unmatchedRoot), "/")
+		if len(parts) == 2 {
+			get(parts[0]).Unmatched++
+		}
+	}
+	out := make([]Region, 0, len(regions))
+	for _, r := range regions {
+		// Online means a live heartbeat: the lease is gone within the TTL of a crash,
+		// while the status key of a killed appliance would still say online.
+		r.Online = r.Heartbeat != nil
+		if !r.Online {
+			r.Status = RegionOffline
+		}
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// GetRegion returns one region (a region nobody has heard of is offline and empty).
+func (s *Store) GetRegion(ctx context.Context, name string) (Region, error) {
+	if err := ValidateRegion(name); err != nil {
+		return Region{}, err
+	}
+	all, err := s.ListRegions(ctx)
+	if err != nil {
+		return Region{}, err
+	}
+	for _, r := range all {
+		if r.Name == name {
+			return r, nil
+		}
+	}
+	return Region{}, fmt.Errorf("%w: region %s", ErrNotFound, name)
+}
+
+// Ping checks that etcd answers (health endpoints).
+func (s *Store) Ping(ctx context.Context) error {
+	_, err := s.c.Get(ctx, "/os/health-probe", clientv3.WithCountOnly())
+	return err
+}
+
+// TaskEvent is a change under a region's task prefix, as the appliance's watcher sees it.
+type TaskEvent struct {
+	Region, TaskID, Field string
+	Value                 []byte
+	Created               bool // first write of this key
+	Deleted               bool
+}
+
+// WatchTasks streams changes of one region's tasks until ctx ends. ready (may be nil)
+// is called once etcd has registered the watch: nothing written after that is missed.
+func (s *Store) WatchTasks(ctx context.Context, region string, ready func(), fn func(TaskEvent)) error {
+	wch := s.c.Watch(clientv3.WithRequireLeader(ctx), regionTaskPrefix(region), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", regionTaskPrefix(region), err)
+		}
+		if wr.Created {
+			if ready != nil {
+				ready()
+			}
+			continue
+		}
+		for _, ev := range wr.Events {
+			r, id, field, ok := splitTaskKey(string(ev.Kv.Key))
+			if !ok {
+				continue
+			}
+			fn(TaskEvent{Region: r, TaskID: id, Field: field, Value: ev.Kv.Value,
+				Created: ev.IsCreate(), Deleted: ev.Type == clientv3.EventTypeDelete})
+		}
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,225 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ReportResult says what became of a hardware report.
+type ReportResult struct {
+	Matched   bool
+	Task      Task             // when matched
+	Unmatched *UnmatchedReport // when not
+}
+
+// Report matches an agent's hardware report against the region's open task for mac
+// (one MAC-index read, not a scan). A pending task takes the hardware and becomes
+// pending_approval; a task already waiting for approval gets the fresh hardware; an
+// approved or installing task is left as it is (the agent restarted and will carry on).
+// Without an open task the report is stored as unmatched: one report per (region, MAC),
+// the newest replacing the older, so an agent's retries do not pile up entries.
+func (s *Store) Report(ctx context.Context, region, mac string, hardware json.RawMessage) (ReportResult, error) {
+	if err := ValidateRegion(region); err != nil {
+		return ReportResult{}, err
+	}
+	mac, err := NormalizeMAC(mac)
+	if err != nil {
+		return ReportResult{}, err
+	}
+	if len(hardware) == 0 || string(hardware) == "null" {
+		hardware = json.RawMessage("{}")
+	}
+	for range maxRetries {
+		snap, err := s.openSnap(ctx, region, mac)
+		switch {
+		case err == nil:
+			t, err := s.matchOpen(ctx, snap, hardware)
+			if errors.Is(err, errRetry) {
+				continue
+			}
+			return ReportResult{Matched: true, Task: t}, err
+		case errors.Is(err, ErrNotFound):
+			r, err := s.storeUnmatched(ctx, region, mac, hardware)
+			if errors.Is(err, errRetry) {
+				continue
+			}
+			return ReportResult{Unmatched: r}, err
+		default:
+			return ReportResult{}, err
+		}
+	}
+	return ReportResult{}, fmt.Errorf("%w: report from %s: too many concurrent updates", ErrConflict, mac)
+}
+
+var errRetry = errors.New("retry")
+
+func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessage) (Task, error) {
+	t := snap.task
+	if t.Status != StatusPending && t.Status != StatusPendingApproval {
+		return t, nil
+	}
+	updated, err := s.update(ctx, t.RegionID, t.TaskID, func(t *Task) (change, error) {
+		if t.Status != StatusPending && t.Status != StatusPendingApproval {
+			return change{}, errRetry // moved on meanwhile: look again
+		}
+		now := s.now()
+		t.ReportedAt = &now
+		return change{to: StatusPendingApproval, hardware: hw}, nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return Task{}, errRetry
+	}
+	return updated, err
+}
+
+// unmatchedID is the seed's {timestamp}-{mac} with a UTC timestamp like 20260130100009.
+func unmatchedID(r *UnmatchedReport) string {
+	return r.ReceivedAt.Format("20060102150405") + "-" + r.MACAddress
+}
+
+func (s *Store) storeUnmatched(ctx context.Context, region, mac string, hw json.RawMessage) (*UnmatchedReport, error) {
+	old, oldRev, err := s.unmatchedFor(ctx, region, mac)
+	if err != nil {
+		return nil, err
+	}
+	r := &UnmatchedReport{
+		MACAddress: mac, Region: region, Hardware: hw, ReceivedAt: s.now(),
+		Error: "No task found for this MAC in region " + region,
+	}
+	r.ID = unmatchedID(r)
+	b, _ := json.Marshal(r)
+	var ops []clientv3.Op
+	if old != nil && old.ID != r.ID {
+		ops = append(ops, clientv3.OpDelete(unmatchedKey(region, old.ID)))
+	}
+	ops = append(ops,
+		clientv3.OpPut(unmatchedKey(region, r.ID), string(b)),
+		clientv3.OpPut(unmatchedIndexKey(region, mac), r.ID))
+	// Stored only if still no open task for the MAC: a task created meanwhile would
+	// otherwise miss this report.
+	resp, err := s.c.Txn(ctx).If(
+		clientv3.Compare(clientv3.CreateRevision(openMACIndexKey(region, mac)), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(unmatchedIndexKey(region, mac)), "=", oldRev),
+	).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("store unmatched report: %w", err)
+	}
+	if !resp.Succeeded {
+		return nil, errRetry
+	}
+	return r, nil
+}
+
+// unmatchedFor returns the (region, MAC)'s unmatched report, if any, and the index
+// key's revision (0 when absent) for a guarded transaction.
+func (s *Store) unmatchedFor(ctx context.Context, region, mac string) (*UnmatchedReport, int64, error) {
+	resp, err := s.c.Get(ctx, unmatchedIndexKey(region, mac))
+	if err != nil {
+		return nil, 0, fmt.Errorf("unmatched index: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	rev := resp.Kvs[0].ModRevision
+	r, err := s.GetUnmatched(ctx, region, string(resp.Kvs[0].Value))
+	if errors.Is(err, ErrNotFound) {
+		return nil, rev, nil // dangling index (report deleted by hand): overwrite it
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return &r, rev, nil
+}
+
+// GetUnmatched reads one unmatched report.
+func (s *Store) GetUnmatched(ctx context.Context, region, id string) (UnmatchedReport, error) {
+	if strings.Contains(id, "/") {
+		return UnmatchedReport{}, fmt.Errorf("%w: unmatched report %q", ErrNotFound, id)
+	}
+	resp, err := s.c.Get(ctx, unmatchedKey(region, id))
+	if err != nil {
+		return UnmatchedReport{}, fmt.Errorf("read unmatched report: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return UnmatchedReport{}, fmt.Errorf("%w: unmatched report %s in region %s", ErrNotFound, id, region)
+	}
+	var r UnmatchedReport
+	if err := json.Unmarshal(resp.Kvs[0].Value, &r); err != nil {
+		return UnmatchedReport{}, fmt.Errorf("unmatched report %s: %w", id, err)
+	}
+	r.ID = id
+	return r, nil
+}
+
+// ListUnmatched lists unmatched reports of a region ("" for all), oldest first.
+func (s *Store) ListUnmatched(ctx context.Context, region string) ([]UnmatchedReport, error) {
+	prefix := unmatchedRoot
+	if region != "" {
+		prefix = unmatchedPrefix(region)
+	}
+	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list unmatched reports: %w", err)
+	}
+	out := make([]UnmatchedReport, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var r UnmatchedReport
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			continue // not ours: never let one bad value hide the others
+		}
+		r.ID = string(kv.Key)[strings.LastIndex(string(kv.Key), "/")+1:]
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// MatchRequest links an unmatched report: to an existing open task (TaskID), or to a
+// new task created for the report's MAC (OSType and OSVersion).
+type MatchRequest struct {
+	TaskID    string    `json:"task_id,omitempty"`
+	OSType    string    `json:"os_type,omitempty"`
+	OSVersion string    `json:"os_version,omitempty"`
+	Disk      *DiskHint `json:"disk,omitempty"`
+}
+
+// MatchUnmatched resolves an unmatched report by hand. Linking needs a pending task
+// for the same MAC in the same region; creating goes through CreateTask, whose
+// auto-matching moves the report onto the new task.
+func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRequest) (Task, error) {
+	r, err := s.GetUnmatched(ctx, region, id)
+	if err != nil {
+		return Task{}, err
+	}
+	if m.TaskID == "" {
+		if m.OSType == "" && m.OSVersion == "" {
+			return Task{}, invalid("task_id", "give task_id to link an open task, or os_type and os_version to create one")
+		}
+		return s.CreateTask(ctx, NewTask{RegionID: region, TargetMAC: r.MACAddress, OSType: m.OSType, OSVersion: m.OSVersion, Disk: m.Disk})
+	}
+	tRegion, err := s.regionOf(ctx, m.TaskID)
+	if err != nil {
+		return Task{}, err
+	}
+	if tRegion != region {
+		return Task{}, fmt.Errorf("%w: task %s is in region %s, the report in %s", ErrConflict, m.TaskID, tRegion, region)
+	}
+	return s.update(ctx, region, m.TaskID, func(t *Task) (change, error) {
+		if t.TargetMAC != r.MACAddress {
+			return change{}, fmt.Errorf("%w: task %s targets MAC %s, the report is from %s", ErrConflict, t.TaskID, t.TargetMAC, r.MACAddress)
+		}
+		if t.Status != StatusPending {
+			return change{}, &TransitionError{TaskID: t.TaskID, From: t.Status, To: StatusPendingApproval}
+		}
+		at := r.ReceivedAt
+		t.ReportedAt = &at
+		return change{to: StatusPendingApproval, hardware: r.Hardware, extra: []clientv3.Op{
+			clientv3.OpDelete(unmatchedKey(region, r.ID)),
+			clientv3.OpDelete(unmatchedIndexKey(region, r.MACAddress)),
+		}}, nil
+	})
+}

@@ -1,0 +1,52 @@
+package store
+
+// Status is the value of /os/install/task/{region}/{id}/status (a plain string in etcd).
+type Status string
+
+const (
+	StatusPending         Status = "pending"
+	StatusPendingApproval Status = "pending_approval"
+	StatusApproved        Status = "approved"
+	StatusInstalling      Status = "installing"
+	StatusCompleted       Status = "completed"
+	StatusFailed          Status = "failed"
+	StatusCancelled       Status = "cancelled"
+)
+
+// Statuses lists every status in lifecycle order (for counters and filters).
+var Statuses = []Status{StatusPending, StatusPendingApproval, StatusApproved, StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled}
+
+// The task state machine, in one place. A self-transition is listed where it is a legal
+// update (a re-report while waiting for approval; progress while installing).
+var transitions = map[Status][]Status{
+	StatusPending:         {StatusPendingApproval, StatusCancelled},
+	StatusPendingApproval: {StatusPendingApproval, StatusApproved, StatusFailed, StatusCancelled},
+	StatusApproved:        {StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled},
+	StatusInstalling:      {StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled},
+}
+
+// CanTransition reports whether from -> to is legal.
+func CanTransition(from, to Status) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Final reports whether no transition leaves s (completed, failed, cancelled).
+func (s Status) Final() bool { _, ok := transitions[s]; return !ok && s.Valid() }
+
+// Open is the opposite of Final: the task still holds its MAC.
+func (s Status) Open() bool { _, ok := transitions[s]; return ok }
+
+// Valid reports whether s is a known status.
+func (s Status) Valid() bool {
+	for _, k := range Statuses {
+		if k == s {
+			return true
+		}
+	}
+	return false
+}

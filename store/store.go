@@ -1,0 +1,479 @@
+// Package store is the only code that knows LPMOS's etcd keys: typed operations on
+// tasks, regions and unmatched reports, the MAC index, and the task state machine.
+// Every multi-key change is one etcd transaction guarded by the revisions it read, so
+// concurrent writers (100 agents, two control planes) never half-write or lose an update.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Store wraps an etcd client.
+type Store struct {
+	c   *clientv3.Client
+	now func() time.Time
+}
+
+// New returns a Store on c. The caller owns c.
+func New(c *clientv3.Client) *Store {
+	return &Store{c: c, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Client exposes the etcd client (watchers in the appliance, health checks).
+func (s *Store) Client() *clientv3.Client { return s.c }
+
+// maxRetries bounds optimistic-concurrency loops; each retry means another writer won.
+const maxRetries = 20
+
+// NewTask is what a person asks for.
+type NewTask struct {
+	RegionID  string    `json:"region_id"`
+	TargetMAC string    `json:"target_mac"`
+	OSType    string    `json:"os_type"`
+	OSVersion string    `json:"os_version"`
+	Disk      *DiskHint `json:"disk,omitempty"`
+}
+
+// Validate checks and normalises the request in place.
+func (n *NewTask) Validate() error {
+	if err := ValidateRegion(n.RegionID); err != nil {
+		return err
+	}
+	mac, err := NormalizeMAC(n.TargetMAC)
+	if err != nil {
+		return &ValidationError{Field: "target_mac", Message: err.(*ValidationError).Message}
+	}
+	n.TargetMAC = mac
+	if err := validateName("os_type", n.OSType); err != nil {
+		return err
+	}
+	if err := validateName("os_version", n.OSVersion); err != nil {
+		return err
+	}
+	if d := n.Disk; d != nil {
+		if d.MinBytes < 0 || d.MaxBytes < 0 || (d.MaxBytes > 0 && d.MaxBytes < d.MinBytes) {
+			return invalid("disk", "min_bytes/max_bytes must be >= 0 and min <= max")
+		}
+		for f, v := range map[string]string{"disk.serial": d.Serial, "disk.wwn": d.WWN, "disk.by_path": d.ByPath} {
+			if hasControl(v) || len(v) > 256 {
+				return invalid(f, "must be printable and at most 256 characters")
+			}
+		}
+	}
+	return nil
+}
+
+func validateName(field, v string) error {
+	if v == "" {
+		return invalid(field, "is required")
+	}
+	if len(v) > 64 || hasControl(v) {
+		return invalid(field, "must be 1-64 printable characters")
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// CreateTask creates a task in pending, or straight in pending_approval when its MAC
+// already has an unmatched report in the region (auto-matching: the report's hardware
+// moves onto the task and the report is removed, in the same transaction). A second
+// open task for the same (region, MAC) is an ErrConflict.
+func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
+	if err := n.Validate(); err != nil {
+		return Task{}, err
+	}
+	region, mac := n.RegionID, n.TargetMAC
+	t := Task{Metadata: Metadata{
+		TaskID: uuid.NewString(), RegionID: region, TargetMAC: mac,
+		OSType: n.OSType, OSVersion: n.OSVersion, Disk: n.Disk,
+		CreatedAt: s.now(),
+	}}
+	openIdx, umIdx := openMACIndexKey(region, mac), unmatchedIndexKey(region, mac)
+	for range maxRetries {
+		report, umRev, err := s.unmatchedFor(ctx, region, mac)
+		if err != nil {
+			return Task{}, err
+		}
+		t.Status, t.Hardware, t.ReportedAt = StatusPending, nil, nil
+		var ops []clientv3.Op
+		if report != nil {
+			at := report.ReceivedAt
+			t.Status, t.Hardware, t.ReportedAt = StatusPendingApproval, report.Hardware, &at
+			ops = append(ops,
+				clientv3.OpPut(taskKey(region, t.TaskID, fieldHardware), string(report.Hardware)),
+				clientv3.OpDelete(unmatchedKey(region, report.ID)),
+				clientv3.OpDelete(umIdx))
+		}
+		meta, _ := json.Marshal(t.Metadata)
+		ops = append(ops,
+			clientv3.OpPut(taskKey(region, t.TaskID, fieldMetadata), string(meta)),
+			clientv3.OpPut(taskKey(region, t.TaskID, fieldStatus), string(t.Status)),
+			clientv3.OpPut(openIdx, t.TaskID),
+			clientv3.OpPut(lastMACIndexKey(region, mac), t.TaskID),
+			clientv3.OpPut(taskRegionIndexKey(t.TaskID), region),
+			clientv3.OpPut(statusIndexKey(region, t.Status, t.TaskID), ""))
+		resp, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(openIdx), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(umIdx), "=", umRev),
+		).Then(ops...).Else(clientv3.OpGet(openIdx)).Commit()
+		if err != nil {
+			return Task{}, fmt.Errorf("create task: %w", err)
+		}
+		if resp.Succeeded {
+			return t, nil
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			return Task{}, fmt.Errorf("%w: MAC %s already has open task %s in region %s (complete, fail or cancel it first)",
+				ErrConflict, mac, kvs[0].Value, region)
+		}
+		// The unmatched report changed under us: read it again.
+	}
+	return Task{}, fmt.Errorf("%w: create task: too many concurrent updates", ErrConflict)
+}
+
+// GetTask reads a task by id from whichever region holds it.
+func (s *Store) GetTask(ctx context.Context, id string) (Task, error) {
+	region, err := s.regionOf(ctx, id)
+	if err != nil {
+		return Task{}, err
+	}
+	snap, err := s.readTask(ctx, region, id)
+	if err != nil {
+		return Task{}, err
+	}
+	return snap.task, nil
+}
+
+func (s *Store) regionOf(ctx context.Context, id string) (string, error) {
+	if _, err := uuid.Parse(id); err != nil {
+		return "", fmt.Errorf("%w: task %q", ErrNotFound, id)
+	}
+	resp, err := s.c.Get(ctx, taskRegionIndexKey(id))
+	if err != nil {
+		return "", fmt.Errorf("find task %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("%w: task %s", ErrNotFound, id)
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// ListFilter selects tasks; empty fields match everything.
+type ListFilter struct {
+	Region string
+	Status Status
+	MAC    string
+}
+
+// ListTasks returns tasks, oldest first.
+func (s *Store) ListTasks(ctx context.Context, f ListFilter) ([]Task, error) {
+	prefix := taskRoot
+	if f.Region != "" {
+		prefix = regionTaskPrefix(f.Region)
+	}
+	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
+	}
+	byID := map[string]*taskSnap{}
+	var order []string
+	for _, kv := range resp.Kvs {
+		region, id, field, ok := splitTaskKey(string(kv.Key))
+		if !ok {
+			continue
+		}
+		k := region + "/" + id
+		snap := byID[k]
+		if snap == nil {
+			snap = &taskSnap{}
+			byID[k] = snap
+			order = append(order, k)
+		}
+		if err := snap.apply(field, kv.Value, kv.ModRevision); err != nil {
+			return nil, fmt.Errorf("task %s: %w", k, err)
+		}
+	}
+	var out []Task
+	for _, k := range order {
+		t := byID[k].task
+		if t.TaskID == "" {
+			continue // a half-visible task cannot happen (one txn), but never crash on foreign keys
+		}
+		if (f.Status != "" && t.Status != f.Status) || (f.MAC != "" && t.TargetMAC != f.MAC) {
+			continue
+		}
+		out = append(out, t)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// taskSnap is a task as read, with the revisions a guarded update compares.
+type taskSnap struct {
+	task      Task
+	statusRev int64
+	metaRev   int64
+}
+
+func (sn *taskSnap) apply(field string, v []byte, rev int64) error {
+	switch field {
+	case fieldMetadata:
+		sn.metaRev = rev
+		return json.Unmarshal(v, &sn.task.Metadata)
+	case fieldStatus:
+		sn.statusRev = rev
+		sn.task.Status = Status(v)
+	case fieldHardware:
+		sn.task.Hardware = json.RawMessage(v)
+	case fieldProgress:
+		sn.task.Progress = new(Progress)
+		return json.Unmarshal(v, sn.task.Progress)
+	case fieldApproval:
+		sn.task.Approval = new(Approval)
+		return json.Unmarshal(v, sn.task.Approval)
+	}
+	return nil
+}
+
+func (s *Store) readTask(ctx context.Context, region, id string) (*taskSnap, error) {
+	resp, err := s.c.Get(ctx, taskDir(region, id), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read task %s: %w", id, err)
+	}
+	snap := &taskSnap{}
+	for _, kv := range resp.Kvs {
+		_, _, field, ok := splitTaskKey(string(kv.Key))
+		if !ok {
+			continue
+		}
+		if err := snap.apply(field, kv.Value, kv.ModRevision); err != nil {
+			return nil, fmt.Errorf("task %s %s: %w", id, field, err)
+		}
+	}
+	if snap.metaRev == 0 {
+		return nil, fmt.Errorf("%w: task %s in region %s", ErrNotFound, id, region)
+	}
+	return snap, nil
+}
+
+// change is what one guarded update writes besides metadata and status.
+type change struct {
+	to       Status
+	hardware json.RawMessage
+	progress *Progress
+	approval *Approval
+	extra    []clientv3.Op
+}
+
+// update reads the task, lets fn decide the change (mutating t's metadata), checks the
+// transition, and commits only if neither status nor metadata moved since the read.
+func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) (change, error)) (Task, error) {
+	for range maxRetries {
+		snap, err := s.readTask(ctx, region, id)
+		if err != nil {
+			return Task{}, err
+		}
+		t := snap.task
+		from := t.Status
+		ch, err := fn(&t)
+		if err != nil {
+			return Task{}, err
+		}
+		if !CanTransition(from, ch.to) {
+			return Task{}, &TransitionError{TaskID: id, From: from, To: ch.to}
+		}
+		t.Status = ch.to
+		meta, _ := json.Marshal(t.Metadata)
+		ops := append([]clientv3.Op{
+			clientv3.OpPut(taskKey(region, id, fieldMetadata), string(meta)),
+			clientv3.OpPut(taskKey(region, id, fieldStatus), string(ch.to)),
+		}, ch.extra...)
+		if from != ch.to {
+			ops = append(ops,
+				clientv3.OpDelete(statusIndexKey(region, from, id)),
+				clientv3.OpPut(statusIndexKey(region, ch.to, id), ""))
+		}
+		if ch.to.Final() {
+			// The task gives its MAC back: a new task for it may be created.
+			ops = append(ops, clientv3.OpDelete(openMACIndexKey(region, t.TargetMAC)))
+		}
+		if ch.hardware != nil {
+			t.Hardware = ch.hardware
+			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldHardware), string(ch.hardware)))
+		}
+		if ch.progress != nil {
+			t.Progress = ch.progress
+			b, _ := json.Marshal(ch.progress)
+			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldProgress), string(b)))
+		}
+		if ch.approval != nil {
+			t.Approval = ch.approval
+			b, _ := json.Marshal(ch.approval)
+			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldApproval), string(b)))
+		}
+		resp, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldStatus)), "=", snap.statusRev),
+			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldMetadata)), "=", snap.metaRev),
+		).Then(ops...).Commit()
+		if err != nil {
+			return Task{}, fmt.Errorf("update task %s: %w", id, err)
+		}
+		if resp.Succeeded {
+			return t, nil
+		}
+	}
+	return Task{}, fmt.Errorf("%w: task %s: too many concurrent updates", ErrConflict, id)
+}
+
+// ApproveTask approves a task that is pending_approval (anything else is refused).
+func (s *Store) ApproveTask(ctx context.Context, id, by string) (Task, error) {
+	region, err := s.regionOf(ctx, id)
+	if err != nil {
+		return Task{}, err
+	}
+	return s.update(ctx, region, id, func(t *Task) (change, error) {
+		if t.Status != StatusPendingApproval {
+			return change{}, &TransitionError{TaskID: id, From: t.Status, To: StatusApproved}
+		}
+		now := s.now()
+		t.ApprovedAt = &now
+		return change{to: StatusApproved, approval: &Approval{Status: "approved", ApprovedBy: by, ApprovedAt: now}}, nil
+	})
+}
+
+// CancelTask cancels a task from any non-final state.
+func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error) {
+	region, err := s.regionOf(ctx, id)
+	if err != nil {
+		return Task{}, err
+	}
+	if reason == "" {
+		reason = "cancelled by operator"
+	}
+	return s.update(ctx, region, id, func(t *Task) (change, error) {
+		now := s.now()
+		t.FinishedAt, t.Error = &now, reason
+		return change{to: StatusCancelled}, nil
+	})
+}
+
+// ProgressUpdate is what an agent reports.
+type ProgressUpdate struct {
+	Region, MAC, TaskID string
+	Progress
+}
+
+// RecordProgress stores progress from the agent of mac. The first update moves an
+// approved task to installing; stage completed/failed ends it. Progress for a task of
+// another MAC, or for a task not yet approved, is an ErrConflict.
+func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, error) {
+	mac, err := NormalizeMAC(u.MAC)
+	if err != nil {
+		return Task{}, err
+	}
+	if u.Percentage < 0 || u.Percentage > 100 {
+		return Task{}, invalid("percentage", "%v is outside 0-100", u.Percentage)
+	}
+	if !validStage(u.Stage) {
+		return Task{}, invalid("stage", "%q is not one of %v", u.Stage, ProgressStages)
+	}
+	if len(u.Message) > 4096 {
+		return Task{}, invalid("message", "is longer than 4096 bytes")
+	}
+	if _, err := uuid.Parse(u.TaskID); err != nil {
+		return Task{}, invalid("task_id", "%q is not a task id", u.TaskID)
+	}
+	return s.update(ctx, u.Region, u.TaskID, func(t *Task) (change, error) {
+		if t.TargetMAC != mac {
+			return change{}, fmt.Errorf("%w: task %s belongs to MAC %s, not %s", ErrConflict, t.TaskID, t.TargetMAC, mac)
+		}
+		if t.Status == StatusPending || t.Status == StatusPendingApproval {
+			return change{}, fmt.Errorf("%w: task %s is %s: progress is accepted only after approval", ErrConflict, t.TaskID, t.Status)
+		}
+		now := s.now()
+		p := u.Progress
+		p.UpdatedAt = now
+		to := StatusInstalling
+		switch u.Stage {
+		case StageCompleted:
+			to, t.FinishedAt = StatusCompleted, &now
+			p.Percentage = 100
+		case StageFailed:
+			to, t.FinishedAt, t.Error = StatusFailed, &now, u.Message
+			if t.Error == "" {
+				t.Error = "agent reported failure"
+			}
+		}
+		if t.StartedAt == nil {
+			t.StartedAt = &now
+		}
+		return change{to: to, progress: &p}, nil
+	})
+}
+
+func validStage(s string) bool {
+	for _, v := range ProgressStages {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// OpenTaskForMAC returns the open task for (region, mac) through the MAC index: one
+// read of the index, one read of the task, whatever the number of tasks in the region.
+func (s *Store) OpenTaskForMAC(ctx context.Context, region, mac string) (Task, error) {
+	snap, err := s.openSnap(ctx, region, mac)
+	if err != nil {
+		return Task{}, err
+	}
+	return snap.task, nil
+}
+
+// LatestTaskForMAC returns the most recently created task for (region, mac), open or
+// final (netboot uses it to send machines with a completed install to their local disk).
+func (s *Store) LatestTaskForMAC(ctx context.Context, region, mac string) (Task, error) {
+	resp, err := s.c.Get(ctx, lastMACIndexKey(region, mac))
+	if err != nil {
+		return Task{}, fmt.Errorf("mac index: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Task{}, fmt.Errorf("%w: no task for MAC %s in region %s", ErrNotFound, mac, region)
+	}
+	snap, err := s.readTask(ctx, region, string(resp.Kvs[0].Value))
+	if err != nil {
+		return Task{}, err
+	}
+	return snap.task, nil
+}
+
+func (s *Store) openSnap(ctx context.Context, region, mac string) (*taskSnap, error) {
+	resp, err := s.c.Get(ctx, openMACIndexKey(region, mac))
+	if err != nil {
+		return nil, fmt.Errorf("mac index: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w: no task found for MAC %s in region %s", ErrNotFound, mac, region)
+	}
+	snap, err := s.readTask(ctx, region, string(resp.Kvs[0].Value))
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: MAC index of %s points to a missing task", ErrNotFound, mac)
+	}
+	return snap, err
+}

@@ -1,0 +1,75 @@
+// Package storetest gives tests a real embedded etcd on a temp dir and free ports.
+package storetest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/etcdserver"
+)
+
+// Etcd is an embedded etcd for one test, with a client and the store on top of it.
+type Etcd struct {
+	Server    *etcdserver.Server
+	Client    *clientv3.Client
+	Store     *store.Store
+	Endpoints []string
+}
+
+// Start starts etcd on 127.0.0.1 port 0 in t.TempDir(); everything stops in t.Cleanup.
+func Start(t testing.TB) *Etcd {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := etcdserver.Start(ctx, etcdserver.Config{
+		DataDir:          t.TempDir(),
+		ListenClientURLs: "http://127.0.0.1:0",
+		ListenPeerURLs:   "http://127.0.0.1:0",
+		Quiet:            true,
+	})
+	if err != nil {
+		t.Fatalf("embedded etcd: %v", err)
+	}
+	t.Cleanup(srv.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return &Etcd{Server: srv, Client: cli, Store: store.New(cli), Endpoints: srv.Endpoints()}
+}
+
+// Dump returns every key under prefix with its value, for asserting "etcd unchanged".
+func (e *Etcd) Dump(t testing.TB, prefix string) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("dump %s: %v", prefix, err)
+	}
+	out := make(map[string]string, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key)] = string(kv.Value)
+	}
+	return out
+}
+
+// Get returns one key's value and whether it exists.
+func (e *Etcd) Get(t testing.TB, key string) (string, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, key)
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", false
+	}
+	return string(resp.Kvs[0].Value), true
+}

@@ -1,0 +1,130 @@
+package store
+
+import (
+	"encoding/json"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Metadata is the value of .../{task_id}/metadata. The seed's fields come first; the
+// timestamps are kept here so the whole history of a task is one read.
+type Metadata struct {
+	TaskID    string    `json:"task_id"`
+	RegionID  string    `json:"region_id"`
+	TargetMAC string    `json:"target_mac"`
+	OSType    string    `json:"os_type"`
+	OSVersion string    `json:"os_version"`
+	Disk      *DiskHint `json:"disk,omitempty"`
+
+	CreatedAt  time.Time  `json:"created_at"`
+	ReportedAt *time.Time `json:"reported_at,omitempty"`
+	ApprovedAt *time.Time `json:"approved_at,omitempty"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// Error is why the task failed or was cancelled.
+	Error string `json:"error,omitempty"`
+}
+
+// DiskHint names the disk to install on; empty fields do not constrain.
+type DiskHint struct {
+	Serial   string `json:"serial,omitempty"`
+	WWN      string `json:"wwn,omitempty"`
+	ByPath   string `json:"by_path,omitempty"`
+	MinBytes int64  `json:"min_bytes,omitempty"`
+	MaxBytes int64  `json:"max_bytes,omitempty"`
+}
+
+// Task is everything etcd holds about one task.
+type Task struct {
+	Metadata
+	Status   Status          `json:"status"`
+	Hardware json.RawMessage `json:"hardware,omitempty"`
+	Progress *Progress       `json:"progress,omitempty"`
+	Approval *Approval       `json:"approval,omitempty"`
+}
+
+// Progress is the value of .../progress.
+type Progress struct {
+	Stage      string    `json:"stage"`
+	Percentage float64   `json:"percentage"`
+	Message    string    `json:"message,omitempty"`
+	BytesDone  int64     `json:"bytes_done,omitempty"`
+	BytesTotal int64     `json:"bytes_total,omitempty"`
+	RateBps    float64   `json:"rate_bps,omitempty"`
+	ETASeconds float64   `json:"eta_seconds,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Progress stages an agent reports. Completed and failed end the task.
+const (
+	StageDownloading = "downloading"
+	StageWriting     = "writing"
+	StageVerifying   = "verifying"
+	StageCompleted   = "completed"
+	StageFailed      = "failed"
+)
+
+// ProgressStages lists the stages the regional API accepts.
+var ProgressStages = []string{"preparing", StageDownloading, StageWriting, StageVerifying, "rebooting", StageCompleted, StageFailed}
+
+// Approval is the value of .../approval.
+type Approval struct {
+	Status     string    `json:"status"` // "approved"
+	ApprovedBy string    `json:"approved_by,omitempty"`
+	ApprovedAt time.Time `json:"approved_at"`
+}
+
+// UnmatchedReport is the value of /os/unmatched_reports/{region}/{timestamp}-{mac}.
+type UnmatchedReport struct {
+	ID         string          `json:"id"`
+	MACAddress string          `json:"mac_address"`
+	Region     string          `json:"region"`
+	Hardware   json.RawMessage `json:"hardware,omitempty"`
+	ReceivedAt time.Time       `json:"received_at"`
+	Error      string          `json:"error"`
+}
+
+// Heartbeat is the value of /os/region/{region}/heartbeat (bound to a lease).
+type Heartbeat struct {
+	Region    string    `json:"region"`
+	Timestamp time.Time `json:"timestamp"`
+	APIURL    string    `json:"api_url,omitempty"`
+	Version   string    `json:"version,omitempty"`
+}
+
+// Region is a region as the control plane sees it.
+type Region struct {
+	Name      string         `json:"region"`
+	Online    bool           `json:"online"`
+	Status    string         `json:"status"` // the status key's value, "" if never written
+	Heartbeat *Heartbeat     `json:"heartbeat,omitempty"`
+	Counts    map[Status]int `json:"counts"`
+	Unmatched int            `json:"unmatched"`
+}
+
+var regionRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateRegion checks a region label: [a-z0-9-]+, at most 63 characters, no leading
+// or trailing hyphen (it becomes an etcd path segment and a log label).
+func ValidateRegion(r string) error {
+	if r == "" {
+		return invalid("region_id", "is required")
+	}
+	if !regionRE.MatchString(r) {
+		return invalid("region_id", "%q must match [a-z0-9-]+ (at most 63 characters, no leading or trailing '-')", r)
+	}
+	return nil
+}
+
+// NormalizeMAC parses a 48-bit MAC in any common notation and returns it lower-case
+// with colons, the form every key and comparison uses (matching is case-insensitive).
+func NormalizeMAC(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return "", invalid("mac_address", "%q is not a MAC address like 00:1a:2b:3c:4d:5e", s)
+	}
+	return hw.String(), nil
+}
