@@ -9,7 +9,9 @@
 #                     ldlinux.sys/.c32 + syslinux.cfg   BIOS: mbr.bin -> active partition -> syslinux
 #                     EFI/BOOT/BOOTX64.EFI + loader/     UEFI: removable-media path -> systemd-boot
 #                     vmlinuz, initrd.img                shared by both loaders
-# Plain MBR rather than GPT: SeaBIOS+mbr.bin and OVMF both boot it, with no hybrid tricks.
+# Plain MBR rather than GPT: SeaBIOS+mbr.bin and OVMF both boot it, with no hybrid tricks,
+# and nothing lives at the end of the disk (no GPT backup header), so the image still boots
+# unchanged after the agent writes it onto a disk of any larger size.
 # FAT16 rather than FAT32: FAT32 needs >= 65525 clusters (~32 MiB), this disk is ~10 MiB.
 #
 # Outputs in build/testos/: testos.img, testos.img.{zst,gz,xz}, testos.img.sha256.
@@ -42,6 +44,10 @@ flock 9
 kdir=$("$top/scripts/fetch-kernel.sh") || { echo "build-testos: cannot fetch the kernel" >&2; exit 3; }
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
 kver=${vmlinuz##*/vmlinuz-}
+# The init needs no modules: serial console, initramfs (gzip) and devtmpfs must be built in.
+for opt in SERIAL_8250 SERIAL_8250_CONSOLE BLK_DEV_INITRD RD_GZIP EFI_STUB; do
+  grep -qx "CONFIG_$opt=y" "$kdir/boot/config-$kver" || { echo "build-testos: kernel $kver lacks CONFIG_$opt=y" >&2; exit 1; }
+done
 
 # Everything that shapes the image; an unchanged hash means the last build still holds.
 stamp=$( { cat "$0" "$top"/images/testos/init/*.go "$top"/images/testos/mkinitrd/*.go "$vmlinuz" "$mbr" "$sdboot" \

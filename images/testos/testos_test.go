@@ -22,12 +22,20 @@ func TestBoot(t *testing.T) {
 	t.Logf("build-testos.sh: %v", time.Since(start).Round(time.Millisecond))
 	checkOutputs(t, img)
 
+	// UEFI boots the image on a larger (sparse) disk, as the agent leaves it on a real one.
 	for _, tc := range []struct {
-		fw     Firmware
-		loader string
-	}{{BIOS, "syslinux"}, {UEFI, "systemd-boot"}} {
+		fw      Firmware
+		loader  string
+		diskMiB int64
+	}{{BIOS, "syslinux", 0}, {UEFI, "systemd-boot", 64}} {
 		t.Run(string(tc.fw), func(t *testing.T) {
-			res := Boot(t, BootConfig{Disk: CopyImage(t, img), Firmware: tc.fw, Timeout: 100 * time.Second})
+			disk := CopyImage(t, img)
+			if tc.diskMiB > 0 {
+				if err := os.Truncate(disk, tc.diskMiB<<20); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res := Boot(t, BootConfig{Disk: disk, Firmware: tc.fw, Timeout: 100 * time.Second})
 			t.Logf("%s boot to marker: %v", tc.fw, res.Elapsed.Round(time.Millisecond))
 			t.Logf("%s", res.Line)
 			for _, want := range []string{"kernel=", "lpmos.loader=" + tc.loader, "lpmos.disk=PARTUUID=4c504d4f-01"} {
