@@ -130,7 +130,11 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 	if !hasArch && k == kindPXE {
 		a, hasArch = iana.INTEL_X86PC, true // PXE 2.1 predates option 93: BIOS
 	}
-	info, known := archOf(a)
+	var info archInfo
+	known := false
+	if hasArch {
+		info, known = archOf(a)
+	}
 	if hasArch && !known && k != kindIPXE {
 		log.Info("DHCP: no first stage for this client architecture", "arch", a.String())
 		return nil

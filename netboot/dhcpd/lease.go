@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -331,4 +332,9 @@ func (ls *leases) decline(ctx context.Context, mac string, ip netip.Addr, now ti
 	}
 	ls.byIP[ip] = &binding{Lease: Lease{MAC: declinedOwner, IP: ip, Expiry: now.Add(declineHold)}}
 	return nil
+}
+
+func addr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip.To4())
+	return a
 }
