@@ -339,8 +339,8 @@ func TestMalformedThenAnswered(t *testing.T) {
 	bad := [][]byte{
 		{},
 		{1},
-		raw[:100],             // truncated header
-		raw[:240],             // header and cookie, no options
+		raw[:100],     // truncated header
+		raw[:240],     // header and cookie, no options
 		raw[:241:241], // option code without length
 		bytes.Repeat([]byte{0xff}, 600),
 		append(append([]byte{}, raw[:len(raw)-4]...), 53, 200), // option length past the end
