@@ -44,7 +44,7 @@ flock 9
 kdir=$("$top/scripts/fetch-kernel.sh") || { echo "build-testos: cannot fetch the kernel" >&2; exit 3; }
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
 kver=${vmlinuz##*/vmlinuz-}
-# The init needs no modules: serial console, initramfs (gzip) and devtmpfs must be built in.
+# The init needs no modules: the serial console and the gzip initramfs must be built in.
 for opt in SERIAL_8250 SERIAL_8250_CONSOLE BLK_DEV_INITRD RD_GZIP EFI_STUB; do
   grep -qx "CONFIG_$opt=y" "$kdir/boot/config-$kver" || { echo "build-testos: kernel $kver lacks CONFIG_$opt=y" >&2; exit 1; }
 done
@@ -52,7 +52,7 @@ done
 # Everything that shapes the image; an unchanged hash means the last build still holds.
 stamp=$( { cat "$0" "$top"/images/testos/init/*.go "$top"/images/testos/mkinitrd/*.go "$vmlinuz" "$mbr" "$sdboot" \
   /usr/lib/syslinux/modules/bios/ldlinux.c32 2>/dev/null; go version; echo "$cmdline"; } | sha256sum | cut -c1-64)
-if [ -f "$out/testos.img.zst" ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
+if [ -f "$out/testos.img" ] && [ -f "$out/testos.img.zst" ] && [ -f "$out/testos.img.sha256" ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "build-testos: up to date ($kver)" >&2
 else
   work=$(mktemp -d "$out/work.XXXXXX")
