@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pin/tftp/v3"
+	"golang.org/x/net/ipv4"
 )
 
 // Config configures a Server.
@@ -62,8 +63,25 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve answers on conn (":69") until ctx ends, then waits for running
-// transfers to stop.
+// Listen opens the TFTP socket (":69") with IP_PKTINFO already on:
+// pin/tftp learns the interface MTU from it to allow large blksize, and a
+// request queued before the option is set would arrive without it and be
+// capped at 512-byte blocks.
+func Listen(ctx context.Context, addr string) (net.PacketConn, error) {
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tftpd: listen %s: %w", addr, err)
+	}
+	if err := ipv4.NewPacketConn(pc).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("tftpd: enable IP_PKTINFO: %w", err)
+	}
+	return pc, nil
+}
+
+// Serve answers on conn (from Listen) until ctx ends, then waits for
+// running transfers to stop.
 func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	done := make(chan struct{})
 	go func() {
