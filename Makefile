@@ -18,12 +18,15 @@ run: build
 start-etcd: build
 	$(BIN)/lpmos-etcd --data-dir=run/etcd
 
+# Our packages, without generated build staging under build/.
+PKGS = $(shell $(GO) list -e ./... | grep -v '/build/')
+
 test:
-	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 40m ./...
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 40m $(PKGS)
 
 test-short:
-	$(GO) test -short -count=1 ./...
+	$(GO) test -short -count=1 $(PKGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./store/...

@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"lpmos.dev/lpmos/appliance/applog"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
@@ -27,7 +25,6 @@ type Appliance struct {
 	cfg    Config
 	log    *slog.Logger
 	etcd   *etcdserver.Server // nil with external etcd
-	client *clientv3.Client
 	store  *store.Store
 	hb     *store.Heartbeater
 	ln     net.Listener
@@ -81,17 +78,11 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 		a.etcd = srv
 		endpoints = srv.Endpoints()
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	st, err := store.Open(ctx, endpoints)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+		return nil, err
 	}
-	a.client, a.store = cli, store.New(cli)
-	pingCtx, cancelPing := context.WithTimeout(ctx, 15*time.Second)
-	err = a.store.Ping(pingCtx)
-	cancelPing()
-	if err != nil {
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
-	}
+	a.store = st
 	a.images = newImageCatalog(cfg.ImagesDir)
 
 	ln, err := net.Listen("tcp", cfg.Addr())
@@ -153,8 +144,8 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 }
 
 func (a *Appliance) closeBackends() {
-	if a.client != nil {
-		a.client.Close()
+	if a.store != nil {
+		a.store.Close()
 	}
 	if a.etcd != nil {
 		a.etcd.Close()

@@ -11,8 +11,6 @@ import (
 	"strconv"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"lpmos.dev/lpmos/store"
 )
 
@@ -20,7 +18,6 @@ import (
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	client *clientv3.Client
 	store  *store.Store
 	ln     net.Listener
 	srv    *http.Server
@@ -47,21 +44,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second})
+	st, err := store.Open(ctx, cfg.EtcdEndpoints)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", cfg.EtcdEndpoints, err)
+		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}
-	s := &Server{cfg: cfg, log: log, client: cli, store: store.New(cli), done: make(chan struct{})}
-	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = s.store.Ping(pctx)
-	cancel()
-	if err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer (start an appliance with embedded etcd, or `make start-etcd`): %w", cfg.EtcdEndpoints, err)
-	}
+	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
-		cli.Close()
+		st.Close()
 		return nil, fmt.Errorf("--port: listen on %s: %w", cfg.Addr(), err)
 	}
 	s.ln = ln
@@ -87,7 +77,7 @@ func (s *Server) run(ctx context.Context) {
 	if err := s.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Warn("shutdown", "err", err)
 	}
-	s.client.Close()
+	s.store.Close()
 }
 
 // Wait blocks until the server stops.

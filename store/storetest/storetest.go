@@ -73,3 +73,54 @@ func (e *Etcd) Get(t testing.TB, key string) (string, bool) {
 	}
 	return string(resp.Kvs[0].Value), true
 }
+
+// WaitValue blocks until key holds want (watching etcd, no polling) or fails the test
+// after timeout.
+func (e *Etcd) WaitValue(t testing.TB, key, want string, timeout time.Duration) {
+	t.Helper()
+	if err := e.waitFor(key, timeout, func(v string, ok bool) bool { return ok && v == want }); err != nil {
+		got, _ := e.Get(t, key)
+		t.Fatalf("%s: want %q, still %q after %s: %v", key, want, got, timeout, err)
+	}
+}
+
+// WaitGone blocks until key does not exist or fails the test after timeout.
+func (e *Etcd) WaitGone(t testing.TB, key string, timeout time.Duration) {
+	t.Helper()
+	if err := e.waitFor(key, timeout, func(_ string, ok bool) bool { return !ok }); err != nil {
+		t.Fatalf("%s: still present after %s: %v", key, timeout, err)
+	}
+}
+
+func (e *Etcd) waitFor(key string, timeout time.Duration, done func(string, bool) bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	v, ok := "", len(resp.Kvs) > 0
+	if ok {
+		v = string(resp.Kvs[0].Value)
+	}
+	if done(v, ok) {
+		return nil
+	}
+	wch := e.Client.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				v, ok = "", false
+			} else {
+				v, ok = string(ev.Kv.Value), true
+			}
+			if done(v, ok) {
+				return nil
+			}
+		}
+	}
+	return ctx.Err()
+}

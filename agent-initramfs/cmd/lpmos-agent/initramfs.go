@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+
+	"lpmos.dev/lpmos/agent-initramfs/agent"
+	"lpmos.dev/lpmos/agent-initramfs/boot"
+	"lpmos.dev/lpmos/appliance/regionapi"
+)
+
+// initramfsFlag is how scripts/build-initramfs.sh starts the agent (u-root's init runs
+// /bin/uinit with the arguments in /etc/uinit.flags).
+const initramfsFlag = "--initramfs"
+
+// In the initramfs the agent is PID 1's child: it takes its settings from the kernel
+// command line, not flags, and must never exit (boot.Run). Checked in init so main's
+// flag parsing stays the host-mode path.
+func init() {
+	if len(os.Args) < 2 || os.Args[1] != initramfsFlag {
+		return
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	boot.Run(context.Background(), log, func(ctx context.Context, s boot.Settings) error {
+		return agent.Run(ctx, agent.Config{
+			RegionalURL: s.RegionalURL,
+			MAC:         s.MAC,
+			Inventory:   func() (regionapi.Hardware, error) { return bootInventory(s) },
+			Log:         log,
+		})
+	})
+}
+
+// bootInventory adds what only the boot knows to the agent's inventory: devices left
+// without a driver, and the disk the agent booted from.
+func bootInventory(s boot.Settings) (regionapi.Hardware, error) {
+	hw, err := agent.Inventory()
+	if err != nil {
+		return hw, err
+	}
+	for _, u := range s.Drivers.Unclaimed {
+		vendor, device, _ := strings.Cut(u.ID, ":")
+		hw.MissingDrivers = append(hw.MissingDrivers, regionapi.PCIDevice{Address: u.Address, Vendor: vendor, Device: device, Class: u.Class})
+	}
+	if s.BootDisk != "" {
+		hw.BootDisk = s.BootDisk
+	}
+	return hw, nil
+}

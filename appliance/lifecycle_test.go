@@ -1,0 +1,320 @@
+package appliance_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"lpmos.dev/lpmos/agent-initramfs/agent"
+	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/control"
+	"lpmos.dev/lpmos/store/storetest"
+)
+
+// syncBuffer collects an appliance's log for assertions.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type system struct {
+	etcd      *storetest.Etcd
+	control   *control.Server
+	regions   map[string]*appliance.Appliance
+	logs      map[string]*syncBuffer
+	imagesDir string
+}
+
+// startSystem runs a control plane and one appliance per region on one embedded etcd.
+func startSystem(t *testing.T, regions ...string) *system {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	sys := &system{etcd: storetest.Start(t), regions: map[string]*appliance.Appliance{}, logs: map[string]*syncBuffer{}, imagesDir: t.TempDir()}
+	c, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	sys.control = c
+	for _, r := range regions {
+		logs := &syncBuffer{}
+		a, err := appliance.Start(ctx, appliance.Config{
+			Label: r, APIHost: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints,
+			HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: sys.imagesDir, LogLevel: "info",
+		}, logs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Stop() })
+		sys.regions[r], sys.logs[r] = a, logs
+	}
+	return sys
+}
+
+// call does one JSON request and decodes the reply.
+func call(t *testing.T, method, url string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, _ := json.Marshal(b)
+		rd = bytes.NewReader(j)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, method, url, rd)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	data, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("%s %s: HTTP %d, body is not JSON: %q", method, url, resp.StatusCode, data)
+	}
+	return resp.StatusCode, out
+}
+
+func getJSON(t *testing.T, s string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		t.Fatalf("not JSON: %q", s)
+	}
+	return m
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// The seed's Test 1: create task -> agent reports (MAC in other letter case) ->
+// pending_approval -> approve -> image downloaded -> progress -> completed.
+func TestNormalFlow(t *testing.T) {
+	sys := startSystem(t, "dc1")
+	image := bytes.Repeat([]byte("LPMOS-IMAGE-"), 300_000) // 3.6 MB: several progress updates
+	if err := os.WriteFile(filepath.Join(sys.imagesDir, "ubuntu-22.04.img"), image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc1", "target_mac": "00:1a:2b:3c:4d:5e", "os_type": "ubuntu", "os_version": "22.04"})
+	if code != http.StatusCreated || task["status"] != "pending" {
+		t.Fatalf("create: %d %v", code, task)
+	}
+	id := task["task_id"].(string)
+	prefix := "/os/install/task/dc1/" + id + "/"
+	meta := getJSON(t, must(sys.etcd.Get(t, prefix+"metadata")))
+	for k, want := range map[string]string{"task_id": id, "region_id": "dc1", "target_mac": "00:1a:2b:3c:4d:5e", "os_type": "ubuntu", "os_version": "22.04"} {
+		if meta[k] != want {
+			t.Errorf("metadata %s = %v, want %s", k, meta[k], want)
+		}
+	}
+	sys.etcd.WaitValue(t, prefix+"status", "pending", time.Second)
+
+	target := filepath.Join(t.TempDir(), "disk.img")
+	agentErr := make(chan error, 1)
+	go func() {
+		agentErr <- agent.Run(context.Background(), agent.Config{
+			RegionalURL: sys.regions["dc1"].URL(), MAC: "00:1A:2B:3C:4D:5E", Target: target,
+			RetryUnit: time.Millisecond, PollInterval: 20 * time.Millisecond, Log: quietLog(),
+		})
+	}()
+	sys.etcd.WaitValue(t, prefix+"status", "pending_approval", 30*time.Second)
+	hw := getJSON(t, must(sys.etcd.Get(t, prefix+"hardware")))
+	if _, ok := hw["cpu"]; !ok {
+		t.Fatalf("hardware report lacks cpu: %v", hw)
+	}
+	code, approved := call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	if code != http.StatusOK || approved["status"] != "approved" {
+		t.Fatalf("approve: %d %v", code, approved)
+	}
+	select {
+	case err := <-agentErr:
+		if err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("agent did not finish")
+	}
+	if v, _ := sys.etcd.Get(t, prefix+"status"); v != "completed" {
+		t.Fatalf("status = %q", v)
+	}
+	prog := getJSON(t, must(sys.etcd.Get(t, prefix+"progress")))
+	if prog["stage"] != "completed" || prog["percentage"] != 100.0 {
+		t.Fatalf("progress = %v", prog)
+	}
+	appr := getJSON(t, must(sys.etcd.Get(t, prefix+"approval")))
+	if appr["status"] != "approved" {
+		t.Fatalf("approval = %v", appr)
+	}
+	meta = getJSON(t, must(sys.etcd.Get(t, prefix+"metadata")))
+	for _, k := range []string{"created_at", "reported_at", "approved_at", "started_at", "finished_at"} {
+		if meta[k] == nil {
+			t.Errorf("metadata lacks %s: %v", k, meta)
+		}
+	}
+	got, _ := os.ReadFile(target)
+	if !bytes.Equal(got, image) {
+		t.Fatalf("target holds %d bytes, want the %d-byte image", len(got), len(image))
+	}
+	logs := sys.logs["dc1"].String()
+	for _, line := range []string{
+		"[dc1] New task assigned: " + id,
+		"[dc1] Task " + id + " ready for PXE boot (target MAC: 00:1a:2b:3c:4d:5e)",
+		"[dc1] Received hardware report from agent: 00:1a:2b:3c:4d:5e",
+		"[dc1] Found matching task " + id + " for MAC 00:1a:2b:3c:4d:5e",
+		"[dc1] Hardware report stored for task " + id,
+	} {
+		if !strings.Contains(logs, line) {
+			t.Errorf("log lacks %q", line)
+		}
+	}
+	for _, l := range strings.Split(strings.TrimSpace(logs), "\n") {
+		if !strings.Contains(l, " [dc1] ") {
+			t.Errorf("log line without label: %q", l)
+		}
+	}
+}
+
+// The seed's Test 2: no task -> 10 reports honouring retry_after -> unmatched report
+// at the exact key -> agent gives up with a clear error. Then auto-matching.
+func TestUnmatchedThenAutoMatch(t *testing.T) {
+	sys := startSystem(t, "dc1")
+	const mac = "fe:b7:02:c0:95:e0"
+	unit := 10 * time.Millisecond
+	start := time.Now()
+	err := agent.Run(context.Background(), agent.Config{
+		RegionalURL: sys.regions["dc1"].URL(), MAC: mac, Target: filepath.Join(t.TempDir(), "x"),
+		RetryUnit: unit, Log: quietLog(),
+	})
+	elapsed := time.Since(start)
+	if !errors.Is(err, agent.ErrNoTask) || !strings.Contains(err.Error(), "10 attempts") {
+		t.Fatalf("agent error = %v", err)
+	}
+	// retry_after is 2 (the appliance's --retry-after): 9 waits of 2 units at least.
+	if min := 9 * 2 * unit; elapsed < min {
+		t.Fatalf("agent retried too fast: %s < %s", elapsed, min)
+	}
+	logs := sys.logs["dc1"].String()
+	if n := strings.Count(logs, "[dc1] Received hardware report from agent: "+mac); n != 10 {
+		t.Fatalf("%d reports received, want 10", n)
+	}
+	if !strings.Contains(logs, "[dc1] Failed to find task for MAC "+mac+": no task found") {
+		t.Fatalf("log lacks the failure line:\n%s", logs)
+	}
+	reports := sys.etcd.Dump(t, "/os/unmatched_reports/dc1/")
+	if len(reports) != 1 {
+		t.Fatalf("want one unmatched report, got %v", reports)
+	}
+	for key, v := range reports {
+		id := strings.TrimPrefix(key, "/os/unmatched_reports/dc1/")
+		if len(id) != len("20260130100009-")+len(mac) || !strings.HasSuffix(id, "-"+mac) {
+			t.Fatalf("key %s is not {timestamp}-{mac}", key)
+		}
+		r := getJSON(t, v)
+		if r["mac_address"] != mac || r["region"] != "dc1" || r["hardware"] == nil || r["received_at"] == nil ||
+			r["error"] != "No task found for this MAC in region dc1" {
+			t.Fatalf("report = %v", r)
+		}
+	}
+	code, body := call(t, "GET", sys.control.URL()+"/api/v1/unmatched?region=dc1", nil)
+	if code != 200 || body["count"] != 1.0 {
+		t.Fatalf("unmatched API: %d %v", code, body)
+	}
+	// Auto-match: the task goes straight to pending_approval with the report's hardware.
+	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc1", "target_mac": strings.ToUpper(mac), "os_type": "ubuntu", "os_version": "22.04"})
+	if code != http.StatusCreated || task["status"] != "pending_approval" || task["hardware"] == nil {
+		t.Fatalf("auto-match: %d %v", code, task)
+	}
+	if left := sys.etcd.Dump(t, "/os/unmatched_reports/"); len(left) != 0 {
+		t.Fatalf("report not consumed: %v", left)
+	}
+	id := task["task_id"].(string)
+	if v, _ := sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/status"); v != "pending_approval" {
+		t.Fatalf("status key = %q", v)
+	}
+}
+
+// Two regions on one etcd: each appliance sees and matches only its own region's tasks.
+func TestTwoRegions(t *testing.T) {
+	sys := startSystem(t, "dc1", "dc2")
+	const mac = "00:2b:00:00:00:01"
+	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc2", "target_mac": mac, "os_type": "ubuntu", "os_version": "22.04"})
+	if code != 201 {
+		t.Fatalf("create: %d %v", code, task)
+	}
+	id := task["task_id"].(string)
+	hw := map[string]any{"mac_address": mac, "hardware": map[string]any{"cpu": map[string]any{"cores": 2}}}
+	code, body := call(t, "POST", sys.regions["dc1"].URL()+"/api/report", hw)
+	if code != 404 || body["status"] != "error" || body["message"] != "No task found for MAC "+mac+" in region dc1" || body["retry_after"] != 2.0 {
+		t.Fatalf("dc1 report: %d %v", code, body)
+	}
+	if n := len(sys.etcd.Dump(t, "/os/unmatched_reports/dc1/")); n != 1 {
+		t.Fatalf("dc1 unmatched reports: %d", n)
+	}
+	code, body = call(t, "POST", sys.regions["dc2"].URL()+"/api/report", hw)
+	if code != 200 || body["status"] != "ok" || body["task_id"] != id {
+		t.Fatalf("dc2 report: %d %v", code, body)
+	}
+	if strings.Contains(sys.logs["dc1"].String(), id) {
+		t.Fatal("dc1's appliance saw a dc2 task")
+	}
+	if !strings.Contains(sys.logs["dc2"].String(), "[dc2] New task assigned: "+id) {
+		t.Fatal("dc2's appliance did not log its task")
+	}
+	code, body = call(t, "GET", sys.regions["dc2"].URL()+"/api/health", nil)
+	if code != 200 || body["region_label"] != "dc2" || body["etcd_reachable"] != true {
+		t.Fatalf("health: %d %v", code, body)
+	}
+	code, body = call(t, "GET", sys.control.URL()+"/api/v1/regions", nil)
+	regions := body["regions"].([]any)
+	if code != 200 || len(regions) != 2 {
+		t.Fatalf("regions: %d %v", code, body)
+	}
+	for _, r := range regions {
+		r := r.(map[string]any)
+		if r["online"] != true {
+			t.Errorf("region %v offline", r["region"])
+		}
+		if r["region"] == "dc1" && r["unmatched"] != 1.0 {
+			t.Errorf("dc1 unmatched = %v", r["unmatched"])
+		}
+		if r["region"] == "dc2" && r["counts"].(map[string]any)["pending_approval"] != 1.0 {
+			t.Errorf("dc2 counts = %v", r["counts"])
+		}
+	}
+}
+
+func must(v string, ok bool) string {
+	if !ok {
+		panic(fmt.Sprintf("key missing (value %q)", v))
+	}
+	return v
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make run`: the whole system on one host, unprivileged. The appliance dc1 runs its
+# embedded etcd (127.0.0.1:2379) and the control plane uses it. Ctrl-C stops both.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+mkdir -p run/images
+API_PORT=${API_PORT:-8081}
+PORT=${PORT:-8080}
+
+bin/lpmos-appliance --label=dc1 --api-port="$API_PORT" --etcd-data-dir=run/dc1.etcd --images-dir=run/images &
+appliance=$!
+cleanup() {
+  kill -TERM "$control" "$appliance" 2>/dev/null || true
+  wait "$control" "$appliance" 2>/dev/null || true
+}
+control=""
+trap cleanup EXIT INT TERM
+
+# The control plane needs the appliance's etcd: wait for the regional API to answer.
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$API_PORT/api/health" >/dev/null 2>&1; then break; fi
+  kill -0 "$appliance" 2>/dev/null || { echo "run: the appliance exited" >&2; exit 1; }
+  sleep 0.2
+done
+bin/lpmos-control --port="$PORT" --etcd-endpoints=127.0.0.1:2379 &
+control=$!
+
+cat <<MSG
+
+  LPMOS is running.
+    Control plane (web UI + REST API): http://localhost:$PORT/
+    Add a task:                        http://localhost:$PORT/tasks/create
+    Regional API dc1 (agents):         http://localhost:$API_PORT/api/health
+    etcd (embedded in the appliance):  127.0.0.1:2379   (etcdctl get --prefix /os/)
+    OS images served from:             run/images/  (name them <os_type>-<os_version>.img|.gz|.zst|.xz)
+  Ctrl-C stops both.
+
+MSG
+wait -n "$appliance" "$control"
