@@ -15,7 +15,7 @@ import (
 
 // routes is the appliance's one HTTP server: the regional API and the files agents
 // download. Authentication can wrap this handler later.
-func (a *Appliance) routes() http.Handler {
+func (a *Appliance) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(a.log, f) }
 	mux.HandleFunc("POST /api/report", h(a.handleReport))

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -30,6 +31,10 @@ type Appliance struct {
 	ln     net.Listener
 	srv    *http.Server
 	images *imageCatalog
+
+	bootURL    string       // the regional URL machines on the boot network use
+	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
+	servers    []func(context.Context) error
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -90,13 +95,21 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 		return nil, fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
 	}
 	a.ln = ln
-	a.srv = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
-
 	runCtx, cancel := context.WithCancel(ctx)
 	a.cancel = cancel
+	mux := a.routes()
+	servers, err := a.startBoot(runCtx, mux, ln.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		cancel()
+		ln.Close()
+		return nil, err
+	}
+	a.servers = servers
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	hb, err := a.store.StartHeartbeat(runCtx, store.Heartbeat{Region: cfg.Label, APIURL: a.URL(), Version: Version}, cfg.HeartbeatTTL, a.log)
 	if err != nil {
 		cancel()
+		ln.Close()
 		return nil, err
 	}
 	a.hb = hb
@@ -115,6 +128,11 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 	go func() { serveErr <- a.srv.Serve(a.ln) }()
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- a.watch(ctx, watchReady) }()
+	bootErr := make(chan error, len(a.servers))
+	running := len(a.servers)
+	for _, serve := range a.servers {
+		go func() { bootErr <- serve(ctx) }()
+	}
 
 	var etcdErr <-chan error
 	if a.etcd != nil {
@@ -126,6 +144,9 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 		a.err = fmt.Errorf("regional API: %w", err)
 	case err := <-etcdErr:
 		a.err = fmt.Errorf("embedded etcd: %w", err)
+	case err := <-bootErr:
+		running--
+		a.err = fmt.Errorf("boot service stopped: %w", err)
 	}
 	a.cancel()
 	a.log.Info("Shutting down")
@@ -140,6 +161,9 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 		a.log.Info("Region marked offline")
 	}
 	<-watchErr
+	for ; running > 0; running-- {
+		<-bootErr
+	}
 	a.closeBackends()
 }
 

@@ -31,6 +31,27 @@ type Config struct {
 	RetryAfter   int // seconds an agent is told to wait after a 404 report
 	ImagesDir    string
 	LogLevel     string
+
+	Boot BootConfig
+}
+
+// BootConfig is the netboot side: proxy/full DHCP, TFTP, iPXE over HTTP. The zero
+// value turns DHCP and TFTP off (tests, and appliances that only serve the API).
+type BootConfig struct {
+	DHCPMode      string // "proxy", "full" or "off"; "" picks proxy with an interface, off without
+	DHCPInterface string
+	BootServerIP  string // advertised to clients; default: the DHCP interface's IPv4 address
+	DHCPRange     string // full mode: "10.77.0.100,10.77.0.200"
+	DHCPRouter    string
+	DHCPDNS       string // comma-separated
+	DHCPLeaseTime time.Duration
+	DHCPPorts     [2]int // tests: server ports instead of 67 and 4011
+	BootUnknown   bool
+	TFTPAddr      string // ":69"; empty: off
+	IPXEDir       string // override the embedded iPXE binaries
+	Kernel        string
+	Initramfs     string
+	KernelArgs    string // extra kernel arguments, space-separated
 }
 
 // envFor maps a flag to the environment variable of the v2.1 contract.
@@ -57,6 +78,20 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	b := &c.Boot
+	fs.StringVar(&b.DHCPMode, "dhcp-mode", "", "proxy, full or off (default: proxy with --dhcp-interface, off without)")
+	fs.StringVar(&b.DHCPInterface, "dhcp-interface", "", "boot network interface for DHCP (e.g. eth1)")
+	fs.StringVar(&b.BootServerIP, "boot-server-ip", "", "IPv4 address advertised to booting machines (default: the DHCP interface's)")
+	fs.StringVar(&b.DHCPRange, "dhcp-range", "", "full mode: address pool, e.g. 10.77.0.100,10.77.0.200")
+	fs.StringVar(&b.DHCPRouter, "dhcp-router", "", "full mode: default gateway offered (option 3)")
+	fs.StringVar(&b.DHCPDNS, "dhcp-dns", "", "full mode: comma-separated DNS servers offered (option 6)")
+	fs.DurationVar(&b.DHCPLeaseTime, "dhcp-lease-time", time.Hour, "full mode: lease time")
+	fs.BoolVar(&b.BootUnknown, "boot-unknown", true, "boot the agent on machines without a task (they land as unmatched reports; nothing is written without approval)")
+	fs.StringVar(&b.TFTPAddr, "tftp-addr", ":69", "TFTP listen address for the iPXE binaries; empty turns TFTP off")
+	fs.StringVar(&b.IPXEDir, "ipxe-dir", "", "directory of iPXE binaries (default: the ones built into this binary)")
+	fs.StringVar(&b.Kernel, "kernel", "build/initramfs/vmlinuz", "kernel booted by the agent's iPXE script")
+	fs.StringVar(&b.Initramfs, "initramfs", "build/initramfs/initramfs.cpio.gz", "the agent's initramfs")
+	fs.StringVar(&b.KernelArgs, "kernel-args", "console=tty0 console=ttyS0,115200", "extra kernel arguments for the agent")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
@@ -97,7 +132,7 @@ func (c Config) Validate() error {
 	if c.RetryAfter < 1 {
 		return fmt.Errorf("--retry-after: %d must be at least 1", c.RetryAfter)
 	}
-	return nil
+	return c.Boot.validate()
 }
 
 func splitList(s string) []string {

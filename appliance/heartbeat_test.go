@@ -34,7 +34,7 @@ func TestHeartbeatWithRealProcess(t *testing.T) {
 	e := storetest.Start(t)
 	bin := buildBinary(t, "./appliance/cmd/lpmos-appliance")
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--api-port=0", "--api-host=127.0.0.1", "--heartbeat-ttl=2s", "--images-dir="+t.TempDir())
+		cmd := exec.Command(bin, "--api-port=0", "--api-host=127.0.0.1", "--heartbeat-ttl=2s", "--tftp-addr=", "--images-dir="+t.TempDir())
 		cmd.Env = append(os.Environ(), "REGION_LABEL=dc7", "ETCD_ENDPOINTS="+strings.Join(e.Endpoints, ","))
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {

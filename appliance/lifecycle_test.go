@@ -46,6 +46,11 @@ type system struct {
 
 // startSystem runs a control plane and one appliance per region on one embedded etcd.
 func startSystem(t *testing.T, regions ...string) *system {
+	return startSystemWith(t, nil, regions...)
+}
+
+// startSystemWith lets a test adjust each appliance's config before it starts.
+func startSystemWith(t *testing.T, adjust func(*appliance.Config), regions ...string) *system {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -58,10 +63,14 @@ func startSystem(t *testing.T, regions ...string) *system {
 	sys.control = c
 	for _, r := range regions {
 		logs := &syncBuffer{}
-		a, err := appliance.Start(ctx, appliance.Config{
+		cfg := appliance.Config{
 			Label: r, APIHost: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints,
 			HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: sys.imagesDir, LogLevel: "info",
-		}, logs)
+		}
+		if adjust != nil {
+			adjust(&cfg)
+		}
+		a, err := appliance.Start(ctx, cfg, logs)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,246 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"lpmos.dev/lpmos/netboot"
+	"lpmos.dev/lpmos/netboot/dhcpd"
+	"lpmos.dev/lpmos/netboot/ipxe"
+	"lpmos.dev/lpmos/netboot/tftpd"
+	"lpmos.dev/lpmos/store"
+)
+
+// Names under which the HTTP boot handler serves --kernel and --initramfs.
+const (
+	kernelName    = "vmlinuz"
+	initramfsName = "initramfs.cpio.gz"
+)
+
+func (b BootConfig) mode() string {
+	if b.DHCPMode != "" {
+		return b.DHCPMode
+	}
+	if b.DHCPInterface != "" {
+		return "proxy"
+	}
+	return "off"
+}
+
+func (b BootConfig) validate() error {
+	switch b.mode() {
+	case "off", "proxy":
+	case "full":
+		if b.DHCPRange == "" {
+			return errors.New("--dhcp-mode=full needs --dhcp-range")
+		}
+		if _, _, err := dhcpd.ParseRange(b.DHCPRange); err != nil {
+			return fmt.Errorf("--dhcp-range: %w", err)
+		}
+	default:
+		return fmt.Errorf("--dhcp-mode: %q is not proxy, full or off", b.DHCPMode)
+	}
+	if b.BootServerIP != "" {
+		if ip, err := netip.ParseAddr(b.BootServerIP); err != nil || !ip.Is4() {
+			return fmt.Errorf("--boot-server-ip: %q is not an IPv4 address", b.BootServerIP)
+		}
+	}
+	if b.mode() != "off" && b.DHCPInterface == "" && b.BootServerIP == "" {
+		return errors.New("--dhcp-mode needs --dhcp-interface or --boot-server-ip")
+	}
+	for _, a := range strings.Fields(b.KernelArgs) {
+		if err := netboot.CheckWord("--kernel-args", a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Boot decides what a machine boots (netboot.Booter). Its latest task in this region
+// says: completed -> its local disk (a PXE-first server must not loop into the
+// installer); open -> the agent with the task id; none, failed or cancelled -> the
+// agent too when --boot-unknown (it gets inventoried and shows up as an unmatched
+// report; nothing is written without approval), otherwise silence.
+func (a *Appliance) Boot(ctx context.Context, m netboot.Machine) (*netboot.Plan, error) {
+	mac := m.MAC.String()
+	t, err := a.store.LatestTaskForMAC(ctx, a.cfg.Label, mac)
+	switch {
+	case err == nil && t.Status == store.StatusCompleted:
+		return &netboot.Plan{LocalDisk: true, TaskID: t.TaskID}, nil
+	case err == nil && t.Status.Open():
+		return a.agentPlan(t.TaskID), nil
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	if !a.cfg.Boot.BootUnknown {
+		return nil, nil
+	}
+	return a.agentPlan(""), nil
+}
+
+func (a *Appliance) agentPlan(taskID string) *netboot.Plan {
+	return &netboot.Plan{
+		Kernel: kernelName, Initrds: []string{initramfsName},
+		RegionalURL: a.bootURL, TaskID: taskID,
+		Args: strings.Fields(a.cfg.Boot.KernelArgs),
+	}
+}
+
+// startBoot mounts the HTTP boot handler and starts DHCP and TFTP as configured.
+// Long-running servers are added to run (they stop with ctx).
+func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int) ([]func(context.Context) error, error) {
+	b := a.cfg.Boot
+	log := a.log
+	var bins fs.FS = ipxe.Binaries()
+	if b.IPXEDir != "" {
+		bins = ipxe.BinariesDir(b.IPXEDir)
+	}
+	for _, f := range []string{ipxe.FileBIOS, ipxe.FileEFIx64} {
+		if !ipxe.HasBinary(bins, f) {
+			log.Warn("iPXE binary missing: machines needing it cannot boot (run scripts/fetch-ipxe.sh or pass --ipxe-dir)", "file", f)
+		}
+	}
+	files := map[string]string{}
+	for name, path := range map[string]string{kernelName: b.Kernel, initramfsName: b.Initramfs} {
+		if _, err := os.Stat(path); err != nil {
+			log.Warn("boot file missing: machines cannot boot the agent until it exists (make initramfs)", "file", path)
+		}
+		files[name] = path
+	}
+
+	serverIP, err := a.bootServerIP()
+	if err != nil {
+		return nil, err
+	}
+	if serverIP.IsValid() {
+		a.bootURL = "http://" + net.JoinHostPort(serverIP.String(), strconv.Itoa(port))
+	}
+	h, err := ipxe.NewHandler(ipxe.Config{Booter: a, Files: files, Binaries: bins, Logger: log, BaseURL: a.bootURL})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle(ipxe.PathBootstrap, h)
+	mux.Handle("/boot/", h)
+	mux.Handle(ipxe.PathBinaries, h)
+
+	var servers []func(context.Context) error
+	if mode := b.mode(); mode != "off" {
+		cfg := dhcpd.Config{Mode: dhcpd.Mode(mode), Booter: a, ServerIP: serverIP, HTTPPort: port, Binaries: bins, Logger: log}
+		if mode == "full" {
+			start, end, _ := dhcpd.ParseRange(b.DHCPRange)
+			pool := &dhcpd.Pool{Start: start, End: end, LeaseTime: b.DHCPLeaseTime, Subnet: a.bootSubnet}
+			if b.DHCPRouter != "" {
+				if pool.Router, err = netip.ParseAddr(b.DHCPRouter); err != nil {
+					return nil, fmt.Errorf("--dhcp-router: %w", err)
+				}
+			}
+			for _, d := range splitList(b.DHCPDNS) {
+				ip, err := netip.ParseAddr(d)
+				if err != nil {
+					return nil, fmt.Errorf("--dhcp-dns: %w", err)
+				}
+				pool.DNS = append(pool.DNS, ip)
+			}
+			cfg.Pool, cfg.Leases = pool, &etcdLeases{s: a.store, region: a.cfg.Label}
+		}
+		srv, err := dhcpd.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		ports := b.DHCPPorts
+		if ports == [2]int{} {
+			ports = [2]int{dhcpd.PortServer, dhcpd.PortPXE}
+		}
+		var conns []net.PacketConn
+		for _, p := range ports {
+			c, err := dhcpd.Listen(ctx, ":"+strconv.Itoa(p), b.DHCPInterface)
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return nil, fmt.Errorf("--dhcp-mode=%s: %w (DHCP needs root or CAP_NET_BIND_SERVICE)", mode, err)
+			}
+			conns = append(conns, c)
+		}
+		log.Info("DHCP serving", "mode", mode, "interface", b.DHCPInterface, "boot_server", serverIP, "boot_unknown", b.BootUnknown)
+		servers = append(servers, func(ctx context.Context) error { return srv.Serve(ctx, conns...) })
+	}
+	if b.TFTPAddr != "" {
+		t, err := tftpd.New(tftpd.Config{Files: bins, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		conn, err := tftpd.Listen(ctx, b.TFTPAddr)
+		switch {
+		case errors.Is(err, syscall.EACCES) && os.Geteuid() != 0:
+			log.Warn("TFTP off: port refused without root (run as root, or pass --tftp-addr=:6969 or --tftp-addr= to silence this)", "addr", b.TFTPAddr)
+		case err != nil:
+			return nil, fmt.Errorf("--tftp-addr: %w", err)
+		default:
+			servers = append(servers, func(ctx context.Context) error { return t.Serve(ctx, conn) })
+		}
+	}
+	return servers, nil
+}
+
+// bootServerIP is --boot-server-ip, else the DHCP interface's first IPv4 address.
+func (a *Appliance) bootServerIP() (netip.Addr, error) {
+	b := a.cfg.Boot
+	if b.BootServerIP != "" {
+		return netip.MustParseAddr(b.BootServerIP), nil
+	}
+	if b.DHCPInterface == "" {
+		return netip.Addr{}, nil
+	}
+	ifc, err := net.InterfaceByName(b.DHCPInterface)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("--dhcp-interface: %w", err)
+	}
+	addrs, _ := ifc.Addrs()
+	for _, ad := range addrs {
+		if p, err := netip.ParsePrefix(ad.String()); err == nil && p.Addr().Is4() {
+			a.bootSubnet = p.Masked()
+			return p.Addr(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("--dhcp-interface %s has no IPv4 address (or pass --boot-server-ip)", b.DHCPInterface)
+}
+
+// etcdLeases keeps full-DHCP leases in etcd under the region.
+type etcdLeases struct {
+	s      *store.Store
+	region string
+}
+
+func (l *etcdLeases) Leases(ctx context.Context) ([]dhcpd.Lease, error) {
+	stored, err := l.s.ListLeases(ctx, l.region)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]dhcpd.Lease, 0, len(stored))
+	for _, s := range stored {
+		ip, err := netip.ParseAddr(s.IP)
+		if err != nil {
+			continue
+		}
+		out = append(out, dhcpd.Lease{MAC: s.MAC, IP: ip, Expiry: s.Expiry, Hostname: s.Hostname})
+	}
+	return out, nil
+}
+
+func (l *etcdLeases) Put(ctx context.Context, le dhcpd.Lease) error {
+	return l.s.PutLease(ctx, l.region, store.DHCPLease{MAC: le.MAC, IP: le.IP.String(), Expiry: le.Expiry.UTC(), Hostname: le.Hostname})
+}
+
+func (l *etcdLeases) Delete(ctx context.Context, ip netip.Addr) error {
+	return l.s.DeleteLease(ctx, l.region, ip.String())
+}
