@@ -27,9 +27,9 @@ const ModulesRoot = "/lpmos/modules"
 
 // AlwaysLoad are modules no device's modalias asks for but the agent needs:
 // virtio_rng feeds the kernel's entropy pool in VMs (Go's crypto/rand otherwise blocks
-// for minutes under emulation), sd_mod makes SCSI/SATA/SAS disks block devices before
-// the async SCSI scan finishes, efivarfs exposes UEFI variables for the inventory.
-var AlwaysLoad = []string{"virtio_rng", "sd_mod", "efivarfs"}
+// for minutes under emulation; absent hardware makes it a no-op), sd_mod makes
+// SCSI/SATA/SAS disks block devices. On UEFI machines efivarfs is loaded too.
+var AlwaysLoad = []string{"virtio_rng", "sd_mod"}
 
 // moduleParams make probing synchronous where the kernel defaults to async, so disks
 // exist when the inventory runs.
@@ -104,7 +104,11 @@ func loadDrivers(ctx context.Context, log *slog.Logger) (kmod.Report, error) {
 	}
 	l := kmod.NewLoader(ix, log)
 	l.Params = moduleParams
-	for _, m := range AlwaysLoad {
+	always := AlwaysLoad
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		always = append(always[:len(always):len(always)], "efivarfs") // ENODEV on BIOS
+	}
+	for _, m := range always {
 		if err := l.Load(m); err != nil {
 			log.Warn("module not loaded", "module", m, "err", err)
 		}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build the agent's netboot pair: build/initramfs/vmlinuz (Debian's kernel, from
+# scripts/fetch-kernel.sh) and build/initramfs/initramfs.cpio.gz. See
+# agent-initramfs/README.md. Prints the sizes and the build time.
+#
+# The initramfs is two gzipped cpio archives back to back (the kernel unpacks each in
+# turn, later files winning):
+#   1. u-root v0.16.0 in module mode: init, the gosh rescue shell, a few commands, and
+#      /bin/uinit -> /bin/lpmos-agent --initramfs. Slow to build (minutes on 2 busy
+#      cores), so it is cached under build/initramfs/cache/, keyed by go.sum and the
+#      command list.
+#   2. The agent (a static `go build`, not busyboxed) and the kernel modules of
+#      agent-initramfs/modules.txt with their dependencies under
+#      /lpmos/modules/<release>/ (not /lib/modules: u-root's init would load them all,
+#      unordered). Rebuilt every time, in seconds.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+export PATH=/usr/local/go/bin:$PATH
+start=$(date +%s)
+
+budget_mib=40 # compressed initramfs; the build fails above it
+
+kdir=$(scripts/fetch-kernel.sh)
+kver=$(basename "$(ls -d "$kdir"/lib/modules/*/ | head -n1)")
+out="$top/build/initramfs"
+cache="$out/cache"
+mkdir -p "$out" "$cache"
+stage=$(mktemp -d "$top/build/initramfs-stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+
+go build -o "$stage/u-root" github.com/u-root/u-root
+uroot() { "$stage/u-root" -tmp-dir "$stage" -skip-ldd "$@" 2> "$stage/u-root.log" || { cat "$stage/u-root.log" >&2; exit 1; }; }
+
+# 1. The u-root base. Core commands are pinned in go.mod by agent-initramfs/uroot/tools.go.
+cmds=(init gosh ls cat ip dmesg mount ps lsmod mkdir more shutdown dhclient wget)
+base_args=(-defaultsh gosh -uinitcmd "/bin/lpmos-agent --initramfs")
+key=$( { cat go.sum agent-initramfs/uroot/tools.go; echo "${cmds[*]} ${base_args[*]}"; } | sha256sum | cut -c1-16)
+base="$cache/uroot-$key.cpio.gz"
+if [ ! -f "$base" ]; then
+  echo "build-initramfs: building the u-root base ($key); this takes minutes" >&2
+  pkgs=()
+  for c in "${cmds[@]}"; do pkgs+=("github.com/u-root/u-root/cmds/core/$c"); done
+  uroot -o "$stage/base.cpio" "${base_args[@]}" "${pkgs[@]}"
+  gzip -9 -n <"$stage/base.cpio" >"$stage/base.cpio.gz"
+  rm -f "$cache"/uroot-*.cpio.gz
+  mv "$stage/base.cpio.gz" "$base"
+fi
+
+# 2. The agent and its modules.
+go run ./agent-initramfs/modbundle -src "$kdir/lib/modules/$kver" -dst "$stage/modules" \
+  -list agent-initramfs/modules.txt >&2
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$stage/lpmos-agent" ./agent-initramfs/cmd/lpmos-agent
+uroot -o "$stage/agent.cpio" -base /dev/null -nocmd -initcmd= -uinitcmd= -defaultsh= \
+  -files "$stage/lpmos-agent:bin/lpmos-agent" \
+  -files "$stage/modules:lpmos/modules/$kver"
+gzip -9 -n <"$stage/agent.cpio" >"$stage/agent.cpio.gz"
+
+cat "$base" "$stage/agent.cpio.gz" >"$out/initramfs.cpio.gz.tmp"
+mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+cp "$kdir/boot/vmlinuz-$kver" "$out/vmlinuz"
+echo "$kver" >"$out/kernel-release"
+
+size=$(stat -c %s "$out/initramfs.cpio.gz")
+mib() { awk -v b="$1" 'BEGIN{printf "%.1f MiB", b/1048576}'; }
+echo "build-initramfs: $out/initramfs.cpio.gz $(mib "$size") (u-root base $(mib "$(stat -c %s "$base")") + agent and $(ls "$stage/modules"/*.ko* | wc -l) modules $(mib "$(stat -c %s "$stage/agent.cpio.gz")"); budget ${budget_mib} MiB), vmlinuz $(mib "$(stat -c %s "$out/vmlinuz")"), $(( $(date +%s) - start ))s"
+if [ "$size" -gt $((budget_mib * 1048576)) ]; then
+  echo "build-initramfs: over the ${budget_mib} MiB budget" >&2
+  exit 1
+fi
