@@ -8,7 +8,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd
+	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd ./images/cmd/lpmos-image
 
 # The whole system on one host: control plane + appliance dc1 on the appliance's embedded etcd.
 run: build

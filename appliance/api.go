@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"lpmos.dev/lpmos/appliance/regionapi"
@@ -22,7 +23,7 @@ func (a *Appliance) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
-	mux.Handle("GET /images/", http.StripPrefix("/images/", a.images.handler()))
+	mux.Handle("GET /images/", http.StripPrefix("/images", a.images.Handler()))
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
@@ -84,12 +85,13 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		resp.Disk = &regionapi.DiskHint{Serial: d.Serial, WWN: d.WWN, ByPath: d.ByPath, MinBytes: d.MinBytes, MaxBytes: d.MaxBytes}
 	}
 	if resp.Approved {
-		img, ok := a.images.lookup(t.OSType, t.OSVersion)
-		if ok {
-			img.URL = "http://" + r.Host + "/images/" + img.URL
-			resp.Image = &img
+		// The image URL uses the host the agent reached us on: it works from the
+		// boot network and from this host alike.
+		if e, ok := a.images.Lookup(t.OSType, t.OSVersion); ok {
+			src := e.Source("http://" + r.Host + "/images/")
+			resp.Image = &regionapi.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}
 		} else {
-			resp.Message = fmt.Sprintf("region %s has no image for %s %s (available: %v)", a.cfg.Label, t.OSType, t.OSVersion, a.images.names())
+			resp.Message = fmt.Sprintf("region %s has no image for %s %s (its catalog has: %s)", a.cfg.Label, t.OSType, t.OSVersion, strings.Join(a.heartbeat().Images, ", "))
 		}
 	} else {
 		resp.Message = "waiting for approval"

@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
 	"lpmos.dev/lpmos/appliance/applog"
+	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
 )
@@ -30,7 +32,7 @@ type Appliance struct {
 	hb     *store.Heartbeater
 	ln     net.Listener
 	srv    *http.Server
-	images *imageCatalog
+	images *images.Catalog
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
@@ -88,7 +90,12 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 		return nil, err
 	}
 	a.store = st
-	a.images = newImageCatalog(cfg.ImagesDir)
+	if err := os.MkdirAll(cfg.ImagesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("--images-dir: %w", err)
+	}
+	if a.images, err = images.OpenCatalog(cfg.ImagesDir); err != nil {
+		return nil, fmt.Errorf("--images-dir: %w", err)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
@@ -106,7 +113,7 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 	}
 	a.servers = servers
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
-	hb, err := a.store.StartHeartbeat(runCtx, store.Heartbeat{Region: cfg.Label, APIURL: a.URL(), Version: Version}, cfg.HeartbeatTTL, a.log)
+	hb, err := a.store.StartHeartbeat(runCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
 	if err != nil {
 		cancel()
 		ln.Close()
@@ -244,6 +251,15 @@ func (a *Appliance) onTaskEvent(ev store.TaskEvent) {
 	case ev.Field == "status" && !ev.Deleted:
 		a.log.Info(fmt.Sprintf("Task %s status: %s", ev.TaskID, ev.Value))
 	}
+}
+
+// heartbeat is what the region advertises on every beat.
+func (a *Appliance) heartbeat() store.Heartbeat {
+	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []string{}}
+	for _, e := range a.images.List() {
+		hb.Images = append(hb.Images, e.OSType+" "+e.OSVersion)
+	}
+	return hb
 }
 
 func parseLevel(s string) slog.Level {

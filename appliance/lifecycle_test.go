@@ -2,6 +2,7 @@ package appliance_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/control"
+	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
@@ -125,14 +127,13 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // The seed's Test 1: create task -> agent reports (MAC in other letter case) ->
 // pending_approval -> approve -> image downloaded -> progress -> completed.
 func TestNormalFlow(t *testing.T) {
-	sys := startSystem(t, "dc1")
-	image := bytes.Repeat([]byte("LPMOS-IMAGE-"), 300_000) // 3.6 MB: several progress updates
-	if err := os.WriteFile(filepath.Join(sys.imagesDir, "ubuntu-22.04.img"), image, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	var image []byte
+	// The image is in the catalog before the appliance starts, so its first
+	// heartbeat advertises it (later additions show within a third of the TTL).
+	sys := startSystemWith(t, func(c *appliance.Config) { image = addImage(t, c.ImagesDir, "ubuntu", "22.04") }, "dc1")
 	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
 		"region_id": "dc1", "target_mac": "00:1a:2b:3c:4d:5e", "os_type": "ubuntu", "os_version": "22.04"})
-	if code != http.StatusCreated || task["status"] != "pending" {
+	if code != http.StatusCreated || task["status"] != "pending" || task["warning"] != nil {
 		t.Fatalf("create: %d %v", code, task)
 	}
 	id := task["task_id"].(string)
@@ -207,6 +208,39 @@ func TestNormalFlow(t *testing.T) {
 		if !strings.Contains(l, " [dc1] ") {
 			t.Errorf("log line without label: %q", l)
 		}
+	}
+}
+
+// A task for an OS the region lacks is accepted with a warning; approved while the
+// image is still missing, the agent fails it with the reason and writes nothing.
+func TestMissingImageFailsTask(t *testing.T) {
+	sys := startSystemWith(t, func(c *appliance.Config) { addImage(t, c.ImagesDir, "debian", "12") }, "dc1")
+	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc1", "target_mac": "52:54:00:00:00:42", "os_type": "ubuntu", "os_version": "24.04"})
+	if w, _ := task["warning"].(string); code != 201 || !strings.Contains(w, "no image for ubuntu 24.04") || !strings.Contains(w, "debian 12") {
+		t.Fatalf("create: %d %v", code, task)
+	}
+	id := task["task_id"].(string)
+	target := filepath.Join(t.TempDir(), "disk.img")
+	agentErr := make(chan error, 1)
+	go func() {
+		agentErr <- agent.Run(context.Background(), agent.Config{RegionalURL: sys.regions["dc1"].URL(), MAC: "52:54:00:00:00:42",
+			Target: target, PollInterval: 20 * time.Millisecond, Log: quietLog()})
+	}()
+	sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
+	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	if err := <-agentErr; err == nil || !strings.Contains(err.Error(), "no image for ubuntu 24.04") {
+		t.Fatalf("agent: %v", err)
+	}
+	if v, _ := sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/status"); v != "failed" {
+		t.Fatalf("status = %q", v)
+	}
+	meta := getJSON(t, must(sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/metadata")))
+	if e, _ := meta["error"].(string); !strings.Contains(e, "no image for ubuntu 24.04") {
+		t.Fatalf("metadata error = %v", meta["error"])
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("target was touched: %v", err)
 	}
 }
 
@@ -319,6 +353,29 @@ func TestTwoRegions(t *testing.T) {
 			t.Errorf("dc2 counts = %v", r["counts"])
 		}
 	}
+}
+
+// addImage puts a gzip image into the region's catalog (as `lpmos-image add` does)
+// and returns its decompressed bytes.
+func addImage(t *testing.T, dir, osType, osVersion string) []byte {
+	t.Helper()
+	image := bytes.Repeat([]byte("LPMOS-IMAGE-"), 300_000) // 3.6 MB: several progress updates
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(image)
+	zw.Close()
+	path := filepath.Join(dir, osType+"-"+osVersion+".img.gz")
+	if err := os.WriteFile(path, gz.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := images.OpenCatalog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Add(context.Background(), osType, osVersion, path, images.FormatGzip); err != nil {
+		t.Fatal(err)
+	}
+	return image
 }
 
 func must(v string, ok bool) string {

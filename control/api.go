@@ -1,7 +1,10 @@
 package control
 
 import (
+	"context"
+	"fmt"
 	"net/http"
+	"strings"
 
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
@@ -35,8 +38,36 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task created", "task", t.TaskID, "region", t.RegionID, "mac", t.TargetMAC, "status", t.Status)
-	httpjson.Write(w, http.StatusCreated, t)
+	httpjson.Write(w, http.StatusCreated, createdTask{Task: t, Warning: s.catalogWarning(r.Context(), t)})
 	return nil
+}
+
+// createdTask is a new task plus a warning when its region cannot install it yet.
+type createdTask struct {
+	store.Task
+	Warning string `json:"warning,omitempty"`
+}
+
+// catalogWarning checks the task's OS against the image list its region advertises in
+// its heartbeat. A missing image does not refuse the task: operators create tasks
+// before they upload images; the agent fails the task if it is still missing when
+// approved.
+func (s *Server) catalogWarning(ctx context.Context, t store.Task) string {
+	reg, err := s.store.GetRegion(ctx, t.RegionID)
+	if err != nil || reg.Heartbeat == nil {
+		return fmt.Sprintf("region %s is offline or unknown: its image catalog cannot be checked", t.RegionID)
+	}
+	want := t.OSType + " " + t.OSVersion
+	for _, img := range reg.Heartbeat.Images {
+		if strings.EqualFold(img, want) {
+			return ""
+		}
+	}
+	have := "nothing"
+	if len(reg.Heartbeat.Images) > 0 {
+		have = strings.Join(reg.Heartbeat.Images, ", ")
+	}
+	return fmt.Sprintf("region %s has no image for %s yet (its catalog has: %s); upload it before approving", t.RegionID, want, have)
 }
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {

@@ -33,7 +33,7 @@ cat <<MSG
     Add a task:                        http://localhost:$PORT/tasks/create
     Regional API dc1 (agents):         http://localhost:$API_PORT/api/health
     etcd (embedded in the appliance):  127.0.0.1:2379   (etcdctl get --prefix /os/)
-    OS images served from:             run/images/  (name them <os_type>-<os_version>.img|.gz|.zst|.xz)
+    OS images:                         bin/lpmos-image add --dir run/images --os-type ubuntu --os-version 22.04 FILE
   Ctrl-C stops both.
 
 MSG

@@ -24,6 +24,7 @@ const (
 // dies, etcd deletes the key when the TTL runs out and the region reads as offline.
 type Heartbeater struct {
 	s    *Store
+	info func() Heartbeat
 	hb   Heartbeat
 	ttl  time.Duration
 	log  *slog.Logger
@@ -34,15 +35,21 @@ type Heartbeater struct {
 }
 
 // StartHeartbeat writes the heartbeat and status online now, then refreshes them every
-// ttl/3 until Stop. ttl is rounded up to whole seconds (etcd's lease unit).
-func (s *Store) StartHeartbeat(ctx context.Context, hb Heartbeat, ttl time.Duration, log *slog.Logger) (*Heartbeater, error) {
+// ttl/3 until Stop, taking the value from info each time (so what the region
+// advertises, such as its images, stays current). ttl is rounded up to whole seconds
+// (etcd's lease unit).
+func (s *Store) StartHeartbeat(ctx context.Context, info func() Heartbeat, ttl time.Duration, log *slog.Logger) (*Heartbeater, error) {
+	hb := info()
 	if err := ValidateRegion(hb.Region); err != nil {
 		return nil, err
 	}
 	if ttl < time.Second {
 		ttl = time.Second
 	}
-	h := &Heartbeater{s: s, hb: hb, ttl: ttl, log: log, done: make(chan struct{})}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &Heartbeater{s: s, info: info, hb: hb, ttl: ttl, log: log, done: make(chan struct{})}
 	if err := h.beat(ctx); err != nil {
 		return nil, err
 	}
@@ -68,7 +75,8 @@ func (h *Heartbeater) beat(ctx context.Context) error {
 		}
 		h.lease = g.ID
 	}
-	hb := h.hb
+	hb := h.info()
+	hb.Region = h.hb.Region
 	hb.Timestamp = h.s.now()
 	b, _ := json.Marshal(hb)
 	_, err := h.s.c.Txn(ctx).Then(

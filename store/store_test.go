@@ -294,7 +294,7 @@ func TestValidation(t *testing.T) {
 func TestHeartbeat(t *testing.T) {
 	e := storetest.Start(t)
 	s, ctx := e.Store, ctxT(t)
-	hb, err := s.StartHeartbeat(ctx, store.Heartbeat{Region: "dc1"}, 2*time.Second, nil)
+	hb, err := s.StartHeartbeat(ctx, func() store.Heartbeat { return store.Heartbeat{Region: "dc1"} }, 2*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,6 +92,9 @@ type Heartbeat struct {
 	Timestamp time.Time `json:"timestamp"`
 	APIURL    string    `json:"api_url,omitempty"`
 	Version   string    `json:"version,omitempty"`
+	// Images lists the region's catalog as "os_type os_version", so the control
+	// plane can warn about a task for an OS the region cannot install.
+	Images []string `json:"images"`
 }
 
 // Region is a region as the control plane sees it.

@@ -31,7 +31,7 @@ type Config struct {
 	PollInterval time.Duration
 	// Inventory collects the hardware (ghw by default; tests inject a fixed report).
 	Inventory func() (regionapi.Hardware, error)
-	// Install writes the approved image; nil means the host-mode file download.
+	// Install writes the approved image; nil means WriteImage.
 	Install InstallFunc
 	HTTP    *http.Client
 	Log     *slog.Logger
@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	install := cfg.Install
 	if install == nil {
-		install = DownloadToFile
+		install = WriteImage
 	}
 	job := Job{TaskID: appr.TaskID, Image: *appr.Image, Disk: appr.Disk, Hardware: hw, Target: cfg.Target}
 	log.Info("approved: installing", "task", appr.TaskID, "image", appr.Image.URL, "target", cfg.Target)

@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/images"
+)
+
+// WriteImage is the installer: it streams the approved image (decompressed, sha256
+// checked, written with several writes in flight, fsynced and read back) onto
+// job.Target when one is given (a file in host mode, or a device), else onto the
+// disk ChooseDisk picks from the inventory. Any failure leaves the task failed with
+// the reason; the caller never reboots into a disk that did not verify.
+func WriteImage(ctx context.Context, job Job, p *Progress) error {
+	target := job.Target
+	if target == "" {
+		d, err := ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
+		if err != nil {
+			return err
+		}
+		target = d.Path
+		p.Update(ctx, regionapi.ProgressRequest{Stage: "preparing", Message: "installing onto " + describe(d)}, true)
+	}
+	// O_DIRECT on block devices: the disk stays busy without page-cache throttling
+	// and the read-back reads the disk, not the cache. Files (host mode, tmpfs) may
+	// not support it.
+	st, err := os.Stat(target)
+	direct := err == nil && st.Mode()&os.ModeDevice != 0
+	dst, err := images.OpenTarget(target, images.TargetOptions{Direct: direct})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", target, err)
+	}
+	defer dst.Close()
+	src := images.Source{URL: job.Image.URL, Format: images.Format(job.Image.Format), Size: job.Image.Size, SHA256: job.Image.SHA256}
+	lastStage := ""
+	res, err := images.Write(ctx, src, dst, images.Options{Progress: func(pr images.Progress) {
+		stage := map[images.Stage]string{images.StageDownloading: "downloading", images.StageSyncing: "writing", images.StageVerifying: "verifying"}[pr.Stage]
+		if stage == "" {
+			return
+		}
+		r := regionapi.ProgressRequest{Stage: stage, Percentage: pr.Percent(), BytesDone: pr.Done, BytesTotal: pr.Total, RateBps: pr.Rate, ETASeconds: pr.ETA.Seconds(),
+			Message: fmt.Sprintf("%s: %d / %d MiB onto %s", stage, pr.Done>>20, pr.Total>>20, target)}
+		p.Update(ctx, r, stage != lastStage)
+		lastStage = stage
+	}})
+	if err != nil {
+		return fmt.Errorf("write %s onto %s: %w", job.Image.URL, target, err)
+	}
+	if err := dst.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", target, err)
+	}
+	p.log.Info("image written and verified", "target", target, "bytes", res.Bytes, "sha256", res.SHA256, "elapsed", res.Elapsed, "retries", res.Retries)
+	return nil
+}
