@@ -24,6 +24,7 @@ type Server struct {
 	done   chan struct{}
 	err    error
 	cancel context.CancelFunc
+	live   *hub // the web UI's WebSocket push
 }
 
 // Run is the control plane's main.
@@ -49,6 +50,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}
 	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
+	s.live = newHub(st, log, cfg.UnmatchedAlert)
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
 		st.Close()
@@ -58,6 +60,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	runCtx, cancelRun := context.WithCancel(ctx)
 	s.cancel = cancelRun
+	go s.live.run(runCtx)
 	go s.run(runCtx)
 	log.Info("control plane ready", "url", s.URL(), "etcd", cfg.EtcdEndpoints)
 	return s, nil
@@ -77,6 +80,8 @@ func (s *Server) run(ctx context.Context) {
 	if err := s.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Warn("shutdown", "err", err)
 	}
+	s.cancel() // also when Serve failed: the live push must stop before the store closes
+	<-s.live.stopped
 	s.store.Close()
 }
 

@@ -1,0 +1,347 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"lpmos.dev/lpmos/store"
+)
+
+// The live push: one etcd watch (store.WatchAll) feeds a hub that re-reads what changed
+// and broadcasts view models to every open page over a WebSocket at /live. Changes are
+// coalesced for flushDelay so a burst of progress updates costs one read per task.
+
+const (
+	flushDelay    = 100 * time.Millisecond
+	sendBuffer    = 64
+	writeTimeout  = 10 * time.Second
+	pingInterval  = 30 * time.Second
+	rewatchDelay  = time.Second
+	maxSnapTasks  = 2000
+	unmatchedMax  = 50
+	liveReadLimit = 512
+)
+
+// liveMsg is one message to the browser. Type says which fields are set.
+type liveMsg struct {
+	Type      string          `json:"type"` // snapshot, task, task_deleted, regions, unmatched
+	Task      *taskView       `json:"task,omitempty"`
+	Tasks     []taskView      `json:"tasks,omitempty"`
+	Deleted   string          `json:"deleted,omitempty"`
+	Regions   []regionView    `json:"regions,omitempty"`
+	Unmatched []unmatchedView `json:"unmatched,omitempty"`
+	// UnmatchedTotal and AlertOver travel with regions and unmatched lists.
+	UnmatchedTotal int `json:"unmatched_total"`
+	AlertOver      int `json:"alert_over"`
+}
+
+type subscriber struct {
+	ch   chan []byte
+	gone chan struct{} // closed when the hub drops a subscriber too slow to keep up
+}
+
+type hub struct {
+	st     *store.Store
+	log    *slog.Logger
+	alert  int
+	rates  *rateTracker
+	health *healthLog
+
+	mu             sync.Mutex
+	subs           map[*subscriber]struct{}
+	dirtyTasks     map[string]string // task id -> region
+	dirtyRegions   bool
+	dirtyUnmatched bool
+	kick           chan struct{}
+	stopped        chan struct{}
+}
+
+func newHub(st *store.Store, log *slog.Logger, alert int) *hub {
+	return &hub{st: st, log: log, alert: alert, rates: newRateTracker(), health: newHealthLog(),
+		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{},
+		kick: make(chan struct{}, 1), stopped: make(chan struct{})}
+}
+
+// run watches etcd and flushes changes until ctx ends, then closes every WebSocket so
+// the HTTP server's shutdown is not held up by hijacked connections.
+func (h *hub) run(ctx context.Context) {
+	flushed := make(chan struct{})
+	go func() { h.flushLoop(ctx); close(flushed) }()
+	defer func() { <-flushed; close(h.stopped) }()
+	for {
+		err := h.st.WatchAll(ctx, func() {
+			// Changes during a gap between watches are not replayed: re-read all.
+			h.markAll()
+		}, h.onChange)
+		if ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("live watch ended; watching again", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(rewatchDelay):
+		}
+	}
+}
+
+func (h *hub) markAll() {
+	h.mu.Lock()
+	h.dirtyRegions, h.dirtyUnmatched = true, true
+	h.mu.Unlock()
+	h.poke()
+}
+
+func (h *hub) poke() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (h *hub) onChange(c store.Change) {
+	h.mu.Lock()
+	switch c.Kind {
+	case store.ChangeTask:
+		h.dirtyTasks[c.TaskID] = c.Region
+		if c.Field == "status" || c.Deleted {
+			h.dirtyRegions = true // the per-region counts moved
+		}
+	case store.ChangeRegion:
+		h.dirtyRegions = true
+	case store.ChangeUnmatched:
+		h.dirtyUnmatched, h.dirtyRegions = true, true
+	}
+	h.mu.Unlock()
+	h.poke()
+}
+
+func (h *hub) flushLoop(ctx context.Context) {
+	defer h.closeAll()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.kick:
+		}
+		select { // coalesce a burst
+		case <-ctx.Done():
+			return
+		case <-time.After(flushDelay):
+		}
+		h.flush(ctx)
+	}
+}
+
+func (h *hub) flush(ctx context.Context) {
+	h.mu.Lock()
+	tasks, regions, unmatched := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched
+	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched = map[string]string{}, false, false
+	h.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for id := range tasks {
+		t, err := h.st.GetTask(rctx, id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			h.broadcast(liveMsg{Type: "task_deleted", Deleted: id})
+		case err != nil:
+			h.log.Warn("live: read task", "task", id, "err", err)
+		default:
+			v := newTaskView(t, h.rates)
+			h.broadcast(liveMsg{Type: "task", Task: &v})
+		}
+	}
+	if regions {
+		if rv, total, err := h.regions(rctx); err != nil {
+			h.log.Warn("live: list regions", "err", err)
+		} else {
+			h.broadcast(liveMsg{Type: "regions", Regions: rv, UnmatchedTotal: total, AlertOver: h.alert})
+		}
+	}
+	if unmatched {
+		if uv, err := h.unmatched(rctx); err != nil {
+			h.log.Warn("live: list unmatched", "err", err)
+		} else {
+			h.broadcast(liveMsg{Type: "unmatched", Unmatched: uv, AlertOver: h.alert}) // totals travel with "regions"
+		}
+	}
+}
+
+// regions lists regions as views and notes their health in the history.
+func (h *hub) regions(ctx context.Context) ([]regionView, int, error) {
+	rs, err := h.st.ListRegions(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]regionView, 0, len(rs))
+	total := 0
+	for _, r := range rs {
+		v := newRegionView(r, h.alert)
+		h.health.record(&v)
+		total += v.Unmatched
+		out = append(out, v)
+	}
+	return out, total, nil
+}
+
+func (h *hub) unmatched(ctx context.Context) ([]unmatchedView, error) {
+	us, err := h.st.ListUnmatched(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := []unmatchedView{}
+	for i := len(us) - 1; i >= 0 && len(out) < unmatchedMax; i-- { // newest first
+		out = append(out, newUnmatchedView(us[i]))
+	}
+	return out, nil
+}
+
+func (h *hub) broadcast(m liveMsg) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		h.log.Error("live: encode", "err", err)
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		select {
+		case s.ch <- b:
+		default:
+			// A page that cannot keep up reconnects and gets a fresh snapshot.
+			delete(h.subs, s)
+			close(s.gone)
+		}
+	}
+}
+
+func (h *hub) subscribe() *subscriber {
+	s := &subscriber{ch: make(chan []byte, sendBuffer), gone: make(chan struct{})}
+	h.mu.Lock()
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	return s
+}
+
+func (h *hub) unsubscribe(s *subscriber) {
+	h.mu.Lock()
+	if _, ok := h.subs[s]; ok {
+		delete(h.subs, s)
+		close(s.gone)
+	}
+	h.mu.Unlock()
+}
+
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		delete(h.subs, s)
+		close(s.gone)
+	}
+}
+
+// snapshot is what a page gets on (re)connect: everything, so a page that was open
+// across a control plane restart catches up without a reload.
+func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
+	m := liveMsg{Type: "snapshot", AlertOver: h.alert}
+	var err error
+	if m.Regions, m.UnmatchedTotal, err = h.regions(ctx); err != nil {
+		return m, err
+	}
+	if m.Unmatched, err = h.unmatched(ctx); err != nil {
+		return m, err
+	}
+	tasks, err := h.st.ListTasks(ctx, store.ListFilter{})
+	if err != nil {
+		return m, err
+	}
+	if len(tasks) > maxSnapTasks {
+		tasks = tasks[len(tasks)-maxSnapTasks:]
+	}
+	m.Tasks = make([]taskView, 0, len(tasks))
+	for _, t := range tasks {
+		m.Tasks = append(m.Tasks, newTaskView(t, h.rates))
+	}
+	return m, nil
+}
+
+// serveLive is GET /live: a WebSocket of liveMsg, server to browser only.
+func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
+	h := s.live
+	select {
+	case <-h.stopped:
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	// Accept checks that Origin matches Host: another site cannot read our push.
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept has answered
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(liveReadLimit)
+	ctx := c.CloseRead(context.WithoutCancel(r.Context())) // we never read; this handles close frames
+	sub := h.subscribe()
+	defer h.unsubscribe(sub)
+
+	sctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	snap, err := h.snapshot(sctx)
+	cancel()
+	if err != nil {
+		s.log.Warn("live: snapshot", "err", err)
+		c.Close(websocket.StatusTryAgainLater, "etcd unavailable")
+		return
+	}
+	if err := writeJSON(ctx, c, snap); err != nil {
+		return
+	}
+	ping := time.NewTicker(pingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.gone:
+			c.Close(websocket.StatusGoingAway, "reconnect")
+			return
+		case <-h.stopped:
+			c.Close(websocket.StatusServiceRestart, "control plane stopping")
+			return
+		case b := <-sub.ch:
+			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			err := c.Write(wctx, websocket.MessageText, b)
+			cancel()
+			if err != nil {
+				return
+			}
+		case <-ping.C:
+			// Keeps idle proxies from cutting the connection.
+			pctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			err := c.Ping(pctx)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func writeJSON(ctx context.Context, c *websocket.Conn, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	return c.Write(wctx, websocket.MessageText, b)
+}

@@ -1,0 +1,478 @@
+package control
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/store"
+)
+
+// View models: what the templates and the WebSocket push show, computed in Go so the
+// templates and the JavaScript stay dumb and say the same thing.
+
+// taskView is one task as a row of a list and as a live update.
+type taskView struct {
+	ID          string    `json:"id"`
+	Short       string    `json:"short"`
+	Region      string    `json:"region"`
+	MAC         string    `json:"mac"`
+	OS          string    `json:"os"`
+	Status      string    `json:"status"`
+	StatusLabel string    `json:"status_label"`
+	Open        bool      `json:"open"`
+	HasProgress bool      `json:"has_progress"`
+	Percent     float64   `json:"percent"`
+	PercentText string    `json:"percent_text"`
+	Stage       string    `json:"stage"`
+	Message     string    `json:"message"`
+	Rate        string    `json:"rate"`
+	ETA         string    `json:"eta"`
+	Error       string    `json:"error"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+}
+
+func statusLabel(s store.Status) string {
+	if s == store.StatusPendingApproval {
+		return "pending approval"
+	}
+	return string(s)
+}
+
+func newTaskView(t store.Task, rates *rateTracker) taskView {
+	v := taskView{
+		ID: t.TaskID, Short: shortID(t.TaskID), Region: t.RegionID, MAC: t.TargetMAC,
+		OS: t.OSType + " " + t.OSVersion, Status: string(t.Status), StatusLabel: statusLabel(t.Status),
+		Open: t.Status.Open(), Error: t.Error, Created: t.CreatedAt, Updated: t.CreatedAt,
+	}
+	for _, at := range []*time.Time{t.ReportedAt, t.ApprovedAt, t.StartedAt, t.FinishedAt} {
+		if at != nil && at.After(v.Updated) {
+			v.Updated = *at
+		}
+	}
+	if p := t.Progress; p != nil {
+		v.HasProgress, v.Percent, v.Stage, v.Message = true, p.Percentage, p.Stage, p.Message
+		v.PercentText = fmt.Sprintf("%.0f%%", p.Percentage)
+		if p.UpdatedAt.After(v.Updated) {
+			v.Updated = p.UpdatedAt
+		}
+		if t.Status == store.StatusInstalling || t.Status == store.StatusApproved {
+			v.Rate, v.ETA = rates.observe(t.TaskID, *p)
+		} else {
+			rates.forget(t.TaskID)
+		}
+	}
+	return v
+}
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+// rateTracker derives rate and ETA from successive progress samples when the agent
+// does not report them itself. Samples are in memory: after a restart the first
+// update of each install shows no rate until the next one.
+type rateTracker struct {
+	mu   sync.Mutex
+	last map[string]store.Progress // previous sample per task
+	prev map[string]store.Progress // the one before, for a rate over one interval
+}
+
+func newRateTracker() *rateTracker {
+	return &rateTracker{last: map[string]store.Progress{}, prev: map[string]store.Progress{}}
+}
+
+// observe records p (once per UpdatedAt, so re-rendering a page does not skew the
+// rate) and returns the rate and ETA texts.
+func (r *rateTracker) observe(id string, p store.Progress) (rate, eta string) {
+	r.mu.Lock()
+	last, ok := r.last[id]
+	if !ok || p.UpdatedAt.After(last.UpdatedAt) {
+		if ok {
+			r.prev[id] = last
+		}
+		r.last[id], last = p, p
+	}
+	prev, hasPrev := r.prev[id]
+	r.mu.Unlock()
+
+	bps, etaSec := p.RateBps, p.ETASeconds
+	var pctPerSec float64
+	if hasPrev {
+		if dt := last.UpdatedAt.Sub(prev.UpdatedAt).Seconds(); dt > 0 {
+			if bps == 0 && last.BytesDone > prev.BytesDone {
+				bps = float64(last.BytesDone-prev.BytesDone) / dt
+			}
+			pctPerSec = (last.Percentage - prev.Percentage) / dt
+		}
+	}
+	switch {
+	case bps > 0:
+		rate = humanBytes(int64(bps)) + "/s"
+	case pctPerSec > 0:
+		rate = fmt.Sprintf("%.1f %%/min", pctPerSec*60)
+	}
+	if etaSec <= 0 {
+		switch {
+		case bps > 0 && p.BytesTotal > p.BytesDone:
+			etaSec = float64(p.BytesTotal-p.BytesDone) / bps
+		case pctPerSec > 0:
+			etaSec = (100 - p.Percentage) / pctPerSec
+		}
+	}
+	if etaSec > 0 {
+		eta = humanDuration(time.Duration(etaSec * float64(time.Second)))
+	}
+	return rate, eta
+}
+
+func (r *rateTracker) forget(id string) {
+	r.mu.Lock()
+	delete(r.last, id)
+	delete(r.prev, id)
+	r.mu.Unlock()
+}
+
+// regionView is one region's health and statistics.
+type regionView struct {
+	Name       string         `json:"name"`
+	Online     bool           `json:"online"`
+	Health     string         `json:"health"`
+	Heartbeat  *time.Time     `json:"heartbeat,omitempty"`
+	LastSeen   *time.Time     `json:"last_seen,omitempty"` // offline: the last heartbeat this control plane saw
+	APIURL     string         `json:"api_url"`
+	Version    string         `json:"version"`
+	Counts     []statusCount  `json:"counts"`
+	CountMap   map[string]int `json:"-"`
+	Total      int            `json:"total"`
+	Installing int            `json:"installing"`
+	Unmatched  int            `json:"unmatched"`
+	Alert      bool           `json:"alert"`
+}
+
+type statusCount struct {
+	Status string `json:"status"`
+	Label  string `json:"label"`
+	N      int    `json:"n"`
+}
+
+func newRegionView(r store.Region, alert int) regionView {
+	v := regionView{Name: r.Name, Online: r.Online, Health: "offline", Unmatched: r.Unmatched,
+		Alert: r.Unmatched > alert, CountMap: map[string]int{}}
+	if r.Online {
+		v.Health = "online"
+	}
+	if hb := r.Heartbeat; hb != nil {
+		at := hb.Timestamp
+		v.Heartbeat, v.APIURL, v.Version = &at, hb.APIURL, hb.Version
+	}
+	for _, s := range store.Statuses {
+		n := r.Counts[s]
+		v.Counts = append(v.Counts, statusCount{Status: string(s), Label: statusLabel(s), N: n})
+		v.CountMap[string(s)] = n
+		v.Total += n
+	}
+	v.Installing = r.Counts[store.StatusInstalling] + r.Counts[store.StatusApproved]
+	return v
+}
+
+// unmatchedView is an unmatched report in a list.
+type unmatchedView struct {
+	ID       string    `json:"id"`
+	Region   string    `json:"region"`
+	MAC      string    `json:"mac"`
+	Received time.Time `json:"received"`
+	Summary  string    `json:"summary"`
+}
+
+func newUnmatchedView(u store.UnmatchedReport) unmatchedView {
+	return unmatchedView{ID: u.ID, Region: u.Region, MAC: u.MACAddress, Received: u.ReceivedAt,
+		Summary: parseHardware(u.Hardware, u.MACAddress).Summary}
+}
+
+// hardwareView is a hardware report for a human.
+type hardwareView struct {
+	Present   bool
+	ParseErr  string
+	HW        regionapi.Hardware
+	Raw       string
+	Summary   string
+	MemTotal  string
+	MemUsable string
+	Disks     []diskView
+	NICs      []nicView
+}
+
+type nicView struct {
+	regionapi.NIC
+	Speed  string
+	Target bool // the MAC the task or report is about: the machine's boot NIC
+}
+
+type diskView struct {
+	regionapi.Disk
+	Size      string
+	Boot      bool // the agent runs from it: never a target
+	Candidate bool // the disk approval would wipe
+}
+
+func (d diskView) Describe() string {
+	var parts []string
+	if d.Path != "" {
+		parts = append(parts, d.Path)
+	} else {
+		parts = append(parts, d.Name)
+	}
+	parts = append(parts, d.Size)
+	if m := strings.TrimSpace(d.Vendor + " " + d.Model); m != "" {
+		parts = append(parts, m)
+	}
+	if d.Serial != "" {
+		parts = append(parts, "serial "+d.Serial)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// parseHardware renders a report; mac (may be "") is the MAC the task targets.
+func parseHardware(raw json.RawMessage, mac string) hardwareView {
+	var v hardwareView
+	if len(raw) == 0 || string(raw) == "null" {
+		return v
+	}
+	v.Present = true
+	if pretty, err := json.MarshalIndent(json.RawMessage(raw), "", "  "); err == nil {
+		v.Raw = string(pretty)
+	} else {
+		v.Raw = string(raw)
+	}
+	if err := json.Unmarshal(raw, &v.HW); err != nil {
+		v.ParseErr = err.Error()
+		return v
+	}
+	hw := v.HW
+	v.MemTotal, v.MemUsable = humanIEC(hw.Memory.TotalBytes), humanIEC(hw.Memory.UsableBytes)
+	for _, d := range hw.Disks {
+		v.Disks = append(v.Disks, diskView{Disk: d, Size: humanBytes(d.SizeBytes),
+			Boot: hw.BootDisk != "" && (hw.BootDisk == d.Name || hw.BootDisk == d.Path)})
+	}
+	for _, n := range hw.NICs {
+		nv := nicView{NIC: n, Speed: "—"}
+		if m, err := store.NormalizeMAC(n.MAC); err == nil && mac != "" && m == mac {
+			nv.Target = true
+		}
+		switch {
+		case n.SpeedMb >= 1000 && n.SpeedMb%1000 == 0:
+			nv.Speed = fmt.Sprintf("%d Gb/s", n.SpeedMb/1000)
+		case n.SpeedMb > 0:
+			nv.Speed = fmt.Sprintf("%d Mb/s", n.SpeedMb)
+		}
+		v.NICs = append(v.NICs, nv)
+	}
+	var s []string
+	if hw.CPU.Cores > 0 || hw.CPU.Model != "" {
+		s = append(s, strings.TrimSpace(fmt.Sprintf("%s %d cores", hw.CPU.Model, hw.CPU.Cores)))
+	}
+	if hw.Memory.TotalBytes > 0 {
+		s = append(s, v.MemTotal+" RAM")
+	}
+	if len(hw.Disks) > 0 {
+		sizes := make([]string, 0, len(v.Disks))
+		for _, d := range v.Disks {
+			sizes = append(sizes, d.Size)
+		}
+		s = append(s, fmt.Sprintf("%s (%s)", plural(len(hw.Disks), "disk", "disks"), strings.Join(sizes, ", ")))
+	}
+	if n := len(hw.MissingDrivers); n > 0 {
+		s = append(s, plural(n, "device", "devices")+" without driver")
+	}
+	v.Summary = strings.Join(s, " · ")
+	return v
+}
+
+// targetDisk says which disk an approval will wipe, marking it in hw.Disks. With a
+// hint, the disk matching it (or the hint itself when the report has no such disk);
+// without, the smallest disk the agent may take: not removable, not read-only, not the
+// disk it runs from, and within the hint's size bounds.
+func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAgent bool) {
+	fits := func(d diskView) bool {
+		if d.Removable || d.ReadOnly || d.Boot || d.SizeBytes <= 0 {
+			return false
+		}
+		if hint != nil && (d.SizeBytes < hint.MinBytes || (hint.MaxBytes > 0 && d.SizeBytes > hint.MaxBytes)) {
+			return false
+		}
+		return true
+	}
+	if hint != nil && (hint.Serial != "" || hint.WWN != "" || hint.ByPath != "") {
+		for i, d := range hw.Disks {
+			if (hint.Serial == "" || d.Serial == hint.Serial) && (hint.WWN == "" || d.WWN == hint.WWN) &&
+				(hint.ByPath == "" || d.ByPath == hint.ByPath) {
+				hw.Disks[i].Candidate = true
+				return d.Describe(), false
+			}
+		}
+		return "the disk named by the task (" + describeHint(hint) + "); the report has no such disk: the agent will refuse to install", false
+	}
+	best := -1
+	for i, d := range hw.Disks {
+		if fits(d) && (best < 0 || d.SizeBytes < hw.Disks[best].SizeBytes) {
+			best = i
+		}
+	}
+	if best < 0 {
+		if !hw.Present {
+			return "unknown: no hardware report yet", true
+		}
+		return "none: no disk in the report fits (the agent will refuse to install)", true
+	}
+	hw.Disks[best].Candidate = true
+	return hw.Disks[best].Describe(), true
+}
+
+func describeHint(h *store.DiskHint) string {
+	if h == nil {
+		return ""
+	}
+	var s []string
+	for _, kv := range [][2]string{{"serial", h.Serial}, {"wwn", h.WWN}, {"by-path", h.ByPath}} {
+		if kv[1] != "" {
+			s = append(s, kv[0]+" "+kv[1])
+		}
+	}
+	if h.MinBytes > 0 {
+		s = append(s, "at least "+humanBytes(h.MinBytes))
+	}
+	if h.MaxBytes > 0 {
+		s = append(s, "at most "+humanBytes(h.MaxBytes))
+	}
+	return strings.Join(s, ", ")
+}
+
+// healthLog keeps, per region, the health changes this control plane has seen since
+// it started (in memory only: a restart starts a new history).
+type healthLog struct {
+	mu       sync.Mutex
+	started  time.Time
+	last     map[string]bool
+	lastBeat map[string]time.Time
+	events   map[string][]healthEvent
+}
+
+type healthEvent struct {
+	At     time.Time
+	Online bool
+	Note   string
+}
+
+const healthLogMax = 100
+
+func newHealthLog() *healthLog {
+	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]time.Time{}, events: map[string][]healthEvent{}}
+}
+
+// record notes a region's state (only changes are kept) and, for an offline region,
+// fills in the last heartbeat seen.
+func (h *healthLog) record(r *regionView) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r.Heartbeat != nil {
+		h.lastBeat[r.Name] = *r.Heartbeat
+	} else if at, ok := h.lastBeat[r.Name]; ok {
+		r.LastSeen = &at
+	}
+	prev, seen := h.last[r.Name]
+	if seen && prev == r.Online {
+		return
+	}
+	h.last[r.Name] = r.Online
+	note := "went " + r.Health
+	if !seen {
+		note = "first seen " + r.Health
+	}
+	ev := append(h.events[r.Name], healthEvent{At: time.Now().UTC(), Online: r.Online, Note: note})
+	if len(ev) > healthLogMax {
+		ev = ev[len(ev)-healthLogMax:]
+	}
+	h.events[r.Name] = ev
+}
+
+// history returns a region's changes, newest first.
+func (h *healthLog) history(region string) []healthEvent {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ev := append([]healthEvent(nil), h.events[region]...)
+	sort.SliceStable(ev, func(i, j int) bool { return ev[i].At.After(ev[j].At) })
+	return ev
+}
+
+func humanBytes(n int64) string {
+	if n <= 0 {
+		return "—"
+	}
+	const unit = 1000 // disks are sold in decimal units; say what the label says
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	v := float64(n) / float64(div)
+	if v >= 100 {
+		return fmt.Sprintf("%.0f %cB", v, "kMGTPE"[exp])
+	}
+	return fmt.Sprintf("%.1f %cB", v, "kMGTPE"[exp])
+}
+
+func humanDuration(d time.Duration) string {
+	d = d.Round(time.Second)
+	switch {
+	case d < time.Second:
+		return "< 1 s"
+	case d < time.Minute:
+		return fmt.Sprintf("%d s", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d min %02d s", int(d.Minutes()), int(d.Seconds())%60)
+	default:
+		return fmt.Sprintf("%d h %02d min", int(d.Hours()), int(math.Mod(d.Minutes(), 60)))
+	}
+}
+
+// humanIEC is for memory, which is sized in powers of two.
+func humanIEC(n int64) string {
+	if n <= 0 {
+		return "—"
+	}
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	v := float64(n) / float64(div)
+	if v == math.Trunc(v) || v >= 100 {
+		return fmt.Sprintf("%.0f %ciB", v, "KMGTPE"[exp])
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGTPE"[exp])
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.Itoa(n) + " " + many
+}
