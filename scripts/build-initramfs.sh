@@ -26,7 +26,9 @@ kver=$(basename "$(ls -d "$kdir"/lib/modules/*/ | head -n1)")
 out="$top/build/initramfs"
 cache="$out/cache"
 mkdir -p "$out" "$cache"
-stage=$(mktemp -d "$top/build/initramfs-stage.XXXXXX")
+# Outside the tree: u-root generates Go packages in its tmp dir, which `go list ./...`
+# and `go vet ./...` running beside the build must not see.
+stage=$(mktemp -d "${TMPDIR:-/tmp}/lpmos-initramfs.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
 go build -o "$stage/u-root" github.com/u-root/u-root

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"lpmos.dev/lpmos/agent-initramfs/agent"
@@ -19,7 +20,9 @@ const initramfsFlag = "--initramfs"
 // command line, not flags, and must never exit (boot.Run). Checked in init so main's
 // flag parsing stays the host-mode path.
 func init() {
-	if len(os.Args) < 2 || os.Args[1] != initramfsFlag {
+	// Anywhere in the arguments: init puts uroot.uinitargs= from the kernel command
+	// line before the flags file's.
+	if !slices.Contains(os.Args[1:], initramfsFlag) {
 		return
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
