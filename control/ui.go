@@ -195,6 +195,7 @@ func (s *Server) taskViews(ctx context.Context, f store.ListFilter) ([]taskView,
 
 type createForm struct {
 	Region, MAC, OSType, OSVersion, DiskSerial string
+	Image                                      string // "os_type os_version" from a region's catalog
 	Errors                                     map[string]string
 	FormError                                  string
 	Regions                                    []regionView
@@ -224,6 +225,12 @@ func (s *Server) renderCreate(w http.ResponseWriter, r *http.Request, code int, 
 	types, versions := map[string]bool{}, map[string]bool{}
 	for _, t := range tasks {
 		types[t.OSType], versions[t.OSVersion] = true, true
+	}
+	for _, rv := range regions {
+		for _, img := range rv.Images {
+			t, v, _ := strings.Cut(img, " ")
+			types[t], versions[v] = true, true
+		}
 	}
 	f.OSTypes, f.OSVersions = sortedKeys(types), sortedKeys(versions)
 	if f.Errors == nil {
@@ -256,6 +263,12 @@ func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
 		Region: strings.TrimSpace(r.PostForm.Get("region")), MAC: strings.TrimSpace(r.PostForm.Get("mac")),
 		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version")),
 		DiskSerial: strings.TrimSpace(r.PostForm.Get("disk_serial")), Errors: map[string]string{},
+		Image: r.PostForm.Get("image"),
+	}
+	if f.Image != "" {
+		// A catalog entry wins over the free-text fields (without JavaScript nothing
+		// copies it into them).
+		f.OSType, f.OSVersion, _ = strings.Cut(f.Image, " ")
 	}
 	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSType: f.OSType, OSVersion: f.OSVersion}
 	if f.DiskSerial != "" {
@@ -322,6 +335,7 @@ type taskPageData struct {
 	Image        string
 	Timeline     []timelineStep
 	Error        string
+	ImageWarning string // the region does not advertise the task's image
 }
 
 type timelineStep struct {
@@ -340,6 +354,9 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 		Image: t.OSType + " " + t.OSVersion}
 	d.Target, d.AgentChooses = targetDisk(&d.HW, t.Disk)
 	d.Timeline = timeline(t)
+	if t.Status == store.StatusPending || t.Status == store.StatusPendingApproval {
+		d.ImageWarning = s.catalogWarning(ctx, t) // the same check as the API's
+	}
 	return d, nil
 }
 

@@ -1,6 +1,7 @@
 package control_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/control"
+	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
@@ -69,9 +71,13 @@ func TestWebUI(t *testing.T) {
 	base := cp.URL()
 	apps := map[string]*appliance.Appliance{}
 	for _, r := range []string{"dc1", "dc2"} {
+		imagesDir := t.TempDir()
+		if r == "dc1" {
+			addImage(t, imagesDir, "ubuntu", "22.04") // dc1 advertises it; debian 12 is nowhere
+		}
 		a, err := appliance.Start(testCtx, appliance.Config{
 			Label: r, APIHost: "127.0.0.1", EtcdEndpoints: etcd.Endpoints,
-			HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir(), LogLevel: "error",
+			HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: imagesDir, LogLevel: "error",
 		}, io.Discard)
 		if err != nil {
 			t.Fatal(err)
@@ -104,10 +110,15 @@ func TestWebUI(t *testing.T) {
 	}
 	b.shot("create-error")
 	b.submit("create a task", http.StatusOK, chromedp.SetValue(chromedp.ID("mac"), strings.ToUpper(mac)),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("os_type").value = document.getElementById("os_version").value = ""`),
+		chromedp.SetValue(chromedp.ID("image"), "ubuntu 22.04"), // from dc1's catalog
 		chromedp.Click(chromedp.CSS("#create-form button[type=submit]")))
 	id := b.attr("body", "data-task")
 	if id == "" || !strings.Contains(b.text(".flash"), "Task created") || b.text("h1 .badge") != "pending" {
 		t.Fatalf("after create: task %q, flash %q, badge %q", id, b.text(".flash"), b.text("h1 .badge"))
+	}
+	if b.eval(`!!document.getElementById("image-warning")`) || !strings.Contains(b.text("#main"), "ubuntu 22.04") {
+		t.Fatalf("task for a catalog image: OS %q, warning %q", b.text("#main dl"), b.text("#image-warning"))
 	}
 	b.shot("task-pending")
 
@@ -184,6 +195,9 @@ func TestWebUI(t *testing.T) {
 	matched := b.attr("body", "data-task")
 	if matched == "" || matched == id || b.text("h1 .badge") != "pending approval" || !strings.Contains(b.text("#main"), "SAMSUNG MZ7LH480") {
 		t.Fatalf("matched task %q: badge %q", matched, b.text("h1 .badge"))
+	}
+	if w := b.text("#image-warning"); !strings.Contains(w, "has no image for debian 12") {
+		t.Errorf("no warning for an image dc1 lacks: %q", w)
 	}
 	if left := etcd.Dump(t, "/os/unmatched_reports/"); len(left) != 0 {
 		t.Fatalf("report not consumed by the match: %v", left)
@@ -367,6 +381,22 @@ func (b *browser) shot(name string) {
 	}
 	if err := os.WriteFile(filepath.Join(b.dir, name+".png"), png, 0o644); err != nil {
 		b.t.Fatal(err)
+	}
+}
+
+// addImage puts a tiny raw image into a region's catalog.
+func addImage(t *testing.T, dir, osType, osVersion string) {
+	t.Helper()
+	path := filepath.Join(dir, osType+"-"+osVersion+".img")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("LPMOS"), 1000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := images.OpenCatalog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Add(context.Background(), osType, osVersion, path, images.FormatRaw); err != nil {
+		t.Fatal(err)
 	}
 }
 

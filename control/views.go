@@ -152,6 +152,7 @@ type regionView struct {
 	LastSeen   *time.Time     `json:"last_seen,omitempty"` // offline: the last heartbeat this control plane saw
 	APIURL     string         `json:"api_url"`
 	Version    string         `json:"version"`
+	Images     []string       `json:"images"` // the region's catalog, "os_type os_version"
 	Counts     []statusCount  `json:"counts"`
 	CountMap   map[string]int `json:"-"`
 	Total      int            `json:"total"`
@@ -174,7 +175,7 @@ func newRegionView(r store.Region, alert int) regionView {
 	}
 	if hb := r.Heartbeat; hb != nil {
 		at := hb.Timestamp
-		v.Heartbeat, v.APIURL, v.Version = &at, hb.APIURL, hb.Version
+		v.Heartbeat, v.APIURL, v.Version, v.Images = &at, hb.APIURL, hb.Version, hb.Images
 	}
 	for _, s := range store.Statuses {
 		n := r.Counts[s]

@@ -260,5 +260,29 @@
     });
   });
 
+  // ---- add task: a catalog image fills the OS fields, and only the chosen region's
+  // images are offered.
+  const image = document.getElementById("image");
+  const regionSel = document.getElementById("region");
+  if (image) {
+    const sync = () => {
+      const region = regionSel ? regionSel.value : "";
+      $$("optgroup[data-region]", image).forEach((g) => {
+        const other = region !== "" && g.dataset.region !== region;
+        g.hidden = other;
+        g.disabled = other;
+      });
+      if (image.selectedOptions.length && image.selectedOptions[0].disabled) image.value = "";
+    };
+    image.addEventListener("change", () => {
+      if (!image.value) return;
+      const i = image.value.indexOf(" ");
+      document.getElementById("os_type").value = i < 0 ? image.value : image.value.slice(0, i);
+      document.getElementById("os_version").value = i < 0 ? "" : image.value.slice(i + 1);
+    });
+    if (regionSel) regionSel.addEventListener("change", sync);
+    sync();
+  }
+
   connect();
 })();
