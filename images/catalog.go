@@ -184,6 +184,11 @@ func (c *Catalog) Add(ctx context.Context, osType, osVersion, path string, forma
 		return Entry{}, fmt.Errorf("add image %s: %w", name, err)
 	}
 
+	unlock, err := lockDir(c.dir)
+	if err != nil {
+		return Entry{}, fmt.Errorf("add image: lock catalog: %w", err)
+	}
+	defer unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	entries, err := readIndex(filepath.Join(c.dir, IndexFile))

@@ -1,8 +1,11 @@
 package images
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -60,5 +63,36 @@ func TestCatalogReloadsAndKeepsLastGoodIndex(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, IndexFile), []byte(`{"images":[{"os_type":"x","os_version":"1","file":"../etc/passwd","format":"raw","size":1,"sha256":"00"}]}`), 0o644)
 	if _, ok := reader.Lookup("x", "1"); ok {
 		t.Error("accepted an entry with a path outside the dir")
+	}
+}
+
+func TestCatalogConcurrentAddsKeepEveryEntry(t *testing.T) {
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for i := range 6 {
+		wg.Go(func() {
+			// Separate Catalog values, like separate lpmos-image processes.
+			c, err := OpenCatalog(dir)
+			if err != nil {
+				errs <- err
+				return
+			}
+			name := filepath.Join(dir, fmt.Sprintf("os-%d.img", i))
+			os.WriteFile(name, []byte{byte(i)}, 0o644)
+			_, err = c.Add(t.Context(), "os", strconv.Itoa(i), name, FormatRaw)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, _ := OpenCatalog(dir)
+	if got := len(c.List()); got != 6 {
+		t.Errorf("%d entries after 6 concurrent adds", got)
 	}
 }

@@ -18,3 +18,17 @@ func dropCache(f *os.File, off, n int64) error {
 func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
 func addrAligned(p []byte) bool { return uintptrOf(p)%directAlign == 0 }
+
+// lockDir takes an exclusive lock on dir's hidden lock file, so two
+// `lpmos-image add` runs do not lose each other's entries.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(dir+"/.catalog.lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
