@@ -59,6 +59,9 @@ func Prepare(ctx context.Context, log *slog.Logger, cmdline io.Reader) (Settings
 		return s, err
 	}
 	s.Drivers = rep
+	if err := mountEFIVars(); err != nil {
+		log.Warn("efivarfs not mounted", "err", err)
+	}
 	if parseErr != nil {
 		return s, parseErr
 	}
@@ -149,6 +152,23 @@ func mountEssentials() error {
 		if err := unix.Mount(m.fstype, m.target, m.fstype, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
+	}
+	return nil
+}
+
+// mountEFIVars mounts the UEFI variables, which u-root's init tried before efivarfs
+// was loaded. Nothing to do on BIOS machines.
+func mountEFIVars() error {
+	const dir = "/sys/firmware/efi/efivars"
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.EFIVARFS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount efivarfs: %w", err)
 	}
 	return nil
 }

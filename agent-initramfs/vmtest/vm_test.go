@@ -25,9 +25,15 @@ const (
 )
 
 // TestBootReports boots the initramfs and checks that the agent loaded its drivers,
-// brought up the NIC named by BOOTIF and reported the VM's real hardware.
+// brought up the NIC named by BOOTIF and reported the VM's real hardware, under BIOS
+// (i440fx: PIIX IDE) and UEFI (q35: AHCI, efivarfs).
 func TestBootReports(t *testing.T) {
 	images := BuildImages(t)
+	t.Run("bios", func(t *testing.T) { testBootReports(t, images, false) })
+	t.Run("uefi", func(t *testing.T) { testBootReports(t, images, true) })
+}
+
+func testBootReports(t *testing.T, images Images, uefi bool) {
 
 	reports := make(chan regionapi.ReportRequest, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -71,6 +77,7 @@ func TestBootReports(t *testing.T) {
 		MAC:    vmMAC,
 		SMP:    vmCPUs,
 		Disks:  []string{disk},
+		UEFI:   uefi,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -92,6 +99,13 @@ func TestBootReports(t *testing.T) {
 	if err := json.Unmarshal(rep.Hardware, &hw); err != nil {
 		t.Fatalf("hardware %s: %v", rep.Hardware, err)
 	}
+	wantFW, wantDrivers := "bios", []string{"ata_piix"}
+	if uefi {
+		wantFW, wantDrivers = "uefi", []string{"ahci", "efivarfs"}
+	}
+	if hw.Firmware != wantFW {
+		t.Errorf("firmware = %q, want %q", hw.Firmware, wantFW)
+	}
 	if hw.CPU.Threads != vmCPUs {
 		t.Errorf("cpu threads = %d, want %d (-smp); cpu = %+v", hw.CPU.Threads, vmCPUs, hw.CPU)
 	}
@@ -108,9 +122,14 @@ func TestBootReports(t *testing.T) {
 		}
 	}
 	console := vm.ConsoleTail(400)
-	for _, want := range []string{"drivers loaded", "virtio_net", "virtio_blk", "virtio_rng", "DHCP lease"} {
+	for _, want := range append([]string{"drivers loaded", "virtio_net", "virtio_blk", "virtio_rng", "DHCP lease"}, wantDrivers...) {
 		if !strings.Contains(console, want) {
 			t.Errorf("console lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"efivarfs not mounted", "module not loaded", "driver failed"} {
+		if strings.Contains(console, bad) {
+			t.Errorf("console has %q", bad)
 		}
 	}
 	t.Logf("hardware: %s", rep.Hardware)

@@ -104,6 +104,7 @@ type Config struct {
 	SMP    int      // vCPUs; 2 when 0
 	MemMiB int      // 1024 when 0
 	Disks  []string // raw files attached as virtio-blk disks
+	UEFI   bool     // OVMF on q35 instead of SeaBIOS on i440fx; see OVMF
 	Extra  []string // more QEMU arguments
 }
 
@@ -138,6 +139,20 @@ func Start(t *testing.T, c Config) *VM {
 		"-device", "virtio-net-pci,netdev=n0,mac=" + c.MAC + ",romfile=",
 		"-device", "virtio-rng-pci",
 	}
+	if c.UEFI {
+		code, vars := OVMF(t)
+		varsCopy := filepath.Join(dir, "OVMF_VARS.fd")
+		b, err := os.ReadFile(vars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(varsCopy, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
+			"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy)
+	}
 	for i, d := range c.Disks {
 		args = append(args, "-drive", fmt.Sprintf("file=%s,if=none,id=d%d,format=raw", d, i),
 			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
@@ -166,6 +181,17 @@ func Start(t *testing.T, c Config) *VM {
 	})
 	t.Logf("qemu pid %d (GOMAXPROCS %d): %s", vm.cmd.Process.Pid, runtime.GOMAXPROCS(0), strings.Join(args, " "))
 	return vm
+}
+
+// OVMF returns Debian's OVMF code and variables template, skipping the test without them.
+func OVMF(t *testing.T) (code, vars string) {
+	code, vars = "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	for _, f := range []string{code, vars} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("UEFI VM test SKIPPED: %s missing (apt-get install ovmf)", f)
+		}
+	}
+	return code, vars
 }
 
 // ConsoleTail returns the last n lines of the serial console.
