@@ -476,6 +476,7 @@ type unmatchedItem struct {
 	Report  store.UnmatchedReport
 	HW      hardwareView
 	Pending []store.Task // pending tasks of the same MAC and region: link targets
+	Images  []string     // the report's region's catalog
 	Errors  map[string]string
 	OSType  string
 	OSVer   string
@@ -507,10 +508,18 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	if err != nil {
 		return err
 	}
+	regions, _, err := s.live.regions(r.Context())
+	if err != nil {
+		return err
+	}
+	catalogs := map[string][]string{}
+	for _, rv := range regions {
+		catalogs[rv.Name] = rv.Images
+	}
 	items := make([]unmatchedItem, 0, len(reports))
 	for i := len(reports) - 1; i >= 0; i-- {
 		u := reports[i]
-		it := unmatchedItem{Report: u, HW: parseHardware(u.Hardware, u.MACAddress), Errors: map[string]string{}}
+		it := unmatchedItem{Report: u, HW: parseHardware(u.Hardware, u.MACAddress), Images: catalogs[u.Region], Errors: map[string]string{}}
 		for _, t := range pending {
 			if t.RegionID == u.Region && t.TargetMAC == u.MACAddress {
 				it.Pending = append(it.Pending, t)
@@ -523,10 +532,6 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 			}
 		}
 		items = append(items, it)
-	}
-	regions, _, err := s.live.regions(r.Context())
-	if err != nil {
-		return err
 	}
 	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: len(reports)},
 		map[string]any{"Items": items, "Region": region, "Regions": regions})
@@ -543,6 +548,9 @@ func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	m := store.MatchRequest{TaskID: r.PostForm.Get("task_id"),
 		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))}
+	if img := r.PostForm.Get("image"); img != "" && m.TaskID == "" {
+		m.OSType, m.OSVersion, _ = strings.Cut(img, " ") // a catalog entry wins, as on Add task
+	}
 	fail := &matchFailure{ID: id, Region: region, OSType: m.OSType, OSVersion: m.OSVersion, Errors: map[string]string{}}
 	if m.TaskID == "" {
 		if m.OSType == "" {

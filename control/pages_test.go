@@ -1,0 +1,195 @@
+package control_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"lpmos.dev/lpmos/control"
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/storetest"
+)
+
+// The pages without a browser: everything reads and every action works as plain HTML
+// forms (no JavaScript), and actions keep the API's rules.
+func TestPagesWithoutJavaScript(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	etcd := storetest.Start(t)
+	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	base := cp.URL()
+	st := etcd.Store
+	hb, err := st.StartHeartbeat(ctx, func() store.Heartbeat {
+		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []string{"ubuntu 22.04"}}
+	}, 10*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hb.Stop(context.Background()) })
+
+	// Add task: server-side validation next to the fields, then a redirect to the task.
+	code, body, _ := form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"nope"}, "os_type": {""}, "os_version": {"1"}}, nil)
+	if code != http.StatusBadRequest || !strings.Contains(body, `id="mac-error"`) || !strings.Contains(body, `id="os_type-error"`) ||
+		!strings.Contains(body, `value="nope"`) {
+		t.Fatalf("invalid create: %d\n%s", code, body)
+	}
+	code, _, loc := form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"00-1A-2B-3C-4D-5E"}, "image": {"ubuntu 22.04"}}, nil)
+	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/tasks/") {
+		t.Fatalf("create: %d %q", code, loc)
+	}
+	id := strings.TrimPrefix(strings.Split(loc, "?")[0], "/tasks/")
+	task, err := st.GetTask(ctx, id)
+	if err != nil || task.TargetMAC != "00:1a:2b:3c:4d:5e" || task.OSType != "ubuntu" || task.OSVersion != "22.04" {
+		t.Fatalf("created task = %+v, %v", task, err)
+	}
+	code, _, _ = form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"00:1a:2b:3c:4d:5e"}, "os_type": {"x"}, "os_version": {"1"}}, nil)
+	if code != http.StatusConflict {
+		t.Fatalf("second open task for a MAC: %d, want 409", code)
+	}
+
+	// Approval is refused before the hardware report, through the page as through the API.
+	code, body, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, nil)
+	if code != http.StatusConflict || !strings.Contains(body, "cannot become approved") {
+		t.Fatalf("approve a pending task: %d", code)
+	}
+	if _, err := st.Report(ctx, "dc1", "00:1a:2b:3c:4d:5e", json.RawMessage(testHardware)); err != nil {
+		t.Fatal(err)
+	}
+	// Another site cannot submit the form in an operator's browser.
+	code, _, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, map[string]string{"Sec-Fetch-Site": "cross-site"})
+	if code != http.StatusForbidden || statusOf(t, st, id) != store.StatusPendingApproval {
+		t.Fatalf("cross-site approve: %d, status %s", code, statusOf(t, st, id))
+	}
+	// Without the dialog, the first submit is a confirmation page naming disk and image.
+	code, body, _ = form(t, base+"/tasks/"+id+"/approve", nil, nil)
+	if code != http.StatusOK || !strings.Contains(body, "the agent will choose: <strong>/dev/nvme0n1, 480 GB") ||
+		!strings.Contains(body, "ubuntu 22.04") || statusOf(t, st, id) != store.StatusPendingApproval {
+		t.Fatalf("confirmation page: %d, status %s\n%s", code, statusOf(t, st, id), body)
+	}
+	code, _, loc = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, nil)
+	if code != http.StatusSeeOther || statusOf(t, st, id) != store.StatusApproved {
+		t.Fatalf("approve: %d %q, status %s", code, loc, statusOf(t, st, id))
+	}
+	code, body, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, nil)
+	if code != http.StatusConflict || !strings.Contains(body, `id="action-error"`) {
+		t.Fatalf("approve twice: %d", code)
+	}
+
+	// Reading: every page renders from etcd without JavaScript.
+	for path, wants := range map[string][]string{
+		"/":                          {"dc1", "online", "00:1a:2b:3c:4d:5e", "approved"},
+		"/?status=completed":         {"No tasks match."},
+		"/?region=Bad!&status=nope":  {"unknown region", "unknown status", "00:1a:2b:3c:4d:5e"},
+		"/tasks/create?region=dc1":   {`<option value="dc1" selected>`, `<option value="ubuntu 22.04">`},
+		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by web UI", "MT27800"},
+		"/regions/dc1":               {"http://dc1.example:8081", "ubuntu 22.04", "first seen online"},
+		"/unmatched":                 {"No unmatched reports"},
+		"/static/ui.js":              {"new WebSocket"},
+		"/static/style.css":          {".badge"},
+		"/regions/dc9":               {"Not Found"},
+		"/tasks/not-a-task":          {"Not Found"},
+		"/tasks/" + id + "?flash=zz": {"Task <code>" + id},
+	} {
+		code, body := get(t, base+path)
+		wantCode := http.StatusOK
+		if strings.Contains(strings.Join(wants, ""), "Not Found") {
+			wantCode = http.StatusNotFound
+		}
+		if code != wantCode {
+			t.Errorf("GET %s: %d, want %d", path, code, wantCode)
+		}
+		for _, w := range wants {
+			if !strings.Contains(body, w) {
+				t.Errorf("GET %s lacks %q", path, w)
+			}
+		}
+	}
+
+	// Unmatched report: listed with its hardware, matched by creating a task (from the
+	// region's catalog), after which the page is empty again.
+	const stray = "fe:b7:02:c0:95:e0"
+	res, err := st.Report(ctx, "dc1", stray, json.RawMessage(testHardware))
+	if err != nil || res.Unmatched == nil {
+		t.Fatalf("stray report: %+v %v", res, err)
+	}
+	code, body = get(t, base+"/unmatched")
+	if code != 200 || !strings.Contains(body, stray) || !strings.Contains(body, "SAMSUNG MZ7LH480") {
+		t.Fatalf("unmatched page: %d", code)
+	}
+	matchURL := base + "/unmatched/dc1/" + res.Unmatched.ID + "/match"
+	code, body, _ = form(t, matchURL, url.Values{"os_type": {""}}, nil)
+	if code != http.StatusBadRequest || !strings.Contains(body, "is required") {
+		t.Fatalf("match without an OS: %d", code)
+	}
+	code, _, loc = form(t, matchURL, url.Values{"image": {"ubuntu 22.04"}}, nil)
+	if code != http.StatusSeeOther {
+		t.Fatalf("match: %d", code)
+	}
+	matched, err := st.GetTask(ctx, strings.TrimPrefix(strings.Split(loc, "?")[0], "/tasks/"))
+	if err != nil || matched.Status != store.StatusPendingApproval || matched.TargetMAC != stray || len(matched.Hardware) == 0 {
+		t.Fatalf("matched task = %+v, %v", matched, err)
+	}
+
+	// Cancel with a reason, from the page.
+	code, _, _ = form(t, base+"/tasks/"+matched.TaskID+"/cancel", url.Values{"action": {"reject"}, "reason": {"wrong rack"}}, nil)
+	if c, _ := st.GetTask(ctx, matched.TaskID); code != http.StatusSeeOther || c.Status != store.StatusCancelled || !strings.Contains(c.Error, "wrong rack") {
+		t.Fatalf("reject: %d, %s %q", code, c.Status, c.Error)
+	}
+}
+
+var noRedirect = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// form posts an HTML form and returns status, body and Location.
+func form(t *testing.T, u string, v url.Values, header map[string]string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(v.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, val := range header {
+		req.Header.Set(k, val)
+	}
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header.Get("Location")
+}
+
+func get(t *testing.T, u string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func statusOf(t *testing.T, st *store.Store, id string) store.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	task, err := st.GetTask(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task.Status
+}
