@@ -106,6 +106,8 @@ ours() { # format url
 }
 pipe_raw() { curl -s "$url" | dd of="$out" bs=4M oflag=direct status=none; }
 pipe_zst() { curl -s "$url.zst" | zstd -q -d | dd of="$out" bs=4M oflag=direct status=none; }
+net_raw() { curl -s "$url" -o /dev/null; }
+net_zst() { curl -s "$url.zst" | zstd -q -d -o /dev/null; }
 dd_alone() { dd if="$img" of="$out" bs=4M oflag=direct status=none; }
 check() { cmp -n "$size" "$img" "$out" || { echo "bench: $1 wrote a wrong image" >&2; exit 1; }; }
 
@@ -114,10 +116,10 @@ cat "$img" "$img.zst" > /dev/null
 
 for r in $(seq "$rounds"); do
   echo "bench: round $r/$rounds"
-  methods=(ours-raw ours-zst pipe-raw pipe-zst dd)
+  methods=(ours-raw ours-zst pipe-raw pipe-zst dd net-raw net-zst)
   # Rotate the order each round.
-  for i in $(seq 0 4); do
-    m=${methods[$(( (i + r) % 5 ))]}
+  for i in $(seq 0 6); do
+    m=${methods[$(( (i + r) % 7 ))]}
     case $m in
       ours-raw)
         run ours-raw-total ours raw "$url"
@@ -130,6 +132,8 @@ for r in $(seq "$rounds"); do
       pipe-raw) run pipe-raw pipe_raw ;;
       pipe-zst) run pipe-zst pipe_zst ;;
       dd) run dd dd_alone ;;
+      net-raw) run net-raw net_raw; continue ;;
+      net-zst) run net-zst net_zst; continue ;;
     esac
     [[ $r == 1 ]] && check "$m"
   done
@@ -144,6 +148,7 @@ echo "medians over $rounds interleaved rounds, ${mib} MiB image, target on $(df 
 printf '  %-34s %7s s  %5s MB/s\n' "dd alone (raw, bs=4M oflag=direct)" "$(median dd)" "$(mbs "$(median dd)")"
 for f in raw zst; do
   o=$(median "ours-$f"); t=$(median "ours-$f-total"); p=$(median "pipe-$f"); d=$(median dd)
+  printf '  %-34s %7s s  %5s MB/s   (no disk: the network+decode ceiling)\n' "download only ($f, to /dev/null)" "$(median "net-$f")" "$(mbs "$(median "net-$f")")"
   printf '  %-34s %7s s  %5s MB/s\n' "pipeline ($f)" "$p" "$(mbs "$p")"
   printf '  %-34s %7s s  %5s MB/s   %sx pipeline, %sx dd\n' "lpmos writer ($f, write+fsync)" "$o" "$(mbs "$o")" "$(ratio "$o" "$p")" "$(ratio "$o" "$d")"
   printf '  %-34s %7s s  (read-back verify %s s)\n' "lpmos writer ($f, with read-back)" "$t" "$(median "verify-$f")"
