@@ -25,13 +25,14 @@ const (
 	pingInterval  = 30 * time.Second
 	rewatchDelay  = time.Second
 	maxSnapTasks  = 2000
+	pingEvery     = 5 * time.Second
 	unmatchedMax  = 50
 	liveReadLimit = 512
 )
 
 // liveMsg is one message to the browser. Type says which fields are set.
 type liveMsg struct {
-	Type      string          `json:"type"` // snapshot, task, task_deleted, regions, unmatched
+	Type      string          `json:"type"` // snapshot, task, task_deleted, regions, unmatched, etcd
 	Task      *taskView       `json:"task,omitempty"`
 	Tasks     []taskView      `json:"tasks,omitempty"`
 	Deleted   string          `json:"deleted,omitempty"`
@@ -40,6 +41,9 @@ type liveMsg struct {
 	// UnmatchedTotal and AlertOver travel with regions and unmatched lists.
 	UnmatchedTotal int `json:"unmatched_total"`
 	AlertOver      int `json:"alert_over"`
+	// EtcdError (type etcd) says why what the page shows may be stale; "" when etcd
+	// answers again.
+	EtcdError string `json:"etcd_error,omitempty"`
 }
 
 type subscriber struct {
@@ -61,6 +65,7 @@ type hub struct {
 	dirtyUnmatched bool
 	kick           chan struct{}
 	stopped        chan struct{}
+	etcdErr        string // last ping's error, "" when etcd answers
 }
 
 func newHub(st *store.Store, log *slog.Logger, alert int) *hub {
@@ -72,9 +77,10 @@ func newHub(st *store.Store, log *slog.Logger, alert int) *hub {
 // run watches etcd and flushes changes until ctx ends, then closes every WebSocket so
 // the HTTP server's shutdown is not held up by hijacked connections.
 func (h *hub) run(ctx context.Context) {
-	flushed := make(chan struct{})
+	flushed, pinged := make(chan struct{}), make(chan struct{})
 	go func() { h.flushLoop(ctx); close(flushed) }()
-	defer func() { <-flushed; close(h.stopped) }()
+	go func() { h.pingLoop(ctx); close(pinged) }()
+	defer func() { <-flushed; <-pinged; close(h.stopped) }()
 	for {
 		err := h.st.WatchAll(ctx, func() {
 			// Changes during a gap between watches are not replayed: re-read all.
@@ -88,6 +94,41 @@ func (h *hub) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(rewatchDelay):
+		}
+	}
+}
+
+// pingLoop tells open pages when etcd stops answering: a watch does not fail while
+// the client retries, so without this a page would look live while showing the past.
+func (h *hub) pingLoop(ctx context.Context) {
+	t := time.NewTicker(pingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, pingEvery/2)
+		err := h.st.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		msg := ""
+		if err != nil {
+			msg = "etcd unreachable: what this page shows may be stale"
+		}
+		h.mu.Lock()
+		changed := msg != h.etcdErr
+		h.etcdErr = msg
+		h.mu.Unlock()
+		if changed {
+			h.log.Warn("live: etcd health changed", "err", err)
+			h.broadcast(liveMsg{Type: "etcd", EtcdError: msg})
+			if msg == "" {
+				h.markAll() // catch up on what the pages missed
+			}
 		}
 	}
 }

@@ -156,13 +156,23 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	unmatched, err := s.live.unmatched(ctx)
+	all, err := s.live.unmatched(ctx)
 	if err != nil {
 		return err
+	}
+	unmatched := all[:0:0] // the widget follows the region filter, as the live script does
+	for _, u := range all {
+		if f.Region == "" || u.Region == f.Region {
+			unmatched = append(unmatched, u)
+		}
 	}
 	tasks, err := s.taskViews(ctx, store.ListFilter{Region: f.Region, Status: store.Status(f.Status)})
 	if err != nil {
 		return err
+	}
+	shown := len(tasks)
+	if shown > dashboardTasks {
+		tasks = tasks[:dashboardTasks] // newest first; the filters narrow the rest
 	}
 	var alerting []regionView
 	for _, rv := range regions {
@@ -174,9 +184,14 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 		map[string]any{
 			"Regions": regions, "Alerting": alerting, "UnmatchedList": unmatched, "Tasks": tasks,
 			"Statuses": store.Statuses, "Problems": problems, "Filtered": f.Region != "" || f.Status != "",
+			"Total": shown, "Limited": shown > dashboardTasks,
 		})
 	return nil
 }
+
+// dashboardTasks bounds the dashboard's task list: a page of thousands of rows helps
+// nobody, and the filters find the rest.
+const dashboardTasks = 200
 
 // taskViews lists tasks newest first (what an operator looks for).
 func (s *Server) taskViews(ctx context.Context, f store.ListFilter) ([]taskView, error) {

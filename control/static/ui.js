@@ -54,6 +54,10 @@
         break;
       case "regions": regions(m); break;
       case "unmatched": unmatched(m); break;
+      case "etcd":
+        if (m.etcd_error) setConn(m.etcd_error, "conn-lost");
+        else setConn("live", "conn-live");
+        break;
     }
   }
 
