@@ -106,7 +106,7 @@ func TestQEMUNetboot(t *testing.T) {
 	lw := &lineWriter{lines: make(chan string, 256)}
 	log := slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || testing.Verbose() {
 			t.Logf("server log:\n%s", lw.all.String())
 		}
 	})

@@ -147,7 +147,7 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 		// Second DHCP: iPXE fetches its script over HTTP itself.
 		m.Stage = netboot.StageIPXE
 		b.file = ipxe.ScriptURL(base, p.ClientHWAddr)
-		if strings.HasPrefix(p.ClassIdentifier(), "PXEClient") {
+		if s.cfg.Mode == ModeProxy && strings.HasPrefix(p.ClassIdentifier(), "PXEClient") {
 			b.vendor = "PXEClient" // iPXE takes a proxy offer only with it
 		}
 	case kindHTTP:
