@@ -1,0 +1,513 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
+)
+
+// The page handlers: each reads etcd through the store, renders one template, and
+// sends every action through the same store operations (and rules) as the REST API.
+
+// ---- dashboard
+
+func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := listFilter{Region: q.Get("region"), Status: q.Get("status")}
+	var problems []string
+	if f.Region != "" && store.ValidateRegion(f.Region) != nil {
+		problems, f.Region = append(problems, fmt.Sprintf("unknown region %q: showing all regions", f.Region)), ""
+	}
+	if f.Status != "" && !store.Status(f.Status).Valid() {
+		problems, f.Status = append(problems, fmt.Sprintf("unknown status %q: showing all statuses", f.Status)), ""
+	}
+	ctx := r.Context()
+	regions, total, err := s.live.regions(ctx)
+	if err != nil {
+		return err
+	}
+	all, err := s.live.unmatched(ctx)
+	if err != nil {
+		return err
+	}
+	unmatched := all[:0:0] // the widget follows the region filter, as the live script does
+	for _, u := range all {
+		if f.Region == "" || u.Region == f.Region {
+			unmatched = append(unmatched, u)
+		}
+	}
+	tasks, err := s.taskViews(ctx, store.ListFilter{Region: f.Region, Status: store.Status(f.Status)})
+	if err != nil {
+		return err
+	}
+	shown := len(tasks)
+	if shown > dashboardTasks {
+		tasks = tasks[:dashboardTasks] // newest first; the filters narrow the rest
+	}
+	var alerting []regionView
+	for _, rv := range regions {
+		if rv.Alert {
+			alerting = append(alerting, rv)
+		}
+	}
+	s.render(w, r, http.StatusOK, "dashboard", page{Title: "Dashboard", Nav: "dashboard", Unmatched: total, Filter: f},
+		map[string]any{
+			"Regions": regions, "Alerting": alerting, "UnmatchedList": unmatched, "Tasks": tasks,
+			"Statuses": store.Statuses, "Problems": problems, "Filtered": f.Region != "" || f.Status != "",
+			"Total": shown, "Limited": shown > dashboardTasks,
+		})
+	return nil
+}
+
+// dashboardTasks bounds the dashboard's task list: a page of thousands of rows helps
+// nobody, and the filters find the rest.
+const dashboardTasks = 200
+
+// taskViews lists tasks newest first (what an operator looks for).
+func (s *Server) taskViews(ctx context.Context, f store.ListFilter) ([]taskView, error) {
+	tasks, err := s.store.ListTasks(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]taskView, 0, len(tasks))
+	for i := len(tasks) - 1; i >= 0; i-- {
+		out = append(out, newTaskView(tasks[i], s.live.rates))
+	}
+	return out, nil
+}
+
+// ---- add task
+
+type createForm struct {
+	Region, MAC, OSType, OSVersion, DiskSerial string
+	Image                                      string // "os_type os_version" from a region's catalog
+	Errors                                     map[string]string
+	FormError                                  string
+	Regions                                    []regionView
+	OSTypes, OSVersions                        []string
+}
+
+// macPattern is the browser's first check (HTML pattern, compiled with the v flag);
+// the server's NormalizeMAC is the rule.
+const macPattern = `([0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}`
+
+func (s *Server) createPage(w http.ResponseWriter, r *http.Request) error {
+	f := createForm{Region: r.URL.Query().Get("region")}
+	return s.renderCreate(w, r, http.StatusOK, f)
+}
+
+func (s *Server) renderCreate(w http.ResponseWriter, r *http.Request, code int, f createForm) error {
+	regions, _, err := s.live.regions(r.Context())
+	if err != nil {
+		return err
+	}
+	f.Regions = regions
+	// Suggestions from what was installed before, until the image catalog is in etcd.
+	tasks, err := s.store.ListTasks(r.Context(), store.ListFilter{})
+	if err != nil {
+		return err
+	}
+	types, versions := map[string]bool{}, map[string]bool{}
+	for _, t := range tasks {
+		types[t.OSType], versions[t.OSVersion] = true, true
+	}
+	for _, rv := range regions {
+		for _, img := range rv.Images {
+			t, v, _ := strings.Cut(img, " ")
+			types[t], versions[v] = true, true
+		}
+	}
+	f.OSTypes, f.OSVersions = sortedKeys(types), sortedKeys(versions)
+	if f.Errors == nil {
+		f.Errors = map[string]string{}
+	}
+	s.render(w, r, code, "create", page{Title: "Add task", Nav: "create"}, map[string]any{"Form": f, "MACPattern": macPattern})
+	return nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// formField maps a store validation field to the form's input.
+var formField = map[string]string{
+	"region_id": "region", "target_mac": "mac", "mac_address": "mac",
+	"os_type": "os_type", "os_version": "os_version", "disk.serial": "disk_serial", "disk": "disk_serial",
+}
+
+func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return httpjson.Errorf(http.StatusBadRequest, "bad form: %v", err)
+	}
+	f := createForm{
+		Region: strings.TrimSpace(r.PostForm.Get("region")), MAC: strings.TrimSpace(r.PostForm.Get("mac")),
+		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version")),
+		DiskSerial: strings.TrimSpace(r.PostForm.Get("disk_serial")), Errors: map[string]string{},
+		Image: r.PostForm.Get("image"),
+	}
+	if f.Image != "" {
+		// A catalog entry wins over the free-text fields (without JavaScript nothing
+		// copies it into them).
+		f.OSType, f.OSVersion, _ = strings.Cut(f.Image, " ")
+	}
+	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSType: f.OSType, OSVersion: f.OSVersion}
+	if f.DiskSerial != "" {
+		n.Disk = &store.DiskHint{Serial: f.DiskSerial}
+	}
+	// Check every field, so all errors show at once rather than one per submit.
+	if err := store.ValidateRegion(f.Region); err != nil {
+		f.Errors["region"] = fieldMessage(err)
+	}
+	if _, err := store.NormalizeMAC(f.MAC); err != nil {
+		f.Errors["mac"] = fieldMessage(err)
+	}
+	if f.OSType == "" {
+		f.Errors["os_type"] = "is required"
+	}
+	if f.OSVersion == "" {
+		f.Errors["os_version"] = "is required"
+	}
+	if len(f.Errors) > 0 {
+		return s.renderCreate(w, r, http.StatusBadRequest, f)
+	}
+	t, err := s.store.CreateTask(r.Context(), n)
+	if err != nil {
+		var ve *store.ValidationError
+		switch {
+		case errors.As(err, &ve):
+			f.Errors[formField[ve.Field]] = ve.Message
+		case errors.Is(err, store.ErrConflict):
+			f.FormError = err.Error()
+		default:
+			return err
+		}
+		return s.renderCreate(w, r, httpjson.StatusFor(err), f)
+	}
+	s.log.Info("task created", "task", t.TaskID, "region", t.RegionID, "mac", t.TargetMAC, "status", t.Status, "via", "web")
+	http.Redirect(w, r, "/tasks/"+t.TaskID+"?flash=created", http.StatusSeeOther)
+	return nil
+}
+
+func fieldMessage(err error) string {
+	var ve *store.ValidationError
+	if errors.As(err, &ve) {
+		return ve.Message
+	}
+	return err.Error()
+}
+
+// ---- task page
+
+var flashes = map[string]string{
+	"created":   "Task created.",
+	"approved":  "Install approved: the agent starts on its next poll.",
+	"cancelled": "Task cancelled.",
+	"rejected":  "Task rejected.",
+	"matched":   "Report matched to this task.",
+}
+
+type taskPageData struct {
+	Task         store.Task
+	View         taskView
+	HW           hardwareView
+	Target       string
+	AgentChooses bool
+	Image        string
+	Timeline     []timelineStep
+	Error        string
+	ImageWarning string // the region does not advertise the task's image
+}
+
+type timelineStep struct {
+	Label string
+	At    *time.Time
+	Note  string
+	Bad   bool
+}
+
+func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, error) {
+	t, err := s.store.GetTask(ctx, id)
+	if err != nil {
+		return taskPageData{}, err
+	}
+	d := taskPageData{Task: t, View: newTaskView(t, s.live.rates), HW: parseHardware(t.Hardware, t.TargetMAC),
+		Image: t.OSType + " " + t.OSVersion}
+	d.Target, d.AgentChooses = targetDisk(&d.HW, t.Disk)
+	d.Timeline = timeline(t)
+	if t.Status == store.StatusPending || t.Status == store.StatusPendingApproval {
+		d.ImageWarning = s.catalogWarning(ctx, t) // the same check as the API's
+	}
+	return d, nil
+}
+
+func timeline(t store.Task) []timelineStep {
+	steps := []timelineStep{
+		{Label: "Created", At: &t.CreatedAt},
+		{Label: "Hardware reported", At: t.ReportedAt, Note: "waiting for the machine to PXE-boot"},
+	}
+	approve := timelineStep{Label: "Approved", At: t.ApprovedAt, Note: "waiting for an operator"}
+	if t.Approval != nil && t.Approval.ApprovedBy != "" {
+		approve.Label = "Approved by " + t.Approval.ApprovedBy
+	}
+	steps = append(steps, approve, timelineStep{Label: "Install started", At: t.StartedAt})
+	end := timelineStep{Label: "Finished", At: t.FinishedAt}
+	switch t.Status {
+	case store.StatusCompleted:
+		end.Label = "Completed"
+	case store.StatusFailed:
+		end.Label, end.Note, end.Bad = "Failed", t.Error, true
+	case store.StatusCancelled:
+		end.Label, end.Note, end.Bad = "Cancelled", t.Error, true
+	}
+	steps = append(steps, end)
+	for i := range steps {
+		switch {
+		case steps[i].At != nil && !steps[i].Bad:
+			steps[i].Note = "" // "waiting for…" is over
+		case steps[i].At == nil && t.Status.Final():
+			steps[i].Note = "skipped" // never reached, and never will be
+		}
+	}
+	return steps
+}
+
+func (s *Server) taskPage(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.loadTaskPage(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	s.renderTask(w, r, http.StatusOK, d, flashes[r.URL.Query().Get("flash")])
+	return nil
+}
+
+func (s *Server) renderTask(w http.ResponseWriter, r *http.Request, code int, d taskPageData, flash string) {
+	s.render(w, r, code, "task", page{Title: "Task " + shortID(d.Task.TaskID), Nav: "tasks", Flash: flash, TaskID: d.Task.TaskID}, d)
+}
+
+// actionError shows a refused action on the task page itself, with the status code
+// the API would give (409 for a state the action does not apply to).
+func (s *Server) actionError(w http.ResponseWriter, r *http.Request, id string, err error) error {
+	d, lerr := s.loadTaskPage(r.Context(), id)
+	if lerr != nil {
+		return err
+	}
+	code := httpjson.StatusFor(err)
+	if code >= 500 {
+		return err
+	}
+	d.Error = err.Error()
+	s.renderTask(w, r, code, d, "")
+	return nil
+}
+
+func (s *Server) approveSubmit(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := r.ParseForm(); err != nil {
+		return httpjson.Errorf(http.StatusBadRequest, "bad form: %v", err)
+	}
+	if r.PostForm.Get("confirm") != "yes" {
+		// Without the in-page dialog (no JavaScript) the confirmation is a page.
+		d, err := s.loadTaskPage(r.Context(), id)
+		if err != nil {
+			return err
+		}
+		if d.Task.Status != store.StatusPendingApproval {
+			return s.actionError(w, r, id, &store.TransitionError{TaskID: id, From: d.Task.Status, To: store.StatusApproved})
+		}
+		s.render(w, r, http.StatusOK, "confirm", page{Title: "Confirm approval", Nav: "tasks"}, d)
+		return nil
+	}
+	t, err := s.store.ApproveTask(r.Context(), id, "web UI")
+	if err != nil {
+		return s.actionError(w, r, id, err)
+	}
+	s.log.Info("task approved", "task", t.TaskID, "region", t.RegionID, "via", "web")
+	http.Redirect(w, r, "/tasks/"+url.PathEscape(id)+"?flash=approved", http.StatusSeeOther)
+	return nil
+}
+
+func (s *Server) cancelSubmit(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := r.ParseForm(); err != nil {
+		return httpjson.Errorf(http.StatusBadRequest, "bad form: %v", err)
+	}
+	reason, flash := "cancelled from the web UI", "cancelled"
+	if r.PostForm.Get("action") == "reject" {
+		reason, flash = "rejected from the web UI after hardware review", "rejected"
+	}
+	if extra := strings.TrimSpace(r.PostForm.Get("reason")); extra != "" {
+		if len(extra) > 500 {
+			extra = extra[:500]
+		}
+		reason += ": " + extra
+	}
+	t, err := s.store.CancelTask(r.Context(), id, reason)
+	if err != nil {
+		return s.actionError(w, r, id, err)
+	}
+	s.log.Info("task cancelled", "task", t.TaskID, "region", t.RegionID, "via", "web", "reason", reason)
+	http.Redirect(w, r, "/tasks/"+url.PathEscape(id)+"?flash="+flash, http.StatusSeeOther)
+	return nil
+}
+
+// ---- unmatched reports
+
+type unmatchedItem struct {
+	Report  store.UnmatchedReport
+	HW      hardwareView
+	Pending []store.Task // pending tasks of the same MAC and region: link targets
+	Images  []string     // the report's region's catalog
+	Errors  map[string]string
+	OSType  string
+	OSVer   string
+}
+
+func (s *Server) unmatchedPage(w http.ResponseWriter, r *http.Request) error {
+	return s.renderUnmatched(w, r, http.StatusOK, "", nil)
+}
+
+// failed carries a refused match back onto its report's form.
+type matchFailure struct {
+	ID, Region, OSType, OSVersion, FormError string
+	Errors                                   map[string]string
+}
+
+func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code int, flash string, failed *matchFailure) error {
+	region := r.URL.Query().Get("region")
+	if region != "" && store.ValidateRegion(region) != nil {
+		region = ""
+	}
+	if failed != nil {
+		region = ""
+	}
+	reports, err := s.store.ListUnmatched(r.Context(), region)
+	if err != nil {
+		return err
+	}
+	pending, err := s.store.ListTasks(r.Context(), store.ListFilter{Region: region, Status: store.StatusPending})
+	if err != nil {
+		return err
+	}
+	regions, _, err := s.live.regions(r.Context())
+	if err != nil {
+		return err
+	}
+	catalogs := map[string][]string{}
+	for _, rv := range regions {
+		catalogs[rv.Name] = rv.Images
+	}
+	items := make([]unmatchedItem, 0, len(reports))
+	for i := len(reports) - 1; i >= 0; i-- {
+		u := reports[i]
+		it := unmatchedItem{Report: u, HW: parseHardware(u.Hardware, u.MACAddress), Images: catalogs[u.Region], Errors: map[string]string{}}
+		for _, t := range pending {
+			if t.RegionID == u.Region && t.TargetMAC == u.MACAddress {
+				it.Pending = append(it.Pending, t)
+			}
+		}
+		if failed != nil && failed.ID == u.ID && failed.Region == u.Region {
+			it.Errors, it.OSType, it.OSVer = failed.Errors, failed.OSType, failed.OSVersion
+			if failed.FormError != "" {
+				it.Errors["form"] = failed.FormError
+			}
+		}
+		items = append(items, it)
+	}
+	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: len(reports)},
+		map[string]any{"Items": items, "Region": region, "Regions": regions})
+	return nil
+}
+
+func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
+	region, id := r.PathValue("region"), r.PathValue("id")
+	if err := store.ValidateRegion(region); err != nil {
+		return err
+	}
+	if err := r.ParseForm(); err != nil {
+		return httpjson.Errorf(http.StatusBadRequest, "bad form: %v", err)
+	}
+	m := store.MatchRequest{TaskID: r.PostForm.Get("task_id"),
+		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))}
+	if img := r.PostForm.Get("image"); img != "" && m.TaskID == "" {
+		m.OSType, m.OSVersion, _ = strings.Cut(img, " ") // a catalog entry wins, as on Add task
+	}
+	fail := &matchFailure{ID: id, Region: region, OSType: m.OSType, OSVersion: m.OSVersion, Errors: map[string]string{}}
+	if m.TaskID == "" {
+		if m.OSType == "" {
+			fail.Errors["os_type"] = "is required"
+		}
+		if m.OSVersion == "" {
+			fail.Errors["os_version"] = "is required"
+		}
+		if len(fail.Errors) > 0 {
+			return s.renderUnmatched(w, r, http.StatusBadRequest, "", fail)
+		}
+	}
+	t, err := s.store.MatchUnmatched(r.Context(), region, id, m)
+	if err != nil {
+		var ve *store.ValidationError
+		switch {
+		case errors.As(err, &ve) && (ve.Field == "os_type" || ve.Field == "os_version"):
+			fail.Errors[ve.Field] = ve.Message
+		case httpjson.StatusFor(err) < 500:
+			fail.FormError = err.Error()
+		default:
+			return err
+		}
+		return s.renderUnmatched(w, r, httpjson.StatusFor(err), "", fail)
+	}
+	s.log.Info("unmatched report matched", "report", id, "task", t.TaskID, "via", "web")
+	http.Redirect(w, r, "/tasks/"+url.PathEscape(t.TaskID)+"?flash=matched", http.StatusSeeOther)
+	return nil
+}
+
+// ---- region page
+
+func (s *Server) regionPage(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := store.ValidateRegion(name); err != nil {
+		return fmt.Errorf("%w: region %q", store.ErrNotFound, name)
+	}
+	regions, total, err := s.live.regions(r.Context())
+	if err != nil {
+		return err
+	}
+	var rv *regionView
+	for i := range regions {
+		if regions[i].Name == name {
+			rv = &regions[i]
+		}
+	}
+	if rv == nil {
+		return fmt.Errorf("%w: region %s (no appliance, task or report has used it)", store.ErrNotFound, name)
+	}
+	tasks, err := s.taskViews(r.Context(), store.ListFilter{Region: name})
+	if err != nil {
+		return err
+	}
+	reports, err := s.store.ListUnmatched(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	var unmatched []unmatchedView
+	for i := len(reports) - 1; i >= 0; i-- {
+		unmatched = append(unmatched, newUnmatchedView(reports[i]))
+	}
+	s.render(w, r, http.StatusOK, "region", page{Title: "Region " + name, Nav: "regions", Unmatched: total, Filter: listFilter{Region: name}},
+		map[string]any{"Region": rv, "Tasks": tasks, "UnmatchedList": unmatched,
+			"History": s.live.health.history(name), "Since": s.live.health.started})
+	return nil
+}
