@@ -151,7 +151,7 @@ func TestWebUI(t *testing.T) {
 	if st := etcdStatus(t, etcd, id); st != "pending_approval" {
 		t.Fatalf("opening the dialog changed the status to %s", st)
 	}
-	b.shot("task-approve-dialog")
+	b.shotViewport("task-approve-dialog") // what the operator sees: the modal over the page
 	b.submit("confirm the approval", http.StatusOK, chromedp.Click(chromedp.ID("confirm-approve")))
 	if b.text("h1 .badge") != "approved" || etcdStatus(t, etcd, id) != "approved" {
 		t.Fatalf("after approval: badge %q, etcd %q", b.text("h1 .badge"), etcdStatus(t, etcd, id))
@@ -397,6 +397,19 @@ func addImage(t *testing.T, dir, osType, osVersion string) {
 	}
 	if _, err := cat.Add(context.Background(), osType, osVersion, path, images.FormatRaw); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func (b *browser) shotViewport(name string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(b.dir, name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
 	}
 }
 
