@@ -46,6 +46,10 @@ type TargetOptions struct {
 	// throttling and fsync burst of buffered I/O, and the read-back really
 	// reads the disk. Linux only; needs a filesystem or device that supports it.
 	Direct bool
+	// Create makes a missing path a new regular file (a host run writing an
+	// image file). Off by default: a mistyped /dev path must fail, not turn
+	// into a file that "installs" successfully in the initramfs's tmpfs.
+	Create bool
 }
 
 // directAlign is the buffer and offset alignment used for O_DIRECT; 4 KiB
@@ -56,7 +60,11 @@ const directAlign = 4096
 // its size. A regular file that already has a size (a pre-sized VM disk)
 // has that capacity; an empty or new file grows as needed.
 func OpenTarget(path string, opt TargetOptions) (*File, error) {
-	plain, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	flags := os.O_RDWR
+	if opt.Create {
+		flags |= os.O_CREATE
+	}
+	plain, err := os.OpenFile(path, flags, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open target: %w", err)
 	}

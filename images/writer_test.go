@@ -155,6 +155,7 @@ type dropper struct {
 	h      http.Handler
 	mu     sync.Mutex
 	cuts   []int64
+	hang   bool // after a cut, hold the connection open instead of closing it
 	ranges []string
 }
 
@@ -179,7 +180,7 @@ func (d *dropper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d.mu.Unlock()
 	if cut >= 0 {
-		w = &cutWriter{ResponseWriter: w, left: cut}
+		w = &cutWriter{ResponseWriter: w, left: cut, hang: d.hang, done: r.Context().Done()}
 	}
 	d.h.ServeHTTP(w, r)
 }
@@ -187,6 +188,8 @@ func (d *dropper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type cutWriter struct {
 	http.ResponseWriter
 	left int64
+	hang bool
+	done <-chan struct{}
 }
 
 func (c *cutWriter) Write(p []byte) (int, error) {
@@ -196,6 +199,9 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 	}
 	c.ResponseWriter.Write(p[:c.left])
 	c.ResponseWriter.(http.Flusher).Flush()
+	if c.hang {
+		<-c.done // until the client gives up on us
+	}
 	panic(http.ErrAbortHandler) // the server closes the connection mid-body
 }
 
@@ -212,6 +218,7 @@ func fastRetry() Retry {
 func newTarget(t *testing.T, opt TargetOptions) (*File, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk")
+	opt.Create = true
 	dst, err := OpenTarget(path, opt)
 	if err != nil {
 		t.Fatal(err)
@@ -281,6 +288,42 @@ func TestWriteResumesAfterTwoDrops(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestWriteResumesAfterStall(t *testing.T) {
+	fx := newFixture(t, imageSize)
+	fx.drop.hang = true
+	fx.drop.cutNext(2 << 20)
+	dst, path := newTarget(t, TargetOptions{})
+	retry := fastRetry()
+	retry.Stall = 200 * time.Millisecond
+	res, err := Write(testCtx(t), fx.source(t, FormatGzip), dst, Options{Retry: retry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Retries != 1 {
+		t.Errorf("retries = %d, want 1", res.Retries)
+	}
+	checkDisk(t, path, fx.data)
+}
+
+func TestWriteCancelled(t *testing.T) {
+	fx := newFixture(t, imageSize)
+	dst, _ := newTarget(t, TargetOptions{})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	gate := make(chan struct{})
+	close(gate)
+	disk := &gatedDisk{File: dst, gate: gate, before: cancel}
+	_, err := Write(ctx, fx.source(t, FormatZstd), disk, Options{ChunkSize: 1 << 20})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestOpenTargetDoesNotCreateByDefault(t *testing.T) {
+	if _, err := OpenTarget(filepath.Join(t.TempDir(), "sdz"), TargetOptions{}); err == nil {
+		t.Fatal("opened a missing device path")
+	}
+}
 
 func TestWriteGivesUpAfterRetries(t *testing.T) {
 	fx := newFixture(t, imageSize)
@@ -478,10 +521,14 @@ func TestWriteProgress(t *testing.T) {
 // gatedDisk lets one write through per progress report.
 type gatedDisk struct {
 	*File
-	gate chan struct{}
+	gate   chan struct{}
+	before func() // called before each write
 }
 
 func (d *gatedDisk) WriteAt(p []byte, off int64) (int, error) {
+	if d.before != nil {
+		d.before()
+	}
 	<-d.gate
 	return d.File.WriteAt(p, off)
 }

@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -133,7 +135,9 @@ func write(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("write: --format: %w", err)
 	}
 	src.Format = f
-	dst, err := images.OpenTarget(fs.Arg(0), images.TargetOptions{Direct: *direct})
+	// Files may be created; device nodes never are.
+	create := !strings.HasPrefix(filepath.Clean(fs.Arg(0)), "/dev/")
+	dst, err := images.OpenTarget(fs.Arg(0), images.TargetOptions{Direct: *direct, Create: create})
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}

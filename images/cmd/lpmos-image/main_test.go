@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +75,21 @@ func TestAddListRoundTrip(t *testing.T) {
 			t.Errorf("entry %+v", e)
 		}
 	}
+	// write: what the agent does, from the catalog's own HTTP handler.
+	srv := httptest.NewServer(cat.Handler())
+	defer srv.Close()
+	e, _ := cat.Lookup("debian", "12")
+	src := e.Source(srv.URL)
+	target := filepath.Join(t.TempDir(), "disk.img")
+	stdout.Reset()
+	if err := run(ctx, []string{"write", "--json", "--url", src.URL, "--format", string(src.Format),
+		"--size", strconv.FormatInt(src.Size, 10), "--sha256", src.SHA256, target}, &stdout); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(target); !bytes.Equal(got, data) {
+		t.Errorf("write: target differs from the image (%s)", stdout.String())
+	}
+
 	stdout.Reset()
 	if err := run(ctx, []string{"list", "--dir", dir}, &stdout); err != nil {
 		t.Fatal(err)
