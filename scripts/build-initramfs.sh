@@ -7,8 +7,8 @@
 # turn, later files winning):
 #   1. u-root v0.16.0 in module mode: init, the gosh rescue shell, a few commands, and
 #      /bin/uinit -> /bin/lpmos-agent --initramfs. Slow to build (minutes on 2 busy
-#      cores), so it is cached under build/initramfs/cache/, keyed by go.sum and the
-#      command list.
+#      cores), so it is cached under build/initramfs/cache/, keyed by the commands'
+#      module versions, the Go version and the command list.
 #   2. The agent (a static `go build`, not busyboxed) and the kernel modules of
 #      agent-initramfs/modules.txt with their dependencies under
 #      /lpmos/modules/<release>/ (not /lib/modules: u-root's init would load them all,
@@ -26,6 +26,10 @@ kver=$(basename "$(ls -d "$kdir"/lib/modules/*/ | head -n1)")
 out="$top/build/initramfs"
 cache="$out/cache"
 mkdir -p "$out" "$cache"
+# One build at a time (VM tests of several packages may start it together); the second
+# then finds the base cached.
+exec 9>"$out/.lock"
+flock 9
 # Outside the tree: u-root generates Go packages in its tmp dir, which `go list ./...`
 # and `go vet ./...` running beside the build must not see.
 stage=$(mktemp -d "${TMPDIR:-/tmp}/lpmos-initramfs.XXXXXX")
@@ -37,12 +41,15 @@ uroot() { "$stage/u-root" -tmp-dir "$stage" -skip-ldd "$@" 2> "$stage/u-root.log
 # 1. The u-root base. Core commands are pinned in go.mod by agent-initramfs/uroot/tools.go.
 cmds=(init gosh ls cat ip dmesg mount ps lsmod mkdir more shutdown dhclient wget)
 base_args=(-defaultsh gosh -uinitcmd "/bin/lpmos-agent --initramfs")
-key=$( { cat go.sum agent-initramfs/uroot/tools.go; echo "${cmds[*]} ${base_args[*]}"; } | sha256sum | cut -c1-16)
+pkgs=()
+for c in "${cmds[@]}"; do pkgs+=("github.com/u-root/u-root/cmds/core/$c"); done
+# Keyed by the exact module versions the commands compile from, so go.mod changes
+# elsewhere in the tree do not cost a rebuild.
+key=$( { go list -deps -f '{{with .Module}}{{.Path}}@{{.Version}}{{end}}' "${pkgs[@]}" | sort -u
+         go version; echo "${cmds[*]} ${base_args[*]}"; } | sha256sum | cut -c1-16)
 base="$cache/uroot-$key.cpio.gz"
 if [ ! -f "$base" ]; then
   echo "build-initramfs: building the u-root base ($key); this takes minutes" >&2
-  pkgs=()
-  for c in "${cmds[@]}"; do pkgs+=("github.com/u-root/u-root/cmds/core/$c"); done
   uroot -o "$stage/base.cpio" "${base_args[@]}" "${pkgs[@]}"
   gzip -9 -n <"$stage/base.cpio" >"$stage/base.cpio.gz"
   rm -f "$cache"/uroot-*.cpio.gz
