@@ -140,13 +140,19 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 		return nil
 	}
 	m := netboot.Machine{MAC: p.ClientHWAddr, Arch: info.arch, Firmware: info.firmware, Stage: netboot.StageFirmware}
-	b := &bootInfo{arch: info.arch, guid: p.GetOneOption(dhcpv4.OptionClientMachineIdentifier)}
+	// siaddr for every kind: iPXE accepts a proxy reply only with a
+	// next-server and a file (dhcp_has_pxeopts), even when the file is a URL.
+	b := &bootInfo{arch: info.arch, siaddr: serverIP, guid: p.GetOneOption(dhcpv4.OptionClientMachineIdentifier)}
 	base := fmt.Sprintf("http://%s", netip.AddrPortFrom(serverIP, uint16(s.cfg.HTTPPort)))
 	switch k {
 	case kindIPXE:
 		// Second DHCP: iPXE fetches its script over HTTP itself.
 		m.Stage = netboot.StageIPXE
 		b.file = ipxe.ScriptURL(base, p.ClientHWAddr)
+		// iPXE takes a ProxyDHCP offer or ACK only with "PXE options": a boot
+		// file AND a next-server (siaddr) (dhcp_has_pxeopts in iPXE's dhcp.c);
+		// without siaddr it ignores the answer and boots nothing.
+		b.siaddr = serverIP
 		if s.cfg.Mode == ModeProxy && strings.HasPrefix(p.ClassIdentifier(), "PXEClient") {
 			b.vendor = "PXEClient" // iPXE takes a proxy offer only with it
 		}
@@ -163,7 +169,6 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 			return nil
 		}
 		b.file = info.file
-		b.siaddr = serverIP
 		b.tftpName = serverIP.String()
 		b.vendor = "PXEClient"
 		b.pxeMenu = info.firmware == netboot.FirmwareBIOS

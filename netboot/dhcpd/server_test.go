@@ -253,14 +253,14 @@ func TestProxy(t *testing.T) {
 		}},
 		{name: "UEFI HTTP boot", pkt: func(t *testing.T) *dhcpv4.DHCPv4 {
 			return packet(t, macKnown, dhcpv4.MessageTypeDiscover, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP)))
-		}, want: &want{typ: dhcpv4.MessageTypeOffer, file: "http://127.0.0.1:8081/ipxe/ipxe.efi", siaddr: "0.0.0.0", vendor: "HTTPClient", stage: netboot.StageFirmware, arch: "x86_64", firmware: "efi"}},
+		}, want: &want{typ: dhcpv4.MessageTypeOffer, file: "http://127.0.0.1:8081/ipxe/ipxe.efi", siaddr: "127.0.0.1", vendor: "HTTPClient", stage: netboot.StageFirmware, arch: "x86_64", firmware: "efi"}},
 		{name: "iPXE second DHCP", pkt: func(t *testing.T) *dhcpv4.DHCPv4 {
 			return packet(t, macKnown, dhcpv4.MessageTypeDiscover, ipxeClient()...)
 		},
-			want: &want{typ: dhcpv4.MessageTypeOffer, file: script, siaddr: "0.0.0.0", vendor: "PXEClient", stage: netboot.StageIPXE, arch: "i386", firmware: "pcbios"}},
+			want: &want{typ: dhcpv4.MessageTypeOffer, file: script, siaddr: "127.0.0.1", vendor: "PXEClient", stage: netboot.StageIPXE, arch: "i386", firmware: "pcbios"}},
 		{name: "iPXE user class only (no option 60)", pkt: func(t *testing.T) *dhcpv4.DHCPv4 {
 			return packet(t, macKnown, dhcpv4.MessageTypeDiscover, dhcpv4.WithGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE")))
-		}, want: &want{typ: dhcpv4.MessageTypeOffer, file: script, siaddr: "0.0.0.0", stage: netboot.StageIPXE}},
+		}, want: &want{typ: dhcpv4.MessageTypeOffer, file: script, siaddr: "127.0.0.1", stage: netboot.StageIPXE}},
 		{name: "proxy REQUEST on 4011 (unicast, no server id)", pkt: func(t *testing.T) *dhcpv4.DHCPv4 {
 			return packet(t, macKnown, dhcpv4.MessageTypeRequest, append(pxe(iana.EFI_X86_64), dhcpv4.WithClientIP(net.IPv4(127, 0, 0, 1)))...)
 		}, want: &want{typ: dhcpv4.MessageTypeAck, file: "ipxe.efi", siaddr: "127.0.0.1", vendor: "PXEClient", guid: true, stage: netboot.StageFirmware, arch: "x86_64", firmware: "efi"}},
