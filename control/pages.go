@@ -423,11 +423,12 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 			if failed.FormError != "" {
 				it.Errors["form"] = failed.FormError
 			}
+			failed = nil // shown beside its report
 		}
 		items = append(items, it)
 	}
 	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: len(reports)},
-		map[string]any{"Items": items, "Region": region, "Regions": regions})
+		map[string]any{"Items": items, "Region": region, "Regions": regions, "Failed": failed})
 	return nil
 }
 

@@ -97,13 +97,14 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 		"/unmatched":                 {"No unmatched reports"},
 		"/static/ui.js":              {"new WebSocket"},
 		"/static/style.css":          {".badge"},
+		"/static/":                   {"404 page not found"},
 		"/regions/dc9":               {"Not Found"},
 		"/tasks/not-a-task":          {"Not Found"},
 		"/tasks/" + id + "?flash=zz": {"Task <code>" + id},
 	} {
 		code, body := get(t, base+path)
 		wantCode := http.StatusOK
-		if strings.Contains(strings.Join(wants, ""), "Not Found") {
+		if w := strings.Join(wants, ""); strings.Contains(w, "Not Found") || strings.Contains(w, "404") {
 			wantCode = http.StatusNotFound
 		}
 		if code != wantCode {
@@ -139,6 +140,32 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	matched, err := st.GetTask(ctx, strings.TrimPrefix(strings.Split(loc, "?")[0], "/tasks/"))
 	if err != nil || matched.Status != store.StatusPendingApproval || matched.TargetMAC != stray || len(matched.Hardware) == 0 {
 		t.Fatalf("matched task = %+v, %v", matched, err)
+	}
+
+	// Linking: a report beside a pending task of its MAC (written by hand here: the
+	// store never leaves one, but an operator restoring keys can) is linked to it.
+	const other = "02:00:00:00:00:07"
+	pending, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: other, OSType: "debian", OSVersion: "12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reportID := "20260130100009-" + other
+	report, _ := json.Marshal(store.UnmatchedReport{ID: reportID, MACAddress: other, Region: "dc1", Hardware: json.RawMessage(testHardware), ReceivedAt: time.Now().UTC()})
+	if _, err := etcd.Client.Put(ctx, "/os/unmatched_reports/dc1/"+reportID, string(report)); err != nil {
+		t.Fatal(err)
+	}
+	code, body = get(t, base+"/unmatched?region=dc1")
+	if code != 200 || !strings.Contains(body, `<option value="`+pending.TaskID+`">`) {
+		t.Fatalf("unmatched page does not offer the pending task: %d", code)
+	}
+	code, _, loc = form(t, base+"/unmatched/dc1/"+reportID+"/match", url.Values{"task_id": {pending.TaskID}}, nil)
+	if linked, _ := st.GetTask(ctx, pending.TaskID); code != http.StatusSeeOther || linked.Status != store.StatusPendingApproval || len(linked.Hardware) == 0 ||
+		!strings.HasPrefix(loc, "/tasks/"+pending.TaskID) {
+		t.Fatalf("link: %d %q, task %s", code, loc, linked.Status)
+	}
+	code, body, _ = form(t, base+"/unmatched/dc1/"+reportID+"/match", url.Values{"task_id": {pending.TaskID}}, nil)
+	if code != http.StatusNotFound || !strings.Contains(body, `id="match-error"`) || !strings.Contains(body, "not found") {
+		t.Fatalf("link a consumed report: %d", code)
 	}
 
 	// Cancel with a reason, from the page.

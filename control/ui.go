@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"lpmos.dev/lpmos/store"
@@ -84,6 +85,10 @@ func (s *Server) pageRoutes(mux *http.ServeMux) {
 
 func noCache(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // files only, no directory listing
+			return
+		}
 		// Revalidate: after an upgrade the embedded script must not be stale.
 		w.Header().Set("Cache-Control", "no-cache")
 		h.ServeHTTP(w, r)

@@ -160,13 +160,24 @@ func TestWebUI(t *testing.T) {
 		t.Fatal("an approved task still offers approval")
 	}
 
-	// --- Live progress on the dashboard, from the real regional API, without reload.
-	b.do("open the dashboard", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("task-"+id)))
+	// --- The open task page follows the install: status, progress, and a note that
+	// the page's actions are out of date.
 	b.poll("the push connects", `document.getElementById("live-status").textContent === "live"`)
 	b.mark()
 	const total = 2_000_000_000
 	progress(t, apps["dc1"].URL(), mac, id, 42, 840_000_000, total)
-	b.poll("progress 42 arrives", `document.getElementById("progress-`+id+`").value === 42`)
+	b.poll("progress 42 arrives on the task page", `document.getElementById("progress-`+id+`").value === 42 &&
+		document.querySelector("h1 .badge").textContent === "installing" && !document.getElementById("status-changed").hidden`)
+	b.checkMark()
+	b.shot("task-installing")
+
+	// --- Live progress on the dashboard, from the real regional API, without reload.
+	b.do("open the dashboard", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("task-"+id)))
+	b.poll("the push connects", `document.getElementById("live-status").textContent === "live"`)
+	b.mark()
+	if got := b.eval(`document.getElementById("progress-` + id + `").value === 42`); !got {
+		t.Fatal("the dashboard does not render the stored progress")
+	}
 	progress(t, apps["dc1"].URL(), mac, id, 73, 1_460_000_000, total)
 	b.poll("progress 73 arrives with rate and ETA", `document.getElementById("progress-`+id+`").value === 73 &&
 		document.querySelector("#task-`+id+` [data-field=rate]").textContent.endsWith("/s") &&
@@ -224,6 +235,14 @@ func TestWebUI(t *testing.T) {
 		document.querySelector("#region-dc1 [data-field=health]").textContent === "online"`)
 	b.checkMark()
 	b.shot("dashboard-offline")
+	b.do("open the offline region", chromedp.Navigate(base+"/regions/dc2"), chromedp.WaitVisible(chromedp.ID("health-history")))
+	if h := b.text("#health-history"); !strings.Contains(h, "went offline") || !strings.Contains(h, "first seen online") {
+		t.Errorf("dc2 health history = %q", h)
+	}
+	b.shot("region-offline")
+	b.do("back to the dashboard", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("region-dc2")))
+	b.poll("the push connects", `document.getElementById("live-status").textContent === "live"`)
+	b.mark()
 
 	// --- The control plane restarts: the page reconnects by itself and keeps updating.
 	port := mustPort(t, base)
