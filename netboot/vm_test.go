@@ -71,15 +71,23 @@ func kernelPath(t *testing.T) string {
 }
 
 // TestQEMUNetboot boots a VM with QEMU's own iPXE NIC ROM (-boot n) on a
-// bridge in a namespace: full-mode DHCP gives it an address and the
-// per-machine script URL, the script loads the kernel and initrd over HTTP.
-// The test ends once both files were served whole.
+// bridge in a namespace, the per-machine script loads the kernel and initrd
+// over HTTP; it ends once both files were served whole.
+//   - full: our DHCP gives the address and the script URL;
+//   - proxy: dnsmasq, in its own namespace as the site's DHCP server, gives
+//     the address, our proxy-DHCP (another namespace) the script URL.
 func TestQEMUNetboot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: VM boot in -short mode")
 	}
-	nettest.Require(t, "qemu-system-x86_64")
+	nettest.Require(t, "qemu-system-x86_64", "dnsmasq")
 	kernel := kernelPath(t)
+	for _, mode := range []dhcpd.Mode{dhcpd.ModeFull, dhcpd.ModeProxy} {
+		t.Run(string(mode), func(t *testing.T) { qemuNetboot(t, mode, kernel) })
+	}
+}
+
+func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 	dir := t.TempDir()
 	initrd := filepath.Join(dir, "initrd.img")
 	blob := make([]byte, 1<<20)
@@ -88,20 +96,26 @@ func TestQEMUNetboot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ns := nettest.NS(t, "vm")
-	nettest.Run(t, "ip", "-n", ns, "link", "add", "br0", "type", "bridge")
-	nettest.Run(t, "ip", "-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap")
-	nettest.Run(t, "ip", "-n", ns, "link", "set", "tap0", "master", "br0")
-	nettest.Run(t, "ip", "-n", ns, "link", "set", "tap0", "up")
-	nettest.Run(t, "ip", "-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0")
-	nettest.Run(t, "ip", "-n", ns, "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
-	nettest.Run(t, "ip", "-n", ns, "link", "set", "br0", "up")
-	if _, err := exec.LookPath("dnsmasq"); err == nil {
-		// A router advertisement ends iPXE's ~13 s wait for IPv6 (LAB.md);
-		// this dnsmasq does RA only, no DHCPv4.
-		nettest.Start(t, ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
-			"--enable-ra", "--dhcp-range=fd77::,ra-only,64,1h", "--log-facility=-")
+	// The VM's link: a bridge in the "site" namespace. The appliance sits
+	// in its own namespace on a veth into that bridge, as on a real network.
+	site, appl := nettest.NS(t, "site"), nettest.NS(t, "appl")
+	nettest.Run(t, "ip", "-n", site, "link", "add", "br0", "type", "bridge")
+	nettest.Run(t, "ip", "-n", site, "tuntap", "add", "dev", "tap0", "mode", "tap")
+	nettest.Run(t, "ip", "-n", site, "link", "set", "tap0", "master", "br0")
+	nettest.Run(t, "ip", "-n", site, "link", "set", "tap0", "up")
+	nettest.Run(t, "ip", "-n", site, "addr", "add", "10.77.0.2/24", "dev", "br0")
+	nettest.Run(t, "ip", "-n", site, "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
+	nettest.Run(t, "ip", "-n", site, "link", "set", "br0", "up")
+	nettest.Link(t, site, "va", "", appl, "nb0", "10.77.0.1/24")
+	nettest.Run(t, "ip", "-n", site, "link", "set", "va", "master", "br0")
+	// A router advertisement ends iPXE's ~13 s wait for IPv6 (LAB.md).
+	dnsArgs := []string{"dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--enable-ra", "--dhcp-range=fd77::,ra-only,64,1h", "--log-facility=-"}
+	if mode == dhcpd.ModeProxy {
+		// The site's DHCP server: addresses only, no boot file.
+		dnsArgs = append(dnsArgs, "--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"))
 	}
+	nettest.Start(t, site, dnsArgs...)
 
 	lw := &lineWriter{lines: make(chan string, 256)}
 	log := slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -121,12 +135,12 @@ func TestQEMUNetboot(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var ln net.Listener
 	var conns []net.PacketConn
-	if err := nettest.Do(ns, func() (err error) {
+	if err := nettest.Do(appl, func() (err error) {
 		if ln, err = net.Listen("tcp4", "10.77.0.1:0"); err != nil {
 			return err
 		}
 		for _, a := range []string{":67", ":4011"} {
-			pc, err := dhcpd.Listen(ctx, a, "br0")
+			pc, err := dhcpd.Listen(ctx, a, "nb0")
 			if err != nil {
 				return err
 			}
@@ -143,10 +157,14 @@ func TestQEMUNetboot(t *testing.T) {
 	}
 	hs := &http.Server{Handler: h}
 	go hs.Serve(ln)
-	d, err := dhcpd.New(dhcpd.Config{Mode: dhcpd.ModeFull, Booter: booter, Logger: log,
+	cfg := dhcpd.Config{Mode: mode, Booter: booter, Logger: log,
 		ServerIP: netip.MustParseAddr("10.77.0.1"), HTTPPort: ln.Addr().(*net.TCPAddr).Port,
 		Pool:   &dhcpd.Pool{Start: netip.MustParseAddr("10.77.0.100"), End: netip.MustParseAddr("10.77.0.200"), Subnet: netip.MustParsePrefix("10.77.0.0/24"), LeaseTime: time.Hour},
-		Leases: &dhcpd.MemLeases{}})
+		Leases: &dhcpd.MemLeases{}}
+	if mode == dhcpd.ModeProxy {
+		cfg.Pool, cfg.Leases = nil, nil
+	}
+	d, err := dhcpd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,13 +183,13 @@ func TestQEMUNetboot(t *testing.T) {
 		accel = os.Getenv("LPMOS_QEMU_ACCEL")
 	}
 	serial := filepath.Join(dir, "serial.log")
-	nettest.Start(t, ns, "qemu-system-x86_64", "-accel", accel, "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
+	nettest.Start(t, site, "qemu-system-x86_64", "-accel", accel, "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
 		"-boot", "n", "-serial", "file:"+serial, "-monitor", "none",
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=n0,mac="+mac.String())
 
 	want := map[string]bool{"boot script served": false, "file=vmlinuz": false, "file=initrd.img": false}
-	timer := time.NewTimer(150 * time.Second)
+	timer := time.NewTimer(90 * time.Second)
 	defer timer.Stop()
 	for done := false; !done; {
 		select {
