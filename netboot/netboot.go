@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"unicode/utf8"
 )
 
 // Stage says which step of the boot path asked. Booters may log it; most
@@ -84,9 +85,12 @@ func (f BooterFunc) Boot(ctx context.Context, m Machine) (*Plan, error) { return
 // space-oriented).
 var ErrUnsafeValue = errors.New("netboot: unsafe value")
 
-// CheckValue refuses control characters (newline, NUL, DEL...) in v. name
-// says which field, for the error.
+// CheckValue refuses control characters (newline, NUL, DEL, Unicode line
+// separators) and invalid UTF-8 in v. name says which field, for the error.
 func CheckValue(name, v string) error {
+	if !utf8.ValidString(v) {
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrUnsafeValue, name)
+	}
 	for i, r := range v {
 		if r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 {
 			return fmt.Errorf("%w: %s has control character %q at byte %d", ErrUnsafeValue, name, r, i)
