@@ -6,6 +6,7 @@
 package tftpd
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -145,7 +146,9 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(st.Size()) // RFC 2349 tsize in the OACK
 	}
-	n, err := rf.ReadFrom(f)
+	// pin/tftp reads one block at a time: buffer so a 512-byte block is
+	// not a read(2) of its own.
+	n, err := rf.ReadFrom(bufio.NewReaderSize(f, 64<<10))
 	d := time.Since(start)
 	if err != nil {
 		log.Warn("TFTP: transfer failed", "bytes", n, "duration", d.Round(time.Millisecond), "err", err)
