@@ -365,7 +365,7 @@ type healthLog struct {
 	mu       sync.Mutex
 	started  time.Time
 	last     map[string]bool
-	lastBeat map[string]time.Time
+	lastBeat map[string]regionView // as last seen online
 	events   map[string][]healthEvent
 }
 
@@ -378,7 +378,7 @@ type healthEvent struct {
 const healthLogMax = 100
 
 func newHealthLog() *healthLog {
-	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]time.Time{}, events: map[string][]healthEvent{}}
+	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
 }
 
 // record notes a region's state (only changes are kept) and, for an offline region,
@@ -387,9 +387,10 @@ func (h *healthLog) record(r *regionView) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if r.Heartbeat != nil {
-		h.lastBeat[r.Name] = *r.Heartbeat
-	} else if at, ok := h.lastBeat[r.Name]; ok {
-		r.LastSeen = &at
+		h.lastBeat[r.Name] = *r
+	} else if last, ok := h.lastBeat[r.Name]; ok {
+		// The heartbeat key is gone with its lease: say what it said last.
+		r.LastSeen, r.APIURL, r.Version = last.Heartbeat, last.APIURL, last.Version
 	}
 	prev, seen := h.last[r.Name]
 	if seen && prev == r.Online {
