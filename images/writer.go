@@ -106,15 +106,18 @@ var defaultClient = &http.Client{Transport: &http.Transport{
 	ResponseHeaderTimeout: 30 * time.Second,
 	TLSHandshakeTimeout:   10 * time.Second,
 	IdleConnTimeout:       90 * time.Second,
-	// The body is read in large chunks; a bigger socket buffer saves syscalls.
-	ReadBufferSize: 256 << 10,
 }}
 
 // Write streams src onto dst: HTTP GET, decompress by src.Format, hash, write
 // in large chunks with several writes in flight, fsync, then read the range
 // back and hash it again. It succeeds only if both hashes equal src.SHA256.
-// A dropped connection is resumed with HTTP Range (see fetcher). On error the
-// target holds a partial image; the caller must not boot it.
+// On error the target holds a partial image; the caller must not boot it.
+//
+// Resume: a dropped or stalled connection is re-requested from the next
+// compressed byte ("Range: bytes=N-", with If-Range). The retry happens
+// below the decompressor, which keeps its state and sees one unbroken
+// stream, so resuming is exact for every format without restarting the
+// decode; a changed file on the server fails the write instead.
 func Write(ctx context.Context, src Source, dst Target, opt Options) (Result, error) {
 	start := time.Now()
 	opt = opt.withDefaults()
