@@ -1,10 +1,39 @@
 package images
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 )
+
+// String is a one-line summary for logs and the agent's progress message,
+// e.g. "downloading 44.0% (451 MiB of 1.0 GiB) 310 MB/s, ETA 2s".
+func (p Progress) String() string {
+	s := fmt.Sprintf("%s %.1f%% (%s of %s)", p.Stage, p.Percent(), iec(p.Done), iec(p.Total))
+	if p.Rate > 0 {
+		s += fmt.Sprintf(" %.0f MB/s", p.Rate/1e6)
+	}
+	if p.ETA > 0 {
+		s += ", ETA " + p.ETA.Round(time.Second).String()
+	}
+	if p.Retries > 0 {
+		s += fmt.Sprintf(", %d resumed", p.Retries)
+	}
+	return s
+}
+
+func iec(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
 
 // reporter calls the Progress callback every interval and at each stage
 // change, never concurrently. Workers only bump the done counter.

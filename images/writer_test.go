@@ -532,3 +532,10 @@ func (d *gatedDisk) WriteAt(p []byte, off int64) (int, error) {
 	<-d.gate
 	return d.File.WriteAt(p, off)
 }
+
+func TestProgressString(t *testing.T) {
+	p := Progress{Stage: StageDownloading, Done: 451 << 20, Total: 1 << 30, Rate: 310e6, ETA: 1900 * time.Millisecond, Retries: 1}
+	if got, want := p.String(), "downloading 44.0% (451 MiB of 1.0 GiB) 310 MB/s, ETA 2s, 1 resumed"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+}

@@ -144,10 +144,7 @@ func write(ctx context.Context, args []string, stdout io.Writer) error {
 	defer dst.Close()
 	opt := images.Options{NoReadBack: *noReadBack}
 	if !*asJSON {
-		opt.Progress = func(p images.Progress) {
-			fmt.Fprintf(stdout, "%-11s %5.1f%%  %d/%d  %.0f MB/s  eta %s  retries %d\n",
-				p.Stage, p.Percent(), p.Done, p.Total, p.Rate/1e6, p.ETA.Round(time.Second), p.Retries)
-		}
+		opt.Progress = func(p images.Progress) { fmt.Fprintln(stdout, p) }
 	}
 	res, err := images.Write(ctx, src, dst, opt)
 	if err != nil {
