@@ -48,8 +48,8 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	shown := len(tasks)
-	if shown > dashboardTasks {
+	matching := len(tasks)
+	if matching > dashboardTasks {
 		tasks = tasks[:dashboardTasks] // newest first; the filters narrow the rest
 	}
 	var alerting []regionView
@@ -62,7 +62,7 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 		map[string]any{
 			"Regions": regions, "Alerting": alerting, "UnmatchedList": unmatched, "Tasks": tasks,
 			"Statuses": store.Statuses, "Problems": problems, "Filtered": f.Region != "" || f.Status != "",
-			"Total": shown, "Limited": shown > dashboardTasks,
+			"Total": matching, "Limited": matching > dashboardTasks,
 		})
 	return nil
 }

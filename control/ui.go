@@ -61,6 +61,8 @@ type page struct {
 
 type listFilter struct{ Region, Status string }
 
+const maxForm = 64 << 10
+
 func (s *Server) pageRoutes(mux *http.ServeMux) {
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", noCache(http.FileServerFS(static))))
@@ -70,7 +72,10 @@ func (s *Server) pageRoutes(mux *http.ServeMux) {
 	// another site from submitting them in an operator's browser.
 	cop := http.NewCrossOriginProtection()
 	post := func(f func(http.ResponseWriter, *http.Request) error) http.Handler {
-		return cop.Handler(s.pageHandler(f))
+		return cop.Handler(s.pageHandler(func(w http.ResponseWriter, r *http.Request) error {
+			r.Body = http.MaxBytesReader(w, r.Body, maxForm) // our forms are a few fields
+			return f(w, r)
+		}))
 	}
 	mux.Handle("GET /{$}", s.pageHandler(s.dashboardPage))
 	mux.Handle("GET /tasks/create", s.pageHandler(s.createPage))
