@@ -225,6 +225,7 @@ type taskPageData struct {
 	HW           hardwareView
 	Target       string
 	AgentChooses bool
+	DiskRefused  bool // the agent will not find a disk it may wipe
 	Image        string
 	Timeline     []timelineStep
 	Error        string
@@ -245,7 +246,7 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 	}
 	d := taskPageData{Task: t, View: newTaskView(t, s.live.rates), HW: parseHardware(t.Hardware, t.TargetMAC),
 		Image: t.OSType + " " + t.OSVersion}
-	d.Target, d.AgentChooses = targetDisk(&d.HW, t.Disk)
+	d.Target, d.AgentChooses, d.DiskRefused = targetDisk(&d.HW, t.Disk)
 	d.Timeline = timeline(t)
 	if t.Status == store.StatusPending || t.Status == store.StatusPendingApproval {
 		d.ImageWarning = s.catalogWarning(ctx, t) // the same check as the API's

@@ -300,44 +300,63 @@ func parseHardware(raw json.RawMessage, mac string) hardwareView {
 	return v
 }
 
-// targetDisk says which disk an approval will wipe, marking it in hw.Disks. With a
-// hint, the disk matching it (or the hint itself when the report has no such disk);
-// without, the smallest disk the agent may take: not removable, not read-only, not the
-// disk it runs from, and within the hint's size bounds.
-func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAgent bool) {
-	fits := func(d diskView) bool {
-		if d.Removable || d.ReadOnly || d.Boot || d.SizeBytes <= 0 {
-			return false
-		}
-		if hint != nil && (d.SizeBytes < hint.MinBytes || (hint.MaxBytes > 0 && d.SizeBytes > hint.MaxBytes)) {
-			return false
-		}
-		return true
+// targetDisk says which disk an approval will wipe, marking it in hw.Disks. It mirrors
+// the agent's fail-closed choice (agent.ChooseDisk, which the control plane must not
+// import; a test holds the two together): never removable, USB, read-only, the disk
+// the agent booted from, or of unknown size; with a hint, the one disk that matches
+// it; without, the smallest, unless another has the same size. refused says the
+// agent will refuse to install (the text says why).
+func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAgent, refused bool) {
+	if !hw.Present {
+		return "unknown: no hardware report yet", hint == nil, false
 	}
-	if hint != nil && (hint.Serial != "" || hint.WWN != "" || hint.ByPath != "") {
-		for i, d := range hw.Disks {
-			if (hint.Serial == "" || d.Serial == hint.Serial) && (hint.WWN == "" || d.WWN == hint.WWN) &&
-				(hint.ByPath == "" || d.ByPath == hint.ByPath) {
-				hw.Disks[i].Candidate = true
-				return d.Describe(), false
-			}
-		}
-		return "the disk named by the task (" + describeHint(hint) + "); the report has no such disk: the agent will refuse to install", false
-	}
-	best := -1
+	var cands []int
 	for i, d := range hw.Disks {
-		if fits(d) && (best < 0 || d.SizeBytes < hw.Disks[best].SizeBytes) {
-			best = i
+		if d.Removable || d.Controller == "usb" || strings.Contains(d.ByPath, "-usb-") || d.ReadOnly || d.Boot || d.SizeBytes <= 0 {
+			continue
 		}
-	}
-	if best < 0 {
-		if !hw.Present {
-			return "unknown: no hardware report yet", true
+		if hint != nil && !hintMatches(d.Disk, hint) {
+			continue
 		}
-		return "none: no disk in the report fits (the agent will refuse to install)", true
+		cands = append(cands, i)
 	}
-	hw.Disks[best].Candidate = true
-	return hw.Disks[best].Describe(), true
+	sort.SliceStable(cands, func(i, j int) bool { return hw.Disks[cands[i]].SizeBytes < hw.Disks[cands[j]].SizeBytes })
+	describeAll := func() string {
+		var s []string
+		for _, i := range cands {
+			s = append(s, hw.Disks[i].Describe())
+		}
+		return strings.Join(s, "; ")
+	}
+	switch {
+	case len(cands) == 0 && hint != nil:
+		return "none: no eligible disk matches the task's disk hint (" + describeHint(hint) + "); the agent will refuse to install", false, true
+	case len(cands) == 0:
+		return "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true
+	case hint != nil && len(cands) > 1:
+		return "ambiguous: the task's disk hint matches " + plural(len(cands), "disk", "disks") + " (" + describeAll() + "); the agent will refuse to install", false, true
+	case hint == nil && len(cands) > 1 && hw.Disks[cands[0]].SizeBytes == hw.Disks[cands[1]].SizeBytes:
+		return "ambiguous: several smallest disks of the same size (" + describeAll() + "); the agent will refuse to install: name one in the task's disk hint", true, true
+	}
+	hw.Disks[cands[0]].Candidate = true
+	return hw.Disks[cands[0]].Describe(), hint == nil, false
+}
+
+// hintMatches is the agent's hint rule: every field given must match.
+func hintMatches(d regionapi.Disk, h *store.DiskHint) bool {
+	switch {
+	case h.Serial != "" && d.Serial != h.Serial:
+		return false
+	case h.WWN != "" && !strings.EqualFold(strings.TrimPrefix(d.WWN, "0x"), strings.TrimPrefix(h.WWN, "0x")):
+		return false
+	case h.ByPath != "" && d.ByPath != strings.TrimPrefix(h.ByPath, "/dev/disk/by-path/"):
+		return false
+	case h.MinBytes > 0 && d.SizeBytes < h.MinBytes:
+		return false
+	case h.MaxBytes > 0 && d.SizeBytes > h.MaxBytes:
+		return false
+	}
+	return true
 }
 
 func describeHint(h *store.DiskHint) string {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/agent-initramfs/agent"
+	"lpmos.dev/lpmos/appliance/regionapi"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -17,27 +19,38 @@ const disksJSON = `{"disks": [
   {"name": "sdc", "path": "/dev/sdc", "size_bytes": 100000000000, "serial": "RO", "read_only": true}
 ], "boot_disk": "vda"}`
 
-// The disk an approval names must be the one the agent will take: never removable,
-// read-only or the agent's own boot disk; the smallest that fits; or the task's hint.
+// The disk an approval names must be the one the agent will take: the test runs the
+// agent's own ChooseDisk on every case, so the two rules cannot drift apart.
 func TestTargetDisk(t *testing.T) {
+	const twins = `{"disks": [
+  {"name": "sda", "path": "/dev/sda", "size_bytes": 480000000000, "serial": "A"},
+  {"name": "sdb", "path": "/dev/sdb", "size_bytes": 480000000000, "serial": "B"},
+  {"name": "sdc", "path": "/dev/sdc", "size_bytes": 8000000000, "controller": "usb"},
+  {"name": "sdd", "path": "/dev/sdd", "size_bytes": 9000000000, "by_path": "pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0"},
+  {"name": "sde", "path": "/dev/sde", "size_bytes": 0}
+]}`
 	for _, c := range []struct {
-		name   string
-		hint   *store.DiskHint
-		want   string
-		agent  bool
-		marked string
+		name, report string
+		hint         *store.DiskHint
+		want         string
+		agent        bool
+		refused      bool
 	}{
-		{"smallest eligible", nil, "/dev/nvme0n1, 480 GB, SSD, serial NV1", true, "nvme0n1"},
-		{"size bounds", &store.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", true, "sdb"},
-		{"serial", &store.DiskHint{Serial: "HD1"}, "/dev/sdb, 4.0 TB, serial HD1", false, "sdb"},
-		{"serial not in the report", &store.DiskHint{Serial: "GONE"}, "the disk named by the task (serial GONE); the report has no such disk: the agent will refuse to install", false, ""},
-		{"nothing fits", &store.DiskHint{MinBytes: 1e15}, "none: no disk in the report fits (the agent will refuse to install)", true, ""},
+		{"smallest eligible", disksJSON, nil, "/dev/nvme0n1, 480 GB, SSD, serial NV1", true, false},
+		{"size bounds", disksJSON, &store.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
+		{"serial", disksJSON, &store.DiskHint{Serial: "HD1"}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
+		{"serial not in the report", disksJSON, &store.DiskHint{Serial: "GONE"}, "none: no eligible disk matches the task's disk hint (serial GONE); the agent will refuse to install", false, true},
+		{"hint matches two", disksJSON, &store.DiskHint{MinBytes: 1e11}, "ambiguous: the task's disk hint matches 2 disks (/dev/nvme0n1, 480 GB, SSD, serial NV1; /dev/sdb, 4.0 TB, serial HD1); the agent will refuse to install", false, true},
+		{"nothing fits", disksJSON, &store.DiskHint{MinBytes: 1e15}, "none: no eligible disk matches the task's disk hint (at least 1.0 PB); the agent will refuse to install", false, true},
+		{"identical smallest", twins, nil, "ambiguous: several smallest disks of the same size (/dev/sda, 480 GB, serial A; /dev/sdb, 480 GB, serial B); the agent will refuse to install: name one in the task's disk hint", true, true},
+		{"twin named", twins, &store.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false, false},
+		{"only usb", `{"disks": [{"name": "sdc", "size_bytes": 8000000000, "controller": "usb"}]}`, nil, "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			hw := parseHardware(json.RawMessage(disksJSON), "")
-			got, agent := targetDisk(&hw, c.hint)
-			if got != c.want || agent != c.agent {
-				t.Errorf("targetDisk = %q, %v; want %q, %v", got, agent, c.want, c.agent)
+			hw := parseHardware(json.RawMessage(c.report), "")
+			got, agentChooses, refused := targetDisk(&hw, c.hint)
+			if got != c.want || agentChooses != c.agent || refused != c.refused {
+				t.Errorf("targetDisk = %q, %v, %v; want %q, %v, %v", got, agentChooses, refused, c.want, c.agent, c.refused)
 			}
 			var marked []string
 			for _, d := range hw.Disks {
@@ -45,13 +58,21 @@ func TestTargetDisk(t *testing.T) {
 					marked = append(marked, d.Name)
 				}
 			}
-			if strings.Join(marked, ",") != c.marked {
-				t.Errorf("marked %v, want %q", marked, c.marked)
+			var hint *regionapi.DiskHint
+			if h := c.hint; h != nil {
+				hint = &regionapi.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
+			}
+			chosen, err := agent.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
+			switch {
+			case err != nil && (!refused || len(marked) != 0):
+				t.Errorf("the agent refuses (%v) but the page names %v", err, marked)
+			case err == nil && (refused || strings.Join(marked, ",") != chosen.Name):
+				t.Errorf("the agent takes %s but the page names %v (refused %v)", chosen.Name, marked, refused)
 			}
 		})
 	}
 	hw := parseHardware(nil, "")
-	if got, _ := targetDisk(&hw, nil); got != "unknown: no hardware report yet" {
+	if got, _, refused := targetDisk(&hw, nil); got != "unknown: no hardware report yet" || refused {
 		t.Errorf("no report: %q", got)
 	}
 }
