@@ -300,8 +300,8 @@ func TestWriteResumesAfterStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Retries != 1 {
-		t.Errorf("retries = %d, want 1", res.Retries)
+	if res.Retries < 1 { // more only if a loaded machine pauses a transfer for 200ms
+		t.Errorf("retries = %d, want the hung connection resumed", res.Retries)
 	}
 	checkDisk(t, path, fx.data)
 }
