@@ -87,22 +87,24 @@ url=http://127.0.0.1:$port/image.raw
 out=$dir/target.img
 results=$dir/results.txt
 : > "$results"
-now() { date +%s.%N; }
 
-# Each method writes a fresh target file; times are wall-clock seconds.
+# Each method writes a fresh target file; records wall seconds and CPU
+# seconds (user + sys of every process in the method, nginx excluded).
 run() { # name command...
   local name=$1; shift
   rm -f "$out"; sync
-  local t0 t1; t0=$(now)
-  "$@"
-  t1=$(now)
-  echo "$name $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" >> "$results"
+  local TIMEFORMAT='%R %U %S' t
+  if ! t=$( { time "$@" >/dev/null 2>>"$dir/errors.log"; } 2>&1 ); then
+    echo "bench: $name failed:" >&2; tail -5 "$dir/errors.log" >&2; exit 1
+  fi
+  echo "$name $(echo "$t" | awk '{printf "%.3f", $1}')" >> "$results"
+  echo "cpu-$name $(echo "$t" | awk '{printf "%.3f", $2 + $3}')" >> "$results"
 }
 ours() { # format url
   local json; json=$("$bin" write --json --direct --url "$2" --format "$1" --size "$size" --sha256 "$sha" "$out")
   # The read-back is extra work the others do not do: record it apart.
-  echo "verify-$1 $(echo "$json" | sed -E 's/.*"Verify":([0-9]+).*/\1/' | awk '{printf "%.3f", $1 / 1e9}')" >> "$results"
   echo "$json" | sed -E 's/.*"Verify":([0-9]+).*/\1/' > "$dir/verify.ns"
+  echo "verify-$1 $(awk '{printf "%.3f", $1 / 1e9}' "$dir/verify.ns")" >> "$results"
 }
 pipe_raw() { curl -s "$url" | dd of="$out" bs=4M oflag=direct status=none; }
 pipe_zst() { curl -s "$url.zst" | zstd -q -d | dd of="$out" bs=4M oflag=direct status=none; }
@@ -121,14 +123,12 @@ for r in $(seq "$rounds"); do
   for i in $(seq 0 6); do
     m=${methods[$(( (i + r) % 7 ))]}
     case $m in
-      ours-raw)
-        run ours-raw-total ours raw "$url"
+      ours-raw|ours-zst)
+        f=${m#ours-}; u=$url; [[ $f == zst ]] && u=$url.zst
+        run "$m-total" ours "$f" "$u"
+        # Write phase = wall time minus the read-back the writer reported.
         v=$(cat "$dir/verify.ns")
-        echo "ours-raw $(tail -1 "$results" | awk -v v="$v" '{printf "%.3f", $2 - v / 1e9}')" >> "$results" ;;
-      ours-zst)
-        run ours-zst-total ours zst "$url.zst"
-        v=$(cat "$dir/verify.ns")
-        echo "ours-zst $(tail -1 "$results" | awk -v v="$v" '{printf "%.3f", $2 - v / 1e9}')" >> "$results" ;;
+        echo "$m $(grep "^$m-total " "$results" | tail -1 | awk -v v="$v" '{printf "%.3f", $2 - v / 1e9}')" >> "$results" ;;
       pipe-raw) run pipe-raw pipe_raw ;;
       pipe-zst) run pipe-zst pipe_zst ;;
       dd) run dd dd_alone ;;
@@ -145,12 +145,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b / a}'; }
 
 echo
 echo "medians over $rounds interleaved rounds, ${mib} MiB image, target on $(df -P "$dir" | awk 'NR==2 {print $1}'):"
-printf '  %-34s %7s s  %5s MB/s\n' "dd alone (raw, bs=4M oflag=direct)" "$(median dd)" "$(mbs "$(median dd)")"
+printf '  %-34s %7s s  %5s MB/s   cpu %s s\n' "dd alone (raw, bs=4M oflag=direct)" "$(median dd)" "$(mbs "$(median dd)")" "$(median cpu-dd)"
 for f in raw zst; do
   o=$(median "ours-$f"); t=$(median "ours-$f-total"); p=$(median "pipe-$f"); d=$(median dd)
   printf '  %-34s %7s s  %5s MB/s   (no disk: the network+decode ceiling)\n' "download only ($f, to /dev/null)" "$(median "net-$f")" "$(mbs "$(median "net-$f")")"
-  printf '  %-34s %7s s  %5s MB/s\n' "pipeline ($f)" "$p" "$(mbs "$p")"
+  printf '  %-34s %7s s  %5s MB/s   cpu %s s\n' "pipeline ($f)" "$p" "$(mbs "$p")" "$(median "cpu-pipe-$f")"
   printf '  %-34s %7s s  %5s MB/s   %sx pipeline, %sx dd\n' "lpmos writer ($f, write+fsync)" "$o" "$(mbs "$o")" "$(ratio "$o" "$p")" "$(ratio "$o" "$d")"
-  printf '  %-34s %7s s  (read-back verify %s s)\n' "lpmos writer ($f, with read-back)" "$t" "$(median "verify-$f")"
+  printf '  %-34s %7s s  (read-back verify %s s)   cpu %s s\n' "lpmos writer ($f, with read-back)" "$t" "$(median "verify-$f")" "$(median "cpu-ours-$f-total")"
 done
 echo "  bar: >= 1.50x pipeline and >= 0.85x dd, for raw and zst"
+echo "  load average now: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (CPU-bound methods suffer most from other load)"
