@@ -3,6 +3,7 @@ package appliance_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/netboot"
 )
 
 func getText(t *testing.T, url string) (int, string) {
@@ -75,6 +77,11 @@ func TestBootScriptFollowsTask(t *testing.T) {
 		code, body = getText(t, base+"/boot/52-54-00-00-00-99.ipxe")
 		if code != 200 || !strings.Contains(body, "booting from local disk") || strings.Contains(body, "kernel ") {
 			t.Fatalf("completed machine: %d\n%s", code, body)
+		}
+		// Its firmware's own PXE gets no answer: it falls through to the disk.
+		mac, _ := net.ParseMAC("52:54:00:00:00:99")
+		if plan, err := sys.regions["dc1"].Boot(t.Context(), netboot.Machine{MAC: mac, Stage: netboot.StageFirmware, Firmware: netboot.FirmwareEFI}); plan != nil || err != nil {
+			t.Fatalf("completed machine at firmware stage: %+v %v", plan, err)
 		}
 		code, body = getText(t, base+"/boot.ipxe")
 		if code != 200 || !strings.Contains(body, "chain --autofree http://127.0.0.1:") {
