@@ -181,6 +181,9 @@ func (c *Catalog) Add(ctx context.Context, osType, osVersion, path string, forma
 	}
 	e := Entry{OSType: osType, OSVersion: osVersion, File: name, Format: format, Added: time.Now().UTC()}
 	if err := measure(ctx, filepath.Join(c.dir, name), &e); err != nil {
+		if !inDir {
+			os.Remove(filepath.Join(c.dir, name)) // our copy of a file we refuse
+		}
 		return Entry{}, fmt.Errorf("add image %s: %w", name, err)
 	}
 

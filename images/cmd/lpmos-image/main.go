@@ -65,6 +65,9 @@ func add(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New("add: --dir, --os-type, --os-version and one FILE are required")
 	}
 	file := fs.Arg(0)
+	if _, err := os.Stat(file); err != nil && !strings.ContainsRune(file, '/') {
+		file = filepath.Join(*dir, file) // a name already in the images dir
+	}
 	f := images.FormatFromName(file)
 	if *format != "" {
 		var err error

@@ -38,7 +38,7 @@ func TestAddListRoundTrip(t *testing.T) {
 	for _, args := range [][]string{
 		{"add", "--dir", dir, "--os-type", "ubuntu", "--os-version", "22.04", raw},
 		{"add", "--dir", dir, "--os-type", "debian", "--os-version", "12", gz},
-		{"add", "--dir", dir, "--os-type", "debian", "--os-version", "12", "--format", "gz", gz}, // replaces
+		{"add", "--dir", dir, "--os-type", "debian", "--os-version", "12", "--format", "gz", filepath.Base(gz)}, // by name, replaces
 	} {
 		if err := run(ctx, args, &stdout); err != nil {
 			t.Fatalf("%v: %v", args, err)
@@ -118,5 +118,14 @@ func TestAddRefusesBadInput(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, images.IndexFile)); err == nil {
 		t.Error("a failed add wrote the index")
+	}
+	// A refused file from elsewhere leaves no copy behind.
+	outside := filepath.Join(t.TempDir(), "bad.img.xz")
+	os.WriteFile(outside, []byte("not xz"), 0o644)
+	if err := run(ctx, []string{"add", "--dir", dir, "--os-type", "x", "--os-version", "1", outside}, new(bytes.Buffer)); err == nil {
+		t.Error("added a broken xz image")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad.img.xz")); err == nil {
+		t.Error("the refused image was left in the images dir")
 	}
 }
