@@ -21,6 +21,7 @@ import (
 	"lpmos.dev/lpmos/netboot/dhcpd"
 	"lpmos.dev/lpmos/netboot/internal/nettest"
 	"lpmos.dev/lpmos/netboot/ipxe"
+	"lpmos.dev/lpmos/netboot/tftpd"
 )
 
 // lineWriter turns log output into lines on a channel, so the test waits
@@ -83,11 +84,26 @@ func TestQEMUNetboot(t *testing.T) {
 	nettest.Require(t, "qemu-system-x86_64", "dnsmasq")
 	kernel := kernelPath(t)
 	for _, mode := range []dhcpd.Mode{dhcpd.ModeFull, dhcpd.ModeProxy} {
-		t.Run(string(mode), func(t *testing.T) { qemuNetboot(t, mode, kernel) })
+		t.Run(string(mode), func(t *testing.T) { qemuNetboot(t, mode, false, kernel) })
 	}
+	// LAB.md pitfall 5: the TFTP first stage is exercised with UEFI, OVMF's
+	// own PXE (NIC ROM removed) fetching ipxe.efi, then iPXE over HTTP.
+	t.Run("uefi-pxe-proxy", func(t *testing.T) {
+		if _, err := os.Stat(ovmfCode); err != nil {
+			t.Skip("SKIP: no OVMF (Debian package ovmf)")
+		}
+		qemuNetboot(t, dhcpd.ModeProxy, true, kernel)
+	})
 }
 
-func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
+var vmTimeout = 150 * time.Second // LAB.md: 30-60 s per network boot under load
+
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	dir := t.TempDir()
 	initrd := filepath.Join(dir, "initrd.img")
 	blob := make([]byte, 1<<20)
@@ -135,8 +151,12 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var ln net.Listener
 	var conns []net.PacketConn
+	var tftpConn net.PacketConn
 	if err := nettest.Do(appl, func() (err error) {
 		if ln, err = net.Listen("tcp4", "10.77.0.1:0"); err != nil {
+			return err
+		}
+		if tftpConn, err = tftpd.Listen(ctx, ":69"); err != nil {
 			return err
 		}
 		for _, a := range []string{":67", ":4011"} {
@@ -157,6 +177,14 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 	}
 	hs := &http.Server{Handler: h}
 	go hs.Serve(ln)
+	ts, err := tftpd.New(tftpd.Config{Files: ipxe.Binaries(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tftpDone := make(chan error, 1)
+	// pin/tftp opens a socket per transfer from the Serve goroutine: run
+	// that goroutine inside the appliance namespace so they land there.
+	go func() { tftpDone <- nettest.Do(appl, func() error { return ts.Serve(ctx, tftpConn) }) }()
 	cfg := dhcpd.Config{Mode: mode, Booter: booter, Logger: log,
 		ServerIP: netip.MustParseAddr("10.77.0.1"), HTTPPort: ln.Addr().(*net.TCPAddr).Port,
 		Pool:   &dhcpd.Pool{Start: netip.MustParseAddr("10.77.0.100"), End: netip.MustParseAddr("10.77.0.200"), Subnet: netip.MustParsePrefix("10.77.0.0/24"), LeaseTime: time.Hour},
@@ -173,6 +201,9 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 	t.Cleanup(func() {
 		cancel()
 		hs.Close()
+		if err := <-tftpDone; err != nil {
+			t.Errorf("TFTP Serve: %v", err)
+		}
 		if err := <-served; err != nil && !errors.Is(err, net.ErrClosed) {
 			t.Errorf("DHCP Serve: %v", err)
 		}
@@ -183,13 +214,32 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 		accel = os.Getenv("LPMOS_QEMU_ACCEL")
 	}
 	serial := filepath.Join(dir, "serial.log")
-	nettest.Start(t, site, "qemu-system-x86_64", "-accel", accel, "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
-		"-boot", "n", "-serial", "file:"+serial, "-monitor", "none",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac.String())
+	args := []string{"qemu-system-x86_64", "-accel", accel, "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
+		"-boot", "n", "-serial", "file:" + serial, "-monitor", "none",
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
+	nic := "virtio-net-pci,netdev=n0,mac=" + mac.String()
+	if uefi {
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		b, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(vars, b, 0o644)
+		args = append(args, "-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
+		nic += ",romfile=" // OVMF's own virtio-net + PXE instead of iPXE's ROM
+	}
+	if os.Getenv("LPMOS_VM_PCAP") != "" {
+		nettest.Start(t, appl, "tcpdump", "-ni", "nb0", "-U", "-w", os.Getenv("LPMOS_VM_PCAP"))
+	}
+	nettest.Start(t, site, append(args, "-device", nic)...)
 
 	want := map[string]bool{"boot script served": false, "file=vmlinuz": false, "file=initrd.img": false}
-	timer := time.NewTimer(90 * time.Second)
+	if uefi {
+		want["TFTP ipxe.efi"] = false
+	}
+	timer := time.NewTimer(vmTimeout)
 	defer timer.Stop()
 	for done := false; !done; {
 		select {
@@ -201,8 +251,13 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, kernel string) {
 				want["file=vmlinuz"] = true
 			case strings.Contains(l, "boot file served") && strings.Contains(l, "file=initrd.img") && wholeFile(l):
 				want["file=initrd.img"] = true
+			case strings.Contains(l, "TFTP: transfer done") && strings.Contains(l, "file=ipxe.efi"):
+				want["TFTP ipxe.efi"] = true
 			}
-			done = want["boot script served"] && want["file=vmlinuz"] && want["file=initrd.img"]
+			done = true
+			for _, ok := range want {
+				done = done && ok
+			}
 		case <-timer.C:
 			s, _ := os.ReadFile(serial)
 			t.Fatalf("VM did not load kernel and initrd in time: %v\nserial:\n%s", want, s)
