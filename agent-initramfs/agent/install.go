@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -29,7 +30,10 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	// not support it.
 	st, err := os.Stat(target)
 	direct := err == nil && st.Mode()&os.ModeDevice != 0
-	dst, err := images.OpenTarget(target, images.TargetOptions{Direct: direct})
+	// Only an explicit --target that does not exist yet is created (host mode): a
+	// disk the agent chose must already be there.
+	create := job.Target != "" && errors.Is(err, os.ErrNotExist)
+	dst, err := images.OpenTarget(target, images.TargetOptions{Direct: direct, Create: create})
 	if err != nil {
 		return fmt.Errorf("open %s: %w", target, err)
 	}
