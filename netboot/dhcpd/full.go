@@ -18,6 +18,12 @@ func (s *Server) full(ctx context.Context, log *slog.Logger, req request, server
 	p := req.pkt
 	mac := p.ClientHWAddr.String()
 	now := s.now()
+	if gw := addr(p.GatewayIPAddr); gw.IsValid() && !gw.IsUnspecified() && !s.cfg.Pool.Subnet.Contains(gw) {
+		// RFC 2131 4.3.1: the relay's address picks the subnet; ours is
+		// the only pool, so a relay elsewhere is not ours to answer.
+		log.Debug("DHCP: relay outside the pool's subnet, staying silent")
+		return nil
+	}
 	switch p.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		requested, _ := netip.AddrFromSlice(p.RequestedIPAddress().To4())

@@ -233,3 +233,17 @@ func (s *notifyStore) Delete(ctx context.Context, ip netip.Addr) error {
 	s.deleted <- ip
 	return err
 }
+
+func TestFullRelayOtherSubnetSilent(t *testing.T) {
+	h := startServer(t, Config{Mode: ModeFull, Booter: &testBooter{}, Pool: testPool("10.77.0.100", "10.77.0.200"), Leases: &MemLeases{}})
+	d := packet(t, mac(1), dhcpv4.MessageTypeDiscover, dhcpv4.WithRelay(net.IPv4(127, 0, 0, 1)))
+	h.send(d.ToBytes())
+	probe := packet(t, mac(2), dhcpv4.MessageTypeDiscover)
+	h.send(probe.ToBytes())
+	if recv(t, h.client, probe.TransactionID, 5*time.Second) == nil {
+		t.Fatal("no answer to the probe")
+	}
+	if r := recv(t, h.relay, d.TransactionID, 200*time.Millisecond); r != nil {
+		t.Fatalf("answered a relay outside the pool's subnet: %s", r.Summary())
+	}
+}

@@ -149,6 +149,12 @@ func Listen(ctx context.Context, addr, ifname string) (net.PacketConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dhcpd: listen %s: %w", addr, err)
 	}
+	// IP_PKTINFO from the first datagram on: one queued before Serve sets
+	// it would arrive without its interface.
+	if err := ipv4.NewPacketConn(pc).SetControlMessage(ipv4.FlagInterface|ipv4.FlagDst, true); err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("dhcpd: enable IP_PKTINFO on %s: %w", addr, err)
+	}
 	return pc, nil
 }
 

@@ -71,6 +71,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
+// ServeHTTP routes to the bootstrap, scripts, boot files and binaries.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
 func (h *Handler) base(r *http.Request) (string, error) {
