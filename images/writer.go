@@ -96,9 +96,13 @@ type Result struct {
 	SHA256     string // verified hash
 	Retries    int
 	Stream     time.Duration // download + decompress + write
-	Sync       time.Duration
-	Verify     time.Duration
-	Elapsed    time.Duration
+	// Backpressure is how long the download waited for a free buffer, i.e.
+	// for the hasher or the disk. Near zero: the network or the decoder
+	// was the limit; near Stream: the disk (or hashing) was.
+	Backpressure time.Duration
+	Sync         time.Duration
+	Verify       time.Duration
+	Elapsed      time.Duration
 }
 
 var defaultClient = &http.Client{Transport: &http.Transport{
@@ -147,7 +151,7 @@ func Write(ctx context.Context, src Source, dst Target, opt Options) (Result, er
 	prog.set(StageDownloading, src.Size, 0)
 
 	res := Result{Bytes: src.Size}
-	sum, err := stream(ctx, cancel, src, fetch, dst, chunk, align, opt.InFlight, prog)
+	sum, err := stream(ctx, cancel, src, fetch, dst, chunk, align, opt.InFlight, prog, &res.Backpressure)
 	res.Downloaded, res.Retries = fetch.offset.Load(), int(fetch.retries.Load())
 	res.Stream = time.Since(start)
 	if err != nil {
@@ -230,7 +234,7 @@ type chunk struct {
 // pooled buffers; a hasher goroutine hashes them in order while inFlight
 // writer goroutines pwrite them at their offsets. Buffers, not goroutines,
 // bound memory: inFlight+3 chunks.
-func stream(ctx context.Context, cancel context.CancelCauseFunc, src Source, fetch *fetcher, dst Target, size, align, inFlight int, prog *reporter) (string, error) {
+func stream(ctx context.Context, cancel context.CancelCauseFunc, src Source, fetch *fetcher, dst Target, size, align, inFlight int, prog *reporter, waited *time.Duration) (string, error) {
 	nbuf := inFlight + 3
 	pool := make(chan []byte, nbuf)
 	for range nbuf {
@@ -281,8 +285,14 @@ func stream(ctx context.Context, cancel context.CancelCauseFunc, src Source, fet
 			var buf []byte
 			select {
 			case buf = <-pool:
-			case <-ctx.Done():
-				return context.Cause(ctx)
+			default:
+				t := time.Now()
+				select {
+				case buf = <-pool:
+				case <-ctx.Done():
+					return context.Cause(ctx)
+				}
+				*waited += time.Since(t)
 			}
 			n, err := io.ReadFull(dec, buf[:min(int64(len(buf)), src.Size-off)])
 			if n > 0 {
