@@ -70,6 +70,13 @@ type Plan struct {
 // answers 404. An error is logged and treated like silence: a broken store
 // must not make machines boot something unexpected. Boot may be called
 // concurrently.
+//
+// At the DHCP stages only "nil or not" matters (the reply carries the
+// first stage or the script URL, never the plan); the script stage renders
+// the plan. A machine whose task is completed should get a Plan with
+// LocalDisk set, so a server left on PXE-first boot order boots its disk
+// instead of looping into the installer. Machine.Arch and Firmware may be
+// empty (a client that did not say).
 type Booter interface {
 	Boot(ctx context.Context, m Machine) (*Plan, error)
 }
