@@ -3,12 +3,24 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build run test test-short bench start-etcd clean
+.PHONY: all build run test test-short bench start-etcd initramfs testos demo clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd ./images/cmd/lpmos-image
+	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd ./images/cmd/lpmos-image ./appliance/cmd/lpmos-lab
+
+# Debian's kernel + the u-root initramfs with the agent (build/initramfs/).
+initramfs:
+	./scripts/build-initramfs.sh
+
+# The tiny bootable test OS image (build/testos/).
+testos:
+	./scripts/build-testos.sh
+
+# The VM lab for a person (root): boot network, appliance, control plane, one PXE VM.
+demo: build initramfs testos
+	$(BIN)/lpmos-lab
 
 # The whole system on one host: control plane + appliance dc1 on the appliance's embedded etcd.
 run: build
