@@ -35,7 +35,9 @@ PKGS = $(shell $(GO) list -e ./... | grep -v '/build/')
 
 test:
 	$(GO) vet $(PKGS)
-	$(GO) test -count=1 -timeout 40m $(PKGS)
+	rm -f build/lab-timings.txt
+	LPMOS_TIMINGS_FILE=$(CURDIR)/build/lab-timings.txt $(GO) test -count=1 -timeout 40m $(PKGS)
+	@cat build/lab-timings.txt 2>/dev/null || echo "(no VM lab timings: the lab was skipped)"
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

@@ -4,11 +4,14 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-mkdir -p run/images
+RUN_DIR=${RUN_DIR:-run}
+mkdir -p "$RUN_DIR/images"
 API_PORT=${API_PORT:-8081}
 PORT=${PORT:-8080}
 
-bin/lpmos-appliance --label=dc1 --api-port="$API_PORT" --etcd-data-dir=run/dc1.etcd --images-dir=run/images &
+# TFTP off: `make run` is the API-only setup, unprivileged; the netboot setup is
+# `make demo` or the appliance with --dhcp-interface (see README).
+bin/lpmos-appliance --label=dc1 --api-port="$API_PORT" --etcd-data-dir="$RUN_DIR/dc1.etcd" --images-dir="$RUN_DIR/images" --tftp-addr= &
 appliance=$!
 cleanup() {
   kill -TERM "$control" "$appliance" 2>/dev/null || true
@@ -33,7 +36,7 @@ cat <<MSG
     Add a task:                        http://localhost:$PORT/tasks/create
     Regional API dc1 (agents):         http://localhost:$API_PORT/api/health
     etcd (embedded in the appliance):  127.0.0.1:2379   (etcdctl get --prefix /os/)
-    OS images:                         bin/lpmos-image add --dir run/images --os-type ubuntu --os-version 22.04 FILE
+    OS images:                         bin/lpmos-image add --dir $RUN_DIR/images --os-type ubuntu --os-version 22.04 FILE
   Ctrl-C stops both.
 
 MSG

@@ -1,0 +1,171 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSeedFlowsWithMakeRun starts `make run` as a user would (in a network namespace of
+// its own, so its fixed ports 8080, 8081 and 2379 never collide with anything) and
+// replays the seed's curl commands against it, then stops it with Ctrl-C.
+func TestSeedFlowsWithMakeRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("SEED FLOWS SKIPPED: needs root for a network namespace (CI runs as root)")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("SEED FLOWS SKIPPED: curl not installed")
+	}
+	ns := fmt.Sprintf("lpm-seed-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+
+	runDir := t.TempDir()
+	cmd := exec.Command("ip", "netns", "exec", ns, "make", "run")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "RUN_DIR="+runDir)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C goes to the whole group, as in a terminal
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("make run output:\n%s", out.String())
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	curl := func(args ...string) map[string]any {
+		t.Helper()
+		b, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "curl", "-s", "--max-time", "10"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", args, err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("curl %v: not JSON: %s", args, b)
+		}
+		return m
+	}
+	// Wait for "LPMOS is running" (make builds first).
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for !strings.Contains(out.String(), "LPMOS is running") {
+		select {
+		case err := <-exited:
+			t.Fatalf("make run exited: %v", err)
+		case <-ctx.Done():
+			t.Fatal("make run did not come up")
+		case <-tick.C:
+		}
+	}
+	for {
+		b, _ := exec.Command("ip", "netns", "exec", ns, "curl", "-s", "http://localhost:8080/api/v1/regions").Output()
+		if strings.Contains(string(b), `"regions"`) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("control plane did not answer")
+		case <-tick.C:
+		}
+	}
+
+	h := curl("http://localhost:8081/api/health")
+	if h["region_label"] != "dc1" || h["etcd_reachable"] != true {
+		t.Fatalf("health: %v", h)
+	}
+	// Test 1: the normal flow.
+	task := curl("-X", "POST", "http://localhost:8080/api/v1/tasks", "-H", "Content-Type: application/json",
+		"-d", `{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:5e","os_type":"ubuntu","os_version":"22.04"}`)
+	id, _ := task["task_id"].(string)
+	if id == "" || task["status"] != "pending" {
+		t.Fatalf("create: %v", task)
+	}
+	rep := curl("-X", "POST", "http://localhost:8081/api/report", "-H", "Content-Type: application/json",
+		"-d", `{"mac_address":"00:1A:2B:3C:4D:5E","hardware":{"cpu":{"cores":4},"memory":{"total_bytes":8589934592}}}`)
+	if rep["status"] != "ok" || rep["task_id"] != id {
+		t.Fatalf("report: %v", rep)
+	}
+	if a := curl("http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != false || a["task_status"] != "pending_approval" {
+		t.Fatalf("approval before approve: %v", a)
+	}
+	if a := curl("-X", "POST", "http://localhost:8080/api/v1/tasks/"+id+"/approve"); a["status"] != "approved" {
+		t.Fatalf("approve: %v", a)
+	}
+	if a := curl("http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != true {
+		t.Fatalf("approval: %v", a)
+	}
+	p := curl("-X", "POST", "http://localhost:8081/api/progress", "-H", "Content-Type: application/json",
+		"-d", `{"mac_address":"00:1a:2b:3c:4d:5e","task_id":"`+id+`","stage":"downloading","percentage":45,"message":"Downloaded 450 MB / 1000 MB"}`)
+	if p["status"] != "ok" {
+		t.Fatalf("progress: %v", p)
+	}
+	got := curl("http://localhost:8080/api/v1/tasks/" + id)
+	if got["status"] != "installing" || got["progress"].(map[string]any)["percentage"] != 45.0 {
+		t.Fatalf("task after progress: %v", got)
+	}
+	// Test 2: an unmatched MAC.
+	um := curl("-X", "POST", "http://localhost:8081/api/report", "-H", "Content-Type: application/json",
+		"-d", `{"mac_address":"fe:b7:02:c0:95:e0","hardware":{}}`)
+	if um["status"] != "error" || um["message"] != "No task found for MAC fe:b7:02:c0:95:e0 in region dc1" || um["retry_after"] != 10.0 {
+		t.Fatalf("unmatched report: %v", um)
+	}
+	if l := curl("http://localhost:8080/api/v1/unmatched?region=dc1"); l["count"] != 1.0 {
+		t.Fatalf("unmatched list: %v", l)
+	}
+	if !strings.Contains(out.String(), "[dc1] Failed to find task for MAC fe:b7:02:c0:95:e0: no task found") {
+		t.Fatalf("appliance did not log the unmatched report")
+	}
+
+	// Ctrl-C stops both, cleanly.
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("make run did not stop on Ctrl-C")
+	}
+	if !strings.Contains(out.String(), "[dc1] Region marked offline") {
+		t.Fatalf("appliance did not shut down cleanly")
+	}
+	if b, _ := exec.Command("ip", "netns", "pids", ns).Output(); strings.TrimSpace(string(b)) != "" {
+		t.Fatalf("processes left in the namespace after Ctrl-C: %s", b)
+	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
