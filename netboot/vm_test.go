@@ -235,6 +235,13 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	}
 	nettest.Start(t, site, append(args, "-device", nic)...)
 
+	// iPXE expands ipxe.FactsQuery in the DHCP file name: the script
+	// request says what iPXE runs on.
+	// QEMU's BIOS NIC ROM is a 32-bit iPXE build.
+	arch, platform := "i386", netboot.FirmwareBIOS
+	if uefi {
+		arch, platform = "x86_64", netboot.FirmwareEFI
+	}
 	want := map[string]bool{"boot script served": false, "file=vmlinuz": false, "file=initrd.img": false}
 	if uefi {
 		want["TFTP ipxe.efi"] = false
@@ -245,7 +252,8 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 		select {
 		case l := <-lw.lines:
 			switch {
-			case strings.Contains(l, "boot script served") && strings.Contains(l, "task=vm-task-1"):
+			case strings.Contains(l, "boot script served") && strings.Contains(l, "task=vm-task-1") &&
+				strings.Contains(l, "arch="+arch+" ") && strings.Contains(l, "platform="+platform):
 				want["boot script served"] = true
 			case strings.Contains(l, "boot file served") && strings.Contains(l, "file=vmlinuz") && wholeFile(l):
 				want["file=vmlinuz"] = true

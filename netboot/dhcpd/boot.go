@@ -94,6 +94,11 @@ type bootInfo struct {
 
 func (b *bootInfo) apply(r *dhcpv4.DHCPv4) {
 	r.BootFileName = b.file
+	if strings.Contains(b.file, "://") {
+		// The header's file field holds 127 bytes; a URL also goes in
+		// option 67 (RFC 2132 9.5), which iPXE and UEFI HTTP boot read.
+		r.UpdateOption(dhcpv4.OptBootFileName(b.file))
+	}
 	if b.siaddr.IsValid() {
 		r.ServerIPAddr = b.siaddr.AsSlice()
 	}
@@ -148,7 +153,7 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 	case kindIPXE:
 		// Second DHCP: iPXE fetches its script over HTTP itself.
 		m.Stage = netboot.StageIPXE
-		b.file = ipxe.ScriptURL(base, p.ClientHWAddr)
+		b.file = ipxe.ScriptURL(base, p.ClientHWAddr) + ipxe.FactsQuery
 		// iPXE takes a ProxyDHCP offer or ACK only with "PXE options": a boot
 		// file AND a next-server (siaddr) (dhcp_has_pxeopts in iPXE's dhcp.c);
 		// without siaddr it ignores the answer and boots nothing.

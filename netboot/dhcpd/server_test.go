@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -204,6 +205,9 @@ func checkReply(t *testing.T, r *dhcpv4.DHCPv4, w want) {
 	if r.BootFileName != w.file {
 		t.Errorf("file %q, want %q", r.BootFileName, w.file)
 	}
+	if opt := r.BootFileNameOption(); strings.Contains(w.file, "://") && opt != w.file {
+		t.Errorf("option 67 %q, want the URL %q", opt, w.file)
+	}
 	if got := r.ServerIPAddr.String(); w.siaddr != "" && got != w.siaddr {
 		t.Errorf("siaddr %s, want %s", got, w.siaddr)
 	}
@@ -223,7 +227,7 @@ func checkReply(t *testing.T, r *dhcpv4.DHCPv4, w want) {
 
 func TestProxy(t *testing.T) {
 	arm := fstest.MapFS{"ipxe-arm64.efi": {Data: []byte("arm")}, "undionly.kpxe": {Data: []byte("x")}, "ipxe.efi": {Data: []byte("x")}}
-	script := "http://127.0.0.1:8081/boot/52-54-00-12-34-56.ipxe"
+	script := "http://127.0.0.1:8081/boot/52-54-00-12-34-56.ipxe?arch=${buildarch:uristring}&platform=${platform:uristring}"
 	cases := []struct {
 		name      string
 		bins      fstestFS

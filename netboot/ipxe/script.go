@@ -29,6 +29,11 @@ func ScriptURL(base string, mac net.HardwareAddr) string {
 	return strings.TrimRight(base, "/") + pathScripts + hexhyp(mac) + ".ipxe"
 }
 
+// FactsQuery, appended to ScriptURL in a DHCP file name, makes iPXE report
+// its architecture and firmware: iPXE expands settings in the file name
+// before fetching it.
+const FactsQuery = "?arch=${buildarch:uristring}&platform=${platform:uristring}"
+
 // BinaryURL is where UEFI HTTP-boot clients fetch an iPXE binary.
 func BinaryURL(base, name string) string {
 	return strings.TrimRight(base, "/") + PathBinaries + name
