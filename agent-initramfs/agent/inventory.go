@@ -19,7 +19,9 @@ import (
 func Inventory() (regionapi.Hardware, error) {
 	var hw regionapi.Hardware
 	opt := ghw.WithDisableWarnings()
-	hw.Hostname, _ = os.Hostname()
+	if h, _ := os.Hostname(); h != "(none)" { // the kernel's placeholder in an initramfs
+		hw.Hostname = h
+	}
 	hw.Firmware = "bios"
 	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
 		hw.Firmware = "uefi"

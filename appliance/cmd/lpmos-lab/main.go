@@ -130,7 +130,8 @@ func followSerial(ctx context.Context, path string, out io.Writer) {
 			}
 			continue
 		}
-		if s := strings.TrimSpace(partial); strings.Contains(s, "LPMOS") || strings.Contains(s, "lpmos") {
+		// iPXE's and the test OS's LPMOS lines, and the agent's own log lines.
+		if s := strings.TrimSpace(partial); strings.Contains(s, "LPMOS") || strings.Contains(s, " msg=") {
 			fmt.Fprintln(out, "  [console]", s)
 		}
 		partial = ""
