@@ -29,6 +29,37 @@ var (
 	ErrReadBack      = errors.New("read-back verification failed")
 )
 
+// Reason is a short, stable code for why a Write failed, for the agent's
+// progress report and the task's failure message ("checksum_mismatch",
+// "image_too_large", ...); "" for nil and "failed" for anything unexpected.
+func Reason(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, r := range []struct {
+		err  error
+		code string
+	}{
+		{ErrTooLarge, "image_too_large"},
+		{ErrChecksum, "checksum_mismatch"},
+		{ErrReadBack, "readback_mismatch"},
+		{ErrShortImage, "short_image"},
+		{ErrLongImage, "long_image"},
+		{ErrCorrupt, "corrupt_image"},
+		{ErrNotFound, "image_not_found"},
+		{ErrDownload, "download_failed"},
+		{ErrWrite, "write_failed"},
+		{ErrInvalidSource, "invalid_source"},
+		{context.Canceled, "cancelled"},
+		{context.DeadlineExceeded, "timeout"},
+	} {
+		if errors.Is(err, r.err) {
+			return r.code
+		}
+	}
+	return "failed"
+}
+
 // Source says what to fetch and what it must decompress to. The appliance
 // fills it from a catalog Entry; the agent passes it to Write unchanged.
 type Source struct {

@@ -403,6 +403,9 @@ func TestWriteFailures(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
+			if r := Reason(err); r == "" || r == "failed" {
+				t.Errorf("Reason(%v) = %q", err, r)
+			}
 			if last.Stage == StageDone {
 				t.Errorf("progress claims done after %v", err)
 			}
@@ -423,8 +426,8 @@ func TestWriteImageBiggerThanTarget(t *testing.T) {
 	defer dst.Close()
 	n := len(fx.drop.requests())
 	_, err = Write(testCtx(t), fx.source(t, FormatZstd), dst, Options{})
-	if !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("err = %v, want ErrTooLarge", err)
+	if !errors.Is(err, ErrTooLarge) || Reason(err) != "image_too_large" {
+		t.Fatalf("err = %v (%s), want ErrTooLarge", err, Reason(err))
 	}
 	if len(fx.drop.requests()) != n {
 		t.Error("downloaded an image that cannot fit")
