@@ -2,6 +2,7 @@ package control
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -300,63 +301,50 @@ func parseHardware(raw json.RawMessage, mac string) hardwareView {
 	return v
 }
 
-// targetDisk says which disk an approval will wipe, marking it in hw.Disks. It mirrors
-// the agent's fail-closed choice (agent.ChooseDisk, which the control plane must not
-// import; a test holds the two together): never removable, USB, read-only, the disk
-// the agent booted from, or of unknown size; with a hint, the one disk that matches
-// it; without, the smallest, unless another has the same size. refused says the
-// agent will refuse to install (the text says why).
+// targetDisk says which disk an approval will wipe, marking it in hw.Disks. The
+// decision is the agent's own (regionapi.ChooseDisk, the same function the agent runs
+// on the same report); only the wording is the page's. refused says the agent will
+// refuse to install (the text says why).
 func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAgent, refused bool) {
 	if !hw.Present {
 		return "unknown: no hardware report yet", hint == nil, false
 	}
-	var cands []int
-	for i, d := range hw.Disks {
-		if d.Removable || d.Controller == "usb" || strings.Contains(d.ByPath, "-usb-") || d.ReadOnly || d.Boot || d.SizeBytes <= 0 {
-			continue
+	var wire *regionapi.DiskHint
+	if h := hint; h != nil {
+		wire = &regionapi.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
+	}
+	chosen, err := regionapi.ChooseDisk(hw.HW.Disks, wire, 0, hw.HW.BootDisk)
+	view := func(d regionapi.Disk) *diskView {
+		for i := range hw.Disks {
+			if hw.Disks[i].Name == d.Name {
+				return &hw.Disks[i]
+			}
 		}
-		if hint != nil && !hintMatches(d.Disk, hint) {
-			continue
+		return &diskView{Disk: d, Size: humanBytes(d.SizeBytes)}
+	}
+	var ce *regionapi.DiskChoiceError
+	if errors.As(err, &ce) {
+		var all []string
+		for _, d := range ce.Candidates {
+			all = append(all, view(d).Describe())
 		}
-		cands = append(cands, i)
-	}
-	sort.SliceStable(cands, func(i, j int) bool { return hw.Disks[cands[i]].SizeBytes < hw.Disks[cands[j]].SizeBytes })
-	describeAll := func() string {
-		var s []string
-		for _, i := range cands {
-			s = append(s, hw.Disks[i].Describe())
+		switch {
+		case ce.Reason == regionapi.HintAmbiguous:
+			return "ambiguous: the task's disk hint matches " + plural(len(all), "disk", "disks") + " (" + strings.Join(all, "; ") + "); the agent will refuse to install", false, true
+		case ce.Reason == regionapi.SmallestAmbiguous:
+			return "ambiguous: several smallest disks of the same size (" + strings.Join(all, "; ") + "); the agent will refuse to install: name one in the task's disk hint", true, true
+		case hint != nil:
+			return "none: no eligible disk matches the task's disk hint (" + describeHint(hint) + "); the agent will refuse to install", false, true
+		default:
+			return "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true
 		}
-		return strings.Join(s, "; ")
 	}
-	switch {
-	case len(cands) == 0 && hint != nil:
-		return "none: no eligible disk matches the task's disk hint (" + describeHint(hint) + "); the agent will refuse to install", false, true
-	case len(cands) == 0:
-		return "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true
-	case hint != nil && len(cands) > 1:
-		return "ambiguous: the task's disk hint matches " + plural(len(cands), "disk", "disks") + " (" + describeAll() + "); the agent will refuse to install", false, true
-	case hint == nil && len(cands) > 1 && hw.Disks[cands[0]].SizeBytes == hw.Disks[cands[1]].SizeBytes:
-		return "ambiguous: several smallest disks of the same size (" + describeAll() + "); the agent will refuse to install: name one in the task's disk hint", true, true
+	if err != nil {
+		return "unknown: " + err.Error(), hint == nil, true
 	}
-	hw.Disks[cands[0]].Candidate = true
-	return hw.Disks[cands[0]].Describe(), hint == nil, false
-}
-
-// hintMatches is the agent's hint rule: every field given must match.
-func hintMatches(d regionapi.Disk, h *store.DiskHint) bool {
-	switch {
-	case h.Serial != "" && d.Serial != h.Serial:
-		return false
-	case h.WWN != "" && !strings.EqualFold(strings.TrimPrefix(d.WWN, "0x"), strings.TrimPrefix(h.WWN, "0x")):
-		return false
-	case h.ByPath != "" && d.ByPath != strings.TrimPrefix(h.ByPath, "/dev/disk/by-path/"):
-		return false
-	case h.MinBytes > 0 && d.SizeBytes < h.MinBytes:
-		return false
-	case h.MaxBytes > 0 && d.SizeBytes > h.MaxBytes:
-		return false
-	}
-	return true
+	v := view(chosen)
+	v.Candidate = true
+	return v.Describe(), hint == nil, false
 }
 
 func describeHint(h *store.DiskHint) string {

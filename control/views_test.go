@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/appliance/regionapi"
 	"lpmos.dev/lpmos/store"
 )
@@ -19,8 +18,8 @@ const disksJSON = `{"disks": [
   {"name": "sdc", "path": "/dev/sdc", "size_bytes": 100000000000, "serial": "RO", "read_only": true}
 ], "boot_disk": "vda"}`
 
-// The disk an approval names must be the one the agent will take: the test runs the
-// agent's own ChooseDisk on every case, so the two rules cannot drift apart.
+// The disk an approval names must be the one the agent will take: the page and the
+// agent both run regionapi.ChooseDisk; this checks the wording and the marking.
 func TestTargetDisk(t *testing.T) {
 	const twins = `{"disks": [
   {"name": "sda", "path": "/dev/sda", "size_bytes": 480000000000, "serial": "A"},
@@ -62,7 +61,7 @@ func TestTargetDisk(t *testing.T) {
 			if h := c.hint; h != nil {
 				hint = &regionapi.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
 			}
-			chosen, err := agent.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
+			chosen, err := regionapi.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
 			switch {
 			case err != nil && (!refused || len(marked) != 0):
 				t.Errorf("the agent refuses (%v) but the page names %v", err, marked)

@@ -18,12 +18,12 @@ import (
 func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	target := job.Target
 	if target == "" {
-		d, err := ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
+		d, err := regionapi.ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
 		if err != nil {
 			return err
 		}
 		target = d.Path
-		p.Update(ctx, regionapi.ProgressRequest{Stage: "preparing", Message: "installing onto " + describe(d)}, true)
+		p.Update(ctx, regionapi.ProgressRequest{Stage: "preparing", Message: "installing onto " + regionapi.DescribeDisk(d)}, true)
 	}
 	// O_DIRECT on block devices: the disk stays busy without page-cache throttling
 	// and the read-back reads the disk, not the cache. Files (host mode, tmpfs) may
