@@ -244,6 +244,45 @@ func TestMissingImageFailsTask(t *testing.T) {
 	}
 }
 
+// An image that does not match its catalog entry fails the task with the reason, and
+// the agent stops there (in the initramfs: no reboot into a broken disk).
+func TestCorruptImageFailsTask(t *testing.T) {
+	var imagesDir string
+	sys := startSystemWith(t, func(c *appliance.Config) {
+		imagesDir = c.ImagesDir
+		addImage(t, c.ImagesDir, "ubuntu", "22.04")
+	}, "dc1")
+	// Same size, other bytes: only the sha256 can tell.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(bytes.Repeat([]byte("LPMOS-IMAGF-"), 300_000))
+	zw.Close()
+	if err := os.WriteFile(filepath.Join(imagesDir, "ubuntu-22.04.img.gz"), gz.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc1", "target_mac": "52:54:00:00:00:43", "os_type": "ubuntu", "os_version": "22.04"})
+	id := task["task_id"].(string)
+	agentErr := make(chan error, 1)
+	go func() {
+		agentErr <- agent.Run(context.Background(), agent.Config{RegionalURL: sys.regions["dc1"].URL(), MAC: "52:54:00:00:00:43",
+			Target: filepath.Join(t.TempDir(), "disk.img"), PollInterval: 20 * time.Millisecond, Log: quietLog()})
+	}()
+	sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
+	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	if err := <-agentErr; err == nil || !strings.Contains(err.Error(), "checksum_mismatch") {
+		t.Fatalf("agent: %v", err)
+	}
+	if v, _ := sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/status"); v != "failed" {
+		t.Fatalf("status = %q", v)
+	}
+	meta := getJSON(t, must(sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/metadata")))
+	prog := getJSON(t, must(sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/progress")))
+	if e, _ := meta["error"].(string); !strings.HasPrefix(e, "checksum_mismatch: ") || prog["stage"] != "failed" {
+		t.Fatalf("metadata error = %q, progress = %v", meta["error"], prog)
+	}
+}
+
 // The seed's Test 2: no task -> 10 reports honouring retry_after -> unmatched report
 // at the exact key -> agent gives up with a clear error. Then auto-matching.
 func TestUnmatchedThenAutoMatch(t *testing.T) {

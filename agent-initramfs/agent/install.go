@@ -51,7 +51,9 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 		lastStage = stage
 	}})
 	if err != nil {
-		return fmt.Errorf("write %s onto %s: %w", job.Image.URL, target, err)
+		// The stable code first ("checksum_mismatch: ..."): operators filter failed
+		// tasks by it; the rest says what happened.
+		return fmt.Errorf("%s: write %s onto %s: %w", images.Reason(err), job.Image.URL, target, err)
 	}
 	if err := dst.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", target, err)
