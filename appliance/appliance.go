@@ -70,12 +70,17 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 			a.closeBackends()
 		}
 	}()
+	// Startup runs to its end even if ctx ends meanwhile (a SIGTERM right after
+	// launch): the appliance then stops through the normal path, which writes offline,
+	// instead of leaving a half-started region behind.
+	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancelStart()
 
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
 		dir, _ := filepath.Abs(cfg.EtcdDataDir)
 		a.log.Info("Starting embedded etcd", "data_dir", dir, "client_urls", cfg.EtcdListenClientURLs)
-		srv, err := etcdserver.Start(ctx, etcdserver.Config{
+		srv, err := etcdserver.Start(startCtx, etcdserver.Config{
 			Name: cfg.Label, DataDir: cfg.EtcdDataDir,
 			ListenClientURLs: cfg.EtcdListenClientURLs, ListenPeerURLs: cfg.EtcdListenPeerURLs,
 		})
@@ -85,7 +90,7 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 		a.etcd = srv
 		endpoints = srv.Endpoints()
 	}
-	st, err := store.Open(ctx, endpoints)
+	st, err := store.Open(startCtx, endpoints)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +110,7 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 	runCtx, cancel := context.WithCancel(ctx)
 	a.cancel = cancel
 	mux := a.routes()
-	servers, err := a.startBoot(runCtx, mux, ln.Addr().(*net.TCPAddr).Port)
+	servers, err := a.startBoot(startCtx, mux, ln.Addr().(*net.TCPAddr).Port)
 	if err != nil {
 		cancel()
 		ln.Close()
@@ -113,7 +118,7 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 	}
 	a.servers = servers
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
-	hb, err := a.store.StartHeartbeat(runCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
+	hb, err := a.store.StartHeartbeat(startCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
 	if err != nil {
 		cancel()
 		ln.Close()

@@ -45,7 +45,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, cfg.EtcdEndpoints)
+	// A signal during startup stops the server after it started, through the normal path.
+	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancelStart()
+	st, err := store.Open(startCtx, cfg.EtcdEndpoints)
 	if err != nil {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}
