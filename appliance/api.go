@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,7 +70,22 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	wait, err := waitParam(r)
+	if err != nil {
+		return err
+	}
 	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+	if err == nil && wait > 0 && !approved(t.Status) {
+		// Long poll: answer as soon as the status changes (approval, cancel), or
+		// when the wait is over, whichever comes first.
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		werr := a.store.WaitStatus(ctx, a.cfg.Label, t.TaskID, t.Status)
+		cancel()
+		if werr != nil && ctx.Err() == nil {
+			return werr
+		}
+		t, err = a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return httpjson.Errorf(http.StatusNotFound, "No open task for MAC %s in region %s", mac, a.cfg.Label)
@@ -78,7 +94,7 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 	}
 	resp := regionapi.ApprovalResponse{
 		Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
-		Approved: t.Status == store.StatusApproved || t.Status == store.StatusInstalling,
+		Approved: approved(t.Status),
 		OSType:   t.OSType, OSVersion: t.OSVersion,
 	}
 	if d := t.Disk; d != nil {
@@ -146,6 +162,26 @@ func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	}
 	httpjson.Write(w, code, h)
 	return nil
+}
+
+func approved(s store.Status) bool {
+	return s == store.StatusApproved || s == store.StatusInstalling
+}
+
+// maxWait bounds a long poll below common HTTP client and proxy timeouts.
+const maxWait = 60 * time.Second
+
+// waitParam reads ?wait=SECONDS (0 to 60).
+func waitParam(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || time.Duration(n)*time.Second > maxWait {
+		return 0, &store.ValidationError{Field: "wait", Message: fmt.Sprintf("%q must be whole seconds from 0 to %d", v, int(maxWait.Seconds()))}
+	}
+	return time.Duration(n) * time.Second, nil
 }
 
 func decodeMeta(b []byte) (store.Metadata, error) {

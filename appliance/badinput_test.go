@@ -57,6 +57,8 @@ func TestBadInput(t *testing.T) {
 		{"progress: task of another region", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"6ba7b810-9dad-11d1-80b4-00c04fd430c8","stage":"downloading","percentage":5}`, 404, "not found"},
 		{"approval: invalid MAC", "GET", dc1 + "/api/approval/zz", nil, 400, "not a MAC"},
 		{"approval: no task", "GET", dc1 + "/api/approval/52:54:00:00:00:08", nil, 404, "No open task"},
+		{"approval: bad wait", "GET", dc1 + "/api/approval/52:54:00:00:00:01?wait=soon", nil, 400, "whole seconds"},
+		{"approval: wait too long", "GET", dc1 + "/api/approval/52:54:00:00:00:01?wait=61", nil, 400, "from 0 to 60"},
 	}
 	before := sys.etcd.Dump(t, "/os/")
 	delete(before, "/os/region/dc1/heartbeat") // refreshed by the appliance meanwhile

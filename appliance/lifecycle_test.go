@@ -283,6 +283,44 @@ func TestCorruptImageFailsTask(t *testing.T) {
 	}
 }
 
+// A held approval poll answers the moment the task is approved, not at the end of
+// its wait.
+func TestApprovalLongPoll(t *testing.T) {
+	sys := startSystem(t, "dc1")
+	_, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
+		"region_id": "dc1", "target_mac": "52:54:00:00:00:44", "os_type": "ubuntu", "os_version": "22.04"})
+	id := task["task_id"].(string)
+	call(t, "POST", sys.regions["dc1"].URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:44", "hardware": map[string]any{}})
+	// Nothing changes: the poll is held for its whole wait.
+	start := time.Now()
+	if code, body := call(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=1", nil); code != 200 || body["approved"] != false || time.Since(start) < 900*time.Millisecond {
+		t.Fatalf("held poll: %d %v after %s", code, body, time.Since(start))
+	}
+	type result struct {
+		code int
+		body map[string]any
+		took time.Duration
+	}
+	res := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		code, body := call(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=30", nil)
+		res <- result{code, body, time.Since(start)}
+	}()
+	// Approve once the poll is being held: its watch is registered when the
+	// appliance has read the status, which the test cannot see, so approve and
+	// accept either order; a poll that missed the approval would run its full 30 s.
+	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	select {
+	case r := <-res:
+		if r.code != 200 || r.body["approved"] != true || r.took > 10*time.Second {
+			t.Fatalf("long poll: %d %v after %s", r.code, r.body, r.took)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the held poll did not answer the approval")
+	}
+}
+
 // The seed's Test 2: no task -> 10 reports honouring retry_after -> unmatched report
 // at the exact key -> agent gives up with a clear error. Then auto-matching.
 func TestUnmatchedThenAutoMatch(t *testing.T) {

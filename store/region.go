@@ -243,3 +243,30 @@ func (s *Store) WatchTasks(ctx context.Context, region string, ready func(), fn 
 	}
 	return ctx.Err()
 }
+
+// WaitStatus blocks until the task's status is no longer cur (or the task is gone),
+// or ctx ends. The regional API uses it to long-poll approval, so an agent starts
+// installing the moment a person approves instead of at its next poll.
+func (s *Store) WaitStatus(ctx context.Context, region, id string, cur Status) error {
+	key := taskKey(region, id, fieldStatus)
+	resp, err := s.c.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("read status: %w", err)
+	}
+	if len(resp.Kvs) == 0 || Status(resp.Kvs[0].Value) != cur {
+		return nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for wr := range s.c.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch status: %w", err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete || Status(ev.Kv.Value) != cur {
+				return nil
+			}
+		}
+	}
+	return ctx.Err()
+}

@@ -163,10 +163,15 @@ func report(ctx context.Context, cfg Config, api *regionapi.Client, log *slog.Lo
 	return "", fmt.Errorf("%w: giving up after %d attempts (MAC %s): %v", ErrNoTask, cfg.MaxAttempts, mac, last)
 }
 
+// approvalWait is how long the appliance may hold an approval poll (long poll): the
+// agent learns of an approval at once. It stays below the HTTP client's timeout.
+const approvalWait = 20 * time.Second
+
 func waitApproval(ctx context.Context, cfg Config, api *regionapi.Client, log *slog.Logger, mac string) (regionapi.ApprovalResponse, error) {
 	logged := false
 	for {
-		a, err := api.Approval(ctx, mac)
+		start := time.Now()
+		a, err := api.Approval(ctx, mac, approvalWait)
 		var se *regionapi.StatusError
 		switch {
 		case err == nil && a.Approved:
@@ -181,7 +186,9 @@ func waitApproval(ctx context.Context, cfg Config, api *regionapi.Client, log *s
 		default:
 			log.Warn("approval poll failed", "err", err)
 		}
-		if err := sleep(ctx, cfg.PollInterval); err != nil {
+		// An appliance that held the poll has waited already; one that answered at
+		// once (or failed) is asked again only after PollInterval.
+		if err := sleep(ctx, cfg.PollInterval-time.Since(start)); err != nil {
 			return a, err
 		}
 	}

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Client talks to one appliance's regional API.
@@ -83,10 +85,15 @@ func (c *Client) Report(ctx context.Context, r ReportRequest) (Response, error) 
 	return out, err
 }
 
-// Approval asks whether mac's task is approved.
-func (c *Client) Approval(ctx context.Context, mac string) (ApprovalResponse, error) {
+// Approval asks whether mac's task is approved. With wait > 0 the appliance holds the
+// answer until the task's status changes or wait (whole seconds, at most 60) is over.
+func (c *Client) Approval(ctx context.Context, mac string, wait time.Duration) (ApprovalResponse, error) {
 	var out ApprovalResponse
-	err := c.do(ctx, http.MethodGet, "/api/approval/"+url.PathEscape(mac), nil, &out)
+	path := "/api/approval/" + url.PathEscape(mac)
+	if s := int(wait / time.Second); s > 0 {
+		path += "?wait=" + strconv.Itoa(s)
+	}
+	err := c.do(ctx, http.MethodGet, path, nil, &out)
 	return out, err
 }
 
