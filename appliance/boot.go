@@ -70,18 +70,13 @@ func (b BootConfig) validate() error {
 // installer); open -> the agent with the task id; none, failed or cancelled -> the
 // agent too when --boot-unknown (it gets inventoried and shows up as an unmatched
 // report; nothing is written without approval), otherwise silence.
-//
-// A completed machine's firmware PXE gets silence rather than iPXE: the firmware then
-// moves on to the next boot device (its disk) by itself. Chaining iPXE only to have it
-// exit back is slower, and Debian's ipxe.efi hangs on that exit under OVMF. iPXE
-// itself (a NIC ROM that is iPXE, or iPXE already running) still gets the local-disk
-// script, which hands the machine back the same way.
+// (netboot's DHCP turns a local-disk plan at the firmware stage into a boot file that
+// fails at once, so the firmware moves on to the disk by itself; iPXE gets the
+// local-disk script.)
 func (a *Appliance) Boot(ctx context.Context, m netboot.Machine) (*netboot.Plan, error) {
 	mac := m.MAC.String()
 	t, err := a.store.LatestTaskForMAC(ctx, a.cfg.Label, mac)
 	switch {
-	case err == nil && t.Status == store.StatusCompleted && m.Stage == netboot.StageFirmware:
-		return nil, nil
 	case err == nil && t.Status == store.StatusCompleted:
 		return &netboot.Plan{LocalDisk: true, TaskID: t.TaskID}, nil
 	case err == nil && t.Status.Open():

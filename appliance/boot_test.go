@@ -13,6 +13,7 @@ import (
 
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/netboot"
+	"lpmos.dev/lpmos/netboot/dhcpd"
 )
 
 func getText(t *testing.T, url string) (int, string) {
@@ -78,10 +79,15 @@ func TestBootScriptFollowsTask(t *testing.T) {
 		if code != 200 || !strings.Contains(body, "booting from local disk") || strings.Contains(body, "kernel ") {
 			t.Fatalf("completed machine: %d\n%s", code, body)
 		}
-		// Its firmware's own PXE gets no answer: it falls through to the disk.
+		// At every stage the plan is the local disk (DHCP turns it into a failing
+		// boot file for the firmware).
 		mac, _ := net.ParseMAC("52:54:00:00:00:99")
-		if plan, err := sys.regions["dc1"].Boot(t.Context(), netboot.Machine{MAC: mac, Stage: netboot.StageFirmware, Firmware: netboot.FirmwareEFI}); plan != nil || err != nil {
+		if plan, err := sys.regions["dc1"].Boot(t.Context(), netboot.Machine{MAC: mac, Stage: netboot.StageFirmware, Firmware: netboot.FirmwareEFI}); plan == nil || !plan.LocalDisk || err != nil {
 			t.Fatalf("completed machine at firmware stage: %+v %v", plan, err)
+		}
+		// The URL an installed machine's UEFI HTTP boot is given fails at once.
+		if code, _ := getText(t, base+dhcpd.LocalDiskPath); code != http.StatusNotFound {
+			t.Fatalf("local-disk URL: %d", code)
 		}
 		code, body = getText(t, base+"/boot.ipxe")
 		if code != 200 || !strings.Contains(body, "chain --autofree http://127.0.0.1:") {

@@ -73,9 +73,11 @@ type Plan struct {
 //
 // At the DHCP stages only "nil or not" matters (the reply carries the
 // first stage or the script URL, never the plan); the script stage renders
-// the plan. A machine whose task is completed should get a Plan with
-// LocalDisk set, so a server left on PXE-first boot order boots its disk
-// instead of looping into the installer. Machine.Arch and Firmware may be
+// the plan, with one exception: a LocalDisk plan at StageFirmware makes DHCP
+// hand the firmware to its next boot device directly (a boot file name that
+// TFTP and HTTP refuse, so the firmware gives up at once). A machine whose task is completed should
+// get a Plan with LocalDisk set, so a server left on PXE-first boot order
+// boots its disk instead of looping into the installer. Machine.Arch and Firmware may be
 // empty (a client that did not say).
 type Booter interface {
 	Boot(ctx context.Context, m Machine) (*Plan, error)
@@ -86,6 +88,10 @@ type BooterFunc func(context.Context, Machine) (*Plan, error)
 
 // Boot calls f.
 func (f BooterFunc) Boot(ctx context.Context, m Machine) (*Plan, error) { return f(ctx, m) }
+
+// LocalDiskFile is the boot file offered to an installed machine's firmware. Nothing
+// serves it: the firmware's download fails at once and it moves on to its disk.
+const LocalDiskFile = "local-disk.efi"
 
 // ErrUnsafeValue is returned for a value that would break out of the line it
 // is written on (iPXE scripts, kernel command lines are line- and

@@ -257,11 +257,11 @@ poll:
 		t.Errorf("installed OS booted with the wrong firmware: %s", line)
 	}
 	// After the install the appliance hands the machine to its disk: iPXE (BIOS's NIC
-	// ROM) gets the local-disk script; a UEFI firmware's own PXE gets silence and
-	// moves on to the disk by itself.
+	// ROM) gets the local-disk script; a UEFI firmware's own PXE gets a boot file
+	// that fails, and moves on to the disk by itself.
 	if cfg.NoNICROM {
-		if !hasLine(m.app.Log(), "staying silent", "mac="+cfg.MAC, "stage=firmware") {
-			t.Errorf("the appliance did not stay silent for the installed %s", cfg.MAC)
+		if !hasLine(m.app.Log(), "DHCP: installed machine", "mac="+cfg.MAC, "stage=firmware") {
+			t.Errorf("the appliance did not send the installed %s to its disk", cfg.MAC)
 		}
 	} else if !hasLine(m.app.Log(), "boot script served", "mac="+cfg.MAC, "local_disk=true") {
 		t.Errorf("the appliance never told %s to boot its local disk", cfg.MAC)

@@ -188,8 +188,28 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 		log.Info("DHCP: machine not ours, staying silent", "stage", m.Stage)
 		return nil
 	}
+	if plan.LocalDisk && m.Stage == netboot.StageFirmware {
+		// An installed machine's firmware goes straight to its next boot device
+		// instead of through iPXE, which would only exit back (and Debian's
+		// ipxe.efi hangs doing that under OVMF). Silence would work too, but a
+		// firmware waits out its DHCP retries first (OVMF: PXE about 40 s, HTTP
+		// boot about 100 s); a boot file that does not exist fails at once.
+		if k == kindHTTP {
+			b.file = base + LocalDiskPath
+		} else {
+			b.file = LocalDiskFile
+		}
+		log.Info("DHCP: installed machine: offering a boot file that fails, so its firmware moves on to its disk", "stage", m.Stage, "file", b.file)
+	}
 	return b
 }
+
+// An installed machine's firmware is offered these names, which TFTP and the HTTP
+// boot handler refuse (not found), so it moves on to its disk at once.
+const (
+	LocalDiskFile = netboot.LocalDiskFile
+	LocalDiskPath = "/boot/" + netboot.LocalDiskFile
+)
 
 func (s *Server) haveFirstStage(log *slog.Logger, info archInfo) bool {
 	if info.file == "" {

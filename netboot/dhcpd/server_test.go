@@ -363,3 +363,38 @@ func TestMalformedThenAnswered(t *testing.T) {
 		t.Fatalf("unexpected extra packet of %d bytes", n)
 	}
 }
+
+// An installed machine (LocalDisk plan): its firmware's PXE gets a TFTP name and its
+// UEFI HTTP boot a URL that both fail at once, and iPXE still its script (which
+// boots the disk).
+func TestInstalledMachine(t *testing.T) {
+	booter := netboot.BooterFunc(func(ctx context.Context, m netboot.Machine) (*netboot.Plan, error) {
+		return &netboot.Plan{LocalDisk: true, TaskID: "done"}, nil
+	})
+	h := startServer(t, Config{Mode: ModeProxy, Booter: booter})
+	for _, c := range []struct {
+		name string
+		pkt  *dhcpv4.DHCPv4
+		file string // "" = silence
+	}{
+		{"BIOS PXE", packet(t, macKnown, dhcpv4.MessageTypeDiscover, pxe(iana.INTEL_X86PC)...), LocalDiskFile},
+		{"UEFI PXE", packet(t, macKnown, dhcpv4.MessageTypeDiscover, pxe(iana.EFI_X86_64)...), LocalDiskFile},
+		{"UEFI HTTP boot", packet(t, macKnown, dhcpv4.MessageTypeDiscover, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))), "http://127.0.0.1:8081" + LocalDiskPath},
+		{"iPXE", packet(t, macKnown, dhcpv4.MessageTypeDiscover, ipxeClient()...), "http://127.0.0.1:8081/boot/52-54-00-12-34-56.ipxe?arch=${buildarch:uristring}&platform=${platform:uristring}"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h.send(c.pkt.ToBytes())
+			wait := 5 * time.Second
+			if c.file == "" {
+				wait = 300 * time.Millisecond
+			}
+			r := recv(t, h.client, c.pkt.TransactionID, wait)
+			switch {
+			case c.file == "" && r != nil:
+				t.Fatalf("expected no offer, got %s", r.Summary())
+			case c.file != "" && (r == nil || r.BootFileName != c.file):
+				t.Fatalf("want file %q, got %v", c.file, r)
+			}
+		})
+	}
+}

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/pin/tftp/v3"
+
 	"golang.org/x/net/ipv4"
+	"lpmos.dev/lpmos/netboot"
 )
 
 // Config configures a Server.
@@ -134,7 +136,11 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	}
 	f, err := s.cfg.Files.Open(name)
 	if err != nil {
-		log.Warn("TFTP: unknown file", "err", err)
+		if name == netboot.LocalDiskFile {
+			log.Info("TFTP: installed machine sent on to its disk (this file is refused on purpose)")
+		} else {
+			log.Warn("TFTP: unknown file", "err", err)
+		}
 		return fmt.Errorf("%w: no such file %q", ErrRefused, name)
 	}
 	defer f.Close()
