@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -99,7 +98,11 @@ func (l *Lab) StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	}
 	if c.Firmware == UEFI {
 		vars := filepath.Join(l.cfg.Dir, c.Name+".vars.fd")
-		if err := copyFile(ovmfVars, vars); err != nil {
+		b, err := os.ReadFile(ovmfVars) // 4 MiB: each machine gets its own writable copy
+		if err == nil {
+			err = os.WriteFile(vars, b, 0o644)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("lab: OVMF vars (apt-get install ovmf): %w", err)
 		}
 		args = append(args, "-machine", "q35",
@@ -150,21 +153,4 @@ func (vm *VM) WaitSerial(ctx context.Context, s string) (string, error) {
 		case <-tick.C:
 		}
 	}
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
