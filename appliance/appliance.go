@@ -210,14 +210,6 @@ func (a *Appliance) URL() string {
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
 }
 
-// EtcdEndpoints are the endpoints of the embedded etcd (nil with an external one).
-func (a *Appliance) EtcdEndpoints() []string {
-	if a.etcd == nil {
-		return nil
-	}
-	return a.etcd.Endpoints()
-}
-
 // watch logs the region's task lifecycle. Only /os/install/task/{label}/ is watched:
 // other regions' tasks never reach this appliance.
 func (a *Appliance) watch(ctx context.Context, ready chan struct{}) error {

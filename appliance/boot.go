@@ -159,12 +159,8 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 		if err != nil {
 			return nil, err
 		}
-		ports := b.DHCPPorts
-		if ports == [2]int{} {
-			ports = [2]int{dhcpd.PortServer, dhcpd.PortPXE}
-		}
 		var conns []net.PacketConn
-		for _, p := range ports {
+		for _, p := range []int{dhcpd.PortServer, dhcpd.PortPXE} {
 			c, err := dhcpd.Listen(ctx, ":"+strconv.Itoa(p), b.DHCPInterface)
 			if err != nil {
 				for _, c := range conns {

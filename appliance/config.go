@@ -45,7 +45,6 @@ type BootConfig struct {
 	DHCPRouter    string
 	DHCPDNS       string // comma-separated
 	DHCPLeaseTime time.Duration
-	DHCPPorts     [2]int // tests: server ports instead of 67 and 4011
 	BootUnknown   bool
 	TFTPAddr      string // ":69"; empty: off
 	IPXEDir       string // override the embedded iPXE binaries
