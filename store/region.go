@@ -128,6 +128,16 @@ func (h *Heartbeater) Stop(ctx context.Context) error {
 // unmatched report), with health and counts. It reads keys only for the counts, never
 // the tasks' hardware reports.
 func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
+	return s.regions(ctx, "")
+}
+
+// regions reads every region, or only one when name is set: then each range is that
+// region's own prefix, so looking at one region costs nothing per task elsewhere.
+func (s *Store) regions(ctx context.Context, name string) ([]Region, error) {
+	regionP, statusP, unmatchedP := regionRoot, indexRoot+"status/", unmatchedRoot
+	if name != "" {
+		regionP, statusP, unmatchedP = regionRoot+name+"/", statusIndexPrefix(name), unmatchedPrefix(name)
+	}
 	regions := map[string]*Region{}
 	get := func(name string) *Region {
 		r := regions[name]
@@ -138,9 +148,9 @@ func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
 		return r
 	}
 	resp, err := s.c.Txn(ctx).Then(
-		clientv3.OpGet(regionRoot, clientv3.WithPrefix()),
-		clientv3.OpGet(indexRoot+"status/", clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-		clientv3.OpGet(unmatchedRoot, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(regionP, clientv3.WithPrefix()),
+		clientv3.OpGet(statusP, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(unmatchedP, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("list regions: %w", err)
@@ -192,16 +202,14 @@ func (s *Store) GetRegion(ctx context.Context, name string) (Region, error) {
 	if err := ValidateRegion(name); err != nil {
 		return Region{}, err
 	}
-	all, err := s.ListRegions(ctx)
+	one, err := s.regions(ctx, name)
 	if err != nil {
 		return Region{}, err
 	}
-	for _, r := range all {
-		if r.Name == name {
-			return r, nil
-		}
+	if len(one) == 0 {
+		return Region{}, fmt.Errorf("%w: region %s", ErrNotFound, name)
 	}
-	return Region{}, fmt.Errorf("%w: region %s", ErrNotFound, name)
+	return one[0], nil
 }
 
 // Ping checks that etcd answers (health endpoints).
