@@ -42,8 +42,11 @@ func TestDependencyDirection(t *testing.T) {
 			return etcd(d) || strings.HasPrefix(d, mod+"store") || strings.HasPrefix(d, mod+"control") || d == mod+"appliance"
 		}, "netboot is a protocol library: it asks a Booter, it knows nothing of etcd, store, appliance or control", false},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"agent-initramfs") }, func(d string) bool {
-			return etcd(d) || strings.HasPrefix(d, mod+"store") || strings.HasPrefix(d, mod+"netboot") || strings.HasPrefix(d, mod+"control") || d == mod+"appliance"
-		}, "the agent speaks only the regional API, and the initramfs size is a budget", false},
+			return etcd(d) || strings.HasPrefix(d, mod+"store") || strings.HasPrefix(d, mod+"netboot") || strings.HasPrefix(d, mod+"control") || strings.HasPrefix(d, mod+"appliance")
+		}, "the agent speaks only the regional API, whose contract is the contract package; the initramfs size is a budget", false},
+		{func(p string) bool { return p == mod+"contract" }, func(d string) bool {
+			return etcd(d) || strings.HasPrefix(d, mod)
+		}, "contract is what every component speaks: it depends on none of them (and not on etcd), so no binary owns it", false},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"images") }, func(d string) bool {
 			return etcd(d) || strings.HasPrefix(d, mod+"store") || strings.HasPrefix(d, mod+"control") || strings.HasPrefix(d, mod+"netboot")
 		}, "images is used by the agent: no etcd, store, control or netboot", false},
@@ -52,8 +55,8 @@ func TestDependencyDirection(t *testing.T) {
 		}, func(d string) bool {
 			return etcd(d) && !strings.HasPrefix(d, "go.etcd.io/etcd/api/") && !strings.HasPrefix(d, "go.etcd.io/etcd/client/pkg/")
 		}, "only store (and its embedded-etcd starter) import etcd", true},
-		{func(p string) bool { return strings.HasPrefix(p, mod+"control") }, func(d string) bool { return d == mod+"appliance" }, "control and appliance meet only in etcd and shared wire types", false},
-		{func(p string) bool { return p == mod+"appliance" }, func(d string) bool { return strings.HasPrefix(d, mod+"control") }, "control and appliance meet only in etcd and shared wire types", false},
+		{func(p string) bool { return strings.HasPrefix(p, mod+"control") }, func(d string) bool { return strings.HasPrefix(d, mod+"appliance") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
+		{func(p string) bool { return p == mod+"appliance" }, func(d string) bool { return strings.HasPrefix(d, mod+"control") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 	}
 	for _, p := range pkgs {
 		for _, r := range rules {

@@ -2,7 +2,6 @@ package appliance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -32,7 +31,7 @@ func (a *Appliance) routes() *http.ServeMux {
 }
 
 func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
-	var req regionapi.ReportRequest
+	var req contract.ReportRequest
 	if err := httpjson.Decode(w, r, &req); err != nil {
 		return err
 	}
@@ -61,7 +60,7 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info(fmt.Sprintf("Found matching task %s for MAC %s", res.Task.TaskID, mac))
 	a.log.Info("Hardware report stored for task " + res.Task.TaskID)
-	httpjson.Write(w, http.StatusOK, regionapi.Response{Status: "ok", TaskID: res.Task.TaskID})
+	httpjson.Write(w, http.StatusOK, contract.Response{Status: "ok", TaskID: res.Task.TaskID})
 	return nil
 }
 
@@ -75,7 +74,7 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
-	if err == nil && wait > 0 && !approved(t.Status) {
+	if err == nil && wait > 0 && !t.Status.Approved() {
 		// Long poll: answer as soon as the status changes (approval, cancel), or
 		// when the wait is over, whichever comes first.
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
@@ -92,22 +91,18 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		}
 		return err
 	}
-	resp := regionapi.ApprovalResponse{
+	resp := contract.ApprovalResponse{
 		Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
-		Approved: approved(t.Status),
-		OSType:   t.OSType, OSVersion: t.OSVersion,
-	}
-	if d := t.Disk; d != nil {
-		resp.Disk = &regionapi.DiskHint{Serial: d.Serial, WWN: d.WWN, ByPath: d.ByPath, MinBytes: d.MinBytes, MaxBytes: d.MaxBytes}
+		Approved: t.Status.Approved(), OSRef: t.OSRef, Disk: t.Disk,
 	}
 	if resp.Approved {
 		// The image URL uses the host the agent reached us on: it works from the
 		// boot network and from this host alike.
-		if e, ok := a.images.Lookup(t.OSType, t.OSVersion); ok {
+		if e, ok := a.images.Lookup(t.OSRef); ok {
 			src := e.Source("http://" + r.Host + "/images/")
-			resp.Image = &regionapi.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}
+			resp.Image = &contract.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}
 		} else {
-			resp.Message = fmt.Sprintf("region %s has no image for %s %s (its catalog has: %s)", a.cfg.Label, t.OSType, t.OSVersion, strings.Join(a.heartbeat().Images, ", "))
+			resp.Message = fmt.Sprintf("region %s has no image for %s (its catalog has: %s)", a.cfg.Label, t.OSRef, describeImages(a.heartbeat().Images))
 		}
 	} else {
 		resp.Message = "waiting for approval"
@@ -117,7 +112,7 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 }
 
 func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error {
-	var req regionapi.ProgressRequest
+	var req contract.ProgressRequest
 	if err := httpjson.Decode(w, r, &req); err != nil {
 		return err
 	}
@@ -132,10 +127,7 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	}
 	t, err := a.store.RecordProgress(r.Context(), store.ProgressUpdate{
 		Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
-		Progress: store.Progress{
-			Stage: req.Stage, Percentage: req.Percentage, Message: req.Message,
-			BytesDone: req.BytesDone, BytesTotal: req.BytesTotal, RateBps: req.RateBps, ETASeconds: req.ETASeconds,
-		},
+		Progress: req.Progress,
 	})
 	if err != nil {
 		return err
@@ -148,14 +140,14 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	default:
 		a.log.Debug("Progress", "task", t.TaskID, "stage", req.Stage, "percentage", req.Percentage)
 	}
-	httpjson.Write(w, http.StatusOK, regionapi.Response{Status: "ok", TaskID: t.TaskID})
+	httpjson.Write(w, http.StatusOK, contract.Response{Status: "ok", TaskID: t.TaskID})
 	return nil
 }
 
 func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	h := regionapi.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: a.store.Ping(ctx) == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
+	h := contract.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: a.store.Ping(ctx) == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
 	code := http.StatusOK
 	if !h.EtcdReachable {
 		h.Status, code = "degraded", http.StatusServiceUnavailable
@@ -164,8 +156,16 @@ func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func approved(s store.Status) bool {
-	return s == store.StatusApproved || s == store.StatusInstalling
+// describeImages lists a catalog for a person ("nothing" when empty).
+func describeImages(refs []contract.OSRef) string {
+	if len(refs) == 0 {
+		return "nothing"
+	}
+	parts := make([]string, len(refs))
+	for i, r := range refs {
+		parts[i] = r.String()
+	}
+	return strings.Join(parts, ", ")
 }
 
 // maxWait bounds a long poll below common HTTP client and proxy timeouts.
@@ -182,10 +182,4 @@ func waitParam(r *http.Request) (time.Duration, error) {
 		return 0, &store.ValidationError{Field: "wait", Message: fmt.Sprintf("%q must be whole seconds from 0 to %d", v, int(maxWait.Seconds()))}
 	}
 	return time.Duration(n) * time.Second, nil
-}
-
-func decodeMeta(b []byte) (store.Metadata, error) {
-	var m store.Metadata
-	err := json.Unmarshal(b, &m)
-	return m, err
 }

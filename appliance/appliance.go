@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/appliance/applog"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
@@ -237,24 +238,21 @@ func (a *Appliance) watch(ctx context.Context, ready chan struct{}) error {
 
 func (a *Appliance) onTaskEvent(ev store.TaskEvent) {
 	switch {
-	case ev.Field == "metadata" && ev.Created:
-		t, err := decodeMeta(ev.Value)
-		if err != nil {
-			a.log.Warn("unreadable task metadata", "task", ev.TaskID, "err", err)
-			return
-		}
+	case ev.Created:
 		a.log.Info("New task assigned: " + ev.TaskID)
-		a.log.Info(fmt.Sprintf("Task %s ready for PXE boot (target MAC: %s)", ev.TaskID, t.TargetMAC))
-	case ev.Field == "status" && !ev.Deleted:
-		a.log.Info(fmt.Sprintf("Task %s status: %s", ev.TaskID, ev.Value))
+		a.log.Info(fmt.Sprintf("Task %s ready for PXE boot (target MAC: %s)", ev.TaskID, ev.Metadata.TargetMAC))
+	case ev.Part == store.PartMetadata && ev.Metadata == nil && !ev.Deleted:
+		a.log.Warn("unreadable task metadata", "task", ev.TaskID)
+	case ev.Status != "":
+		a.log.Info(fmt.Sprintf("Task %s status: %s", ev.TaskID, ev.Status))
 	}
 }
 
 // heartbeat is what the region advertises on every beat.
 func (a *Appliance) heartbeat() store.Heartbeat {
-	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []string{}}
+	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []contract.OSRef{}}
 	for _, e := range a.images.List() {
-		hb.Images = append(hb.Images, e.OSType+" "+e.OSVersion)
+		hb.Images = append(hb.Images, e.OSRef)
 	}
 	return hb
 }

@@ -19,6 +19,7 @@ import (
 
 	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store/storetest"
@@ -449,7 +450,7 @@ func addImage(t *testing.T, dir, osType, osVersion string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cat.Add(context.Background(), osType, osVersion, path, images.FormatGzip); err != nil {
+	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, images.FormatGzip); err != nil {
 		t.Fatal(err)
 	}
 	return image

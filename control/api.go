@@ -57,17 +57,19 @@ func (s *Server) catalogWarning(ctx context.Context, t store.Task) string {
 	if err != nil || reg.Heartbeat == nil {
 		return fmt.Sprintf("region %s is offline or unknown: its image catalog cannot be checked", t.RegionID)
 	}
-	want := t.OSType + " " + t.OSVersion
 	for _, img := range reg.Heartbeat.Images {
-		if strings.EqualFold(img, want) {
+		if img.Is(t.OSRef) {
 			return ""
 		}
 	}
-	have := "nothing"
-	if len(reg.Heartbeat.Images) > 0 {
-		have = strings.Join(reg.Heartbeat.Images, ", ")
+	have := make([]string, 0, len(reg.Heartbeat.Images))
+	for _, img := range reg.Heartbeat.Images {
+		have = append(have, img.String())
 	}
-	return fmt.Sprintf("region %s has no image for %s yet (its catalog has: %s); upload it before approving", t.RegionID, want, have)
+	if len(have) == 0 {
+		have = append(have, "nothing")
+	}
+	return fmt.Sprintf("region %s has no image for %s yet (its catalog has: %s); upload it before approving", t.RegionID, t.OSRef, strings.Join(have, ", "))
 }
 
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {

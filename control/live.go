@@ -152,7 +152,7 @@ func (h *hub) onChange(c store.Change) {
 	switch c.Kind {
 	case store.ChangeTask:
 		h.dirtyTasks[c.TaskID] = c.Region
-		if c.Field == "status" || c.Deleted {
+		if c.Part == store.PartStatus || c.Deleted {
 			h.dirtyRegions = true // the per-region counts moved
 		}
 	case store.ChangeRegion:

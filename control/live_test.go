@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
@@ -68,7 +69,7 @@ func TestLivePush(t *testing.T) {
 		t.Fatalf("cross-origin dial: %v %v", resp, err)
 	}
 
-	first, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:00:00:00:00:01", OSType: "ubuntu", OSVersion: "22.04"})
+	first, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:00:00:00:00:01", OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -87,12 +88,13 @@ func (s *Server) taskViews(ctx context.Context, f store.ListFilter) ([]taskView,
 // ---- add task
 
 type createForm struct {
-	Region, MAC, OSType, OSVersion, DiskSerial string
-	Image                                      string // "os_type os_version" from a region's catalog
-	Errors                                     map[string]string
-	FormError                                  string
-	Regions                                    []regionView
-	OSTypes, OSVersions                        []string
+	Region, MAC, DiskSerial string
+	contract.OSRef
+	Image               string // a region's catalog entry, as imageValue encodes it
+	Errors              map[string]string
+	FormError           string
+	Regions             []regionView
+	OSTypes, OSVersions []string
 }
 
 // macPattern is the browser's first check (HTML pattern, compiled with the v flag);
@@ -121,8 +123,7 @@ func (s *Server) renderCreate(w http.ResponseWriter, r *http.Request, code int, 
 	}
 	for _, rv := range regions {
 		for _, img := range rv.Images {
-			t, v, _ := strings.Cut(img, " ")
-			types[t], versions[v] = true, true
+			types[img.OSType], versions[img.OSVersion] = true, true
 		}
 	}
 	f.OSTypes, f.OSVersions = sortedKeys(types), sortedKeys(versions)
@@ -154,18 +155,20 @@ func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	f := createForm{
 		Region: strings.TrimSpace(r.PostForm.Get("region")), MAC: strings.TrimSpace(r.PostForm.Get("mac")),
-		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version")),
+		OSRef:      contract.OSRef{OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))},
 		DiskSerial: strings.TrimSpace(r.PostForm.Get("disk_serial")), Errors: map[string]string{},
 		Image: r.PostForm.Get("image"),
 	}
 	if f.Image != "" {
 		// A catalog entry wins over the free-text fields (without JavaScript nothing
 		// copies it into them).
-		f.OSType, f.OSVersion, _ = strings.Cut(f.Image, " ")
+		if ref, ok := parseImageValue(f.Image); ok {
+			f.OSRef = ref
+		}
 	}
-	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSType: f.OSType, OSVersion: f.OSVersion}
+	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSRef: f.OSRef}
 	if f.DiskSerial != "" {
-		n.Disk = &store.DiskHint{Serial: f.DiskSerial}
+		n.Disk = &contract.DiskHint{Serial: f.DiskSerial}
 	}
 	// Check every field, so all errors show at once rather than one per submit.
 	if err := store.ValidateRegion(f.Region); err != nil {
@@ -369,8 +372,8 @@ func (s *Server) cancelSubmit(w http.ResponseWriter, r *http.Request) error {
 type unmatchedItem struct {
 	Report  store.UnmatchedReport
 	HW      hardwareView
-	Pending []store.Task // pending tasks of the same MAC and region: link targets
-	Images  []string     // the report's region's catalog
+	Pending []store.Task     // pending tasks of the same MAC and region: link targets
+	Images  []contract.OSRef // the report's region's catalog
 	Errors  map[string]string
 	OSType  string
 	OSVer   string
@@ -406,7 +409,7 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	if err != nil {
 		return err
 	}
-	catalogs := map[string][]string{}
+	catalogs := map[string][]contract.OSRef{}
 	for _, rv := range regions {
 		catalogs[rv.Name] = rv.Images
 	}
@@ -442,9 +445,11 @@ func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusBadRequest, "bad form: %v", err)
 	}
 	m := store.MatchRequest{TaskID: r.PostForm.Get("task_id"),
-		OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))}
+		OSRef: contract.OSRef{OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))}}
 	if img := r.PostForm.Get("image"); img != "" && m.TaskID == "" {
-		m.OSType, m.OSVersion, _ = strings.Cut(img, " ") // a catalog entry wins, as on Add task
+		if ref, ok := parseImageValue(img); ok {
+			m.OSRef = ref // a catalog entry wins, as on Add task
+		}
 	}
 	fail := &matchFailure{ID: id, Region: region, OSType: m.OSType, OSVersion: m.OSVersion, Errors: map[string]string{}}
 	if m.TaskID == "" {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
@@ -31,7 +32,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	base := cp.URL()
 	st := etcd.Store
 	hb, err := st.StartHeartbeat(ctx, func() store.Heartbeat {
-		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []string{"ubuntu 22.04"}}
+		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []contract.OSRef{{OSType: "ubuntu", OSVersion: "22.04"}}}
 	}, 10*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +45,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 		!strings.Contains(body, `value="nope"`) {
 		t.Fatalf("invalid create: %d\n%s", code, body)
 	}
-	code, _, loc := form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"00-1A-2B-3C-4D-5E"}, "image": {"ubuntu 22.04"}}, nil)
+	code, _, loc := form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"00-1A-2B-3C-4D-5E"}, "image": {"os_type=ubuntu&os_version=22.04"}}, nil)
 	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/tasks/") {
 		t.Fatalf("create: %d %q", code, loc)
 	}
@@ -91,7 +92,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 		"/":                          {"dc1", "online", "00:1a:2b:3c:4d:5e", "approved"},
 		"/?status=completed":         {"No tasks match."},
 		"/?region=Bad!&status=nope":  {"unknown region", "unknown status", "00:1a:2b:3c:4d:5e"},
-		"/tasks/create?region=dc1":   {`<option value="dc1" selected>`, `<option value="ubuntu 22.04">`},
+		"/tasks/create?region=dc1":   {`<option value="dc1" selected>`, `<option value="os_type=ubuntu&amp;os_version=22.04">`},
 		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by web UI", "MT27800"},
 		"/regions/dc1":               {"http://dc1.example:8081", "ubuntu 22.04", "first seen online"},
 		"/unmatched":                 {"No unmatched reports"},
@@ -133,7 +134,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	if code != http.StatusBadRequest || !strings.Contains(body, "is required") {
 		t.Fatalf("match without an OS: %d", code)
 	}
-	code, _, loc = form(t, matchURL, url.Values{"image": {"ubuntu 22.04"}}, nil)
+	code, _, loc = form(t, matchURL, url.Values{"image": {"os_type=ubuntu&os_version=22.04"}}, nil)
 	if code != http.StatusSeeOther {
 		t.Fatalf("match: %d", code)
 	}
@@ -145,7 +146,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	// Linking: a report beside a pending task of its MAC (written by hand here: the
 	// store never leaves one, but an operator restoring keys can) is linked to it.
 	const other = "02:00:00:00:00:07"
-	pending, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: other, OSType: "debian", OSVersion: "12"})
+	pending, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: other, OSRef: contract.OSRef{OSType: "debian", OSVersion: "12"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,4 +220,54 @@ func statusOf(t *testing.T, st *store.Store, id string) store.Status {
 		t.Fatal(err)
 	}
 	return task.Status
+}
+
+// An OS named with a space travels as two fields end to end: catalog -> heartbeat ->
+// the add-task page's choice -> the task, and the API's catalog check finds it. (The
+// heartbeat once carried "os_type os_version" strings split at the first space, which
+// turned "Rocky Linux 9.4" into type "Rocky", version "Linux 9.4".)
+func TestOSNameWithSpace(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	etcd := storetest.Start(t)
+	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	rocky := contract.OSRef{OSType: "Rocky Linux", OSVersion: "9.4"}
+	hb, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat {
+		return store.Heartbeat{Region: "dc1", Images: []contract.OSRef{rocky}}
+	}, 10*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hb.Stop(context.Background()) })
+
+	_, body, _ := form(t, cp.URL()+"/tasks/create?region=dc1", nil, nil)
+	if !strings.Contains(body, `<option value="os_type=Rocky&#43;Linux&amp;os_version=9.4">Rocky Linux 9.4</option>`) {
+		t.Fatalf("the catalog choice does not carry both names:\n%s", body)
+	}
+	code, _, loc := form(t, cp.URL()+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"00:1a:2b:3c:4d:01"}, "image": {"os_type=Rocky+Linux&os_version=9.4"}}, nil)
+	if code != http.StatusSeeOther {
+		t.Fatalf("create from the catalog: %d", code)
+	}
+	task, err := etcd.Store.GetTask(ctx, strings.TrimPrefix(strings.Split(loc, "?")[0], "/tasks/"))
+	if err != nil || task.OSRef != rocky {
+		t.Fatalf("task OS = %+v, %v; want %+v", task.OSRef, err, rocky)
+	}
+	resp, err := http.Post(cp.URL()+"/api/v1/tasks", "application/json",
+		strings.NewReader(`{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:02","os_type":"rocky linux","os_version":"9.4"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct {
+		Warning string `json:"warning"`
+	}
+	json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || created.Warning != "" {
+		t.Fatalf("API create: %d, warning %q (the region's catalog has Rocky Linux 9.4)", resp.StatusCode, created.Warning)
+	}
 }

@@ -38,6 +38,7 @@ func parsePages(names ...string) map[string]*template.Template {
 		"hint":       describeHint,
 		"deref":      func(t *time.Time) time.Time { return *t },
 		"blankTask":  func() taskView { return taskView{} },
+		"imageValue": imageValue,
 	}
 	m := map[string]*template.Template{}
 	for _, n := range names {

@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/store/storetest"
@@ -111,7 +112,7 @@ func TestWebUI(t *testing.T) {
 	b.shot("create-error")
 	b.submit("create a task", http.StatusOK, chromedp.SetValue(chromedp.ID("mac"), strings.ToUpper(mac)),
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("os_type").value = document.getElementById("os_version").value = ""`),
-		chromedp.SetValue(chromedp.ID("image"), "ubuntu 22.04"), // from dc1's catalog
+		chromedp.SetValue(chromedp.ID("image"), "os_type=ubuntu&os_version=22.04"), // from dc1's catalog
 		chromedp.Click(chromedp.CSS("#create-form button[type=submit]")))
 	id := b.attr("body", "data-task")
 	if id == "" || !strings.Contains(b.text(".flash"), "Task created") || b.text("h1 .badge") != "pending" {
@@ -414,7 +415,7 @@ func addImage(t *testing.T, dir, osType, osVersion string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cat.Add(context.Background(), osType, osVersion, path, images.FormatRaw); err != nil {
+	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, images.FormatRaw); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -59,7 +60,7 @@ func newTaskView(t store.Task, rates *rateTracker) taskView {
 		}
 	}
 	if p := t.Progress; p != nil {
-		v.HasProgress, v.Percent, v.Stage, v.Message = true, p.Percentage, p.Stage, p.Message
+		v.HasProgress, v.Percent, v.Stage, v.Message = true, p.Percentage, string(p.Stage), p.Message
 		v.PercentText = fmt.Sprintf("%.0f%%", p.Percentage)
 		if p.UpdatedAt.After(v.Updated) {
 			v.Updated = p.UpdatedAt
@@ -85,17 +86,17 @@ func shortID(id string) string {
 // update of each install shows no rate until the next one.
 type rateTracker struct {
 	mu   sync.Mutex
-	last map[string]store.Progress // previous sample per task
-	prev map[string]store.Progress // the one before, for a rate over one interval
+	last map[string]contract.Progress // previous sample per task
+	prev map[string]contract.Progress // the one before, for a rate over one interval
 }
 
 func newRateTracker() *rateTracker {
-	return &rateTracker{last: map[string]store.Progress{}, prev: map[string]store.Progress{}}
+	return &rateTracker{last: map[string]contract.Progress{}, prev: map[string]contract.Progress{}}
 }
 
 // observe records p (once per UpdatedAt, so re-rendering a page does not skew the
 // rate) and returns the rate and ETA texts.
-func (r *rateTracker) observe(id string, p store.Progress) (rate, eta string) {
+func (r *rateTracker) observe(id string, p contract.Progress) (rate, eta string) {
 	r.mu.Lock()
 	last, ok := r.last[id]
 	if !ok || p.UpdatedAt.After(last.UpdatedAt) {
@@ -146,20 +147,20 @@ func (r *rateTracker) forget(id string) {
 
 // regionView is one region's health and statistics.
 type regionView struct {
-	Name       string         `json:"name"`
-	Online     bool           `json:"online"`
-	Health     string         `json:"health"`
-	Heartbeat  *time.Time     `json:"heartbeat,omitempty"`
-	LastSeen   *time.Time     `json:"last_seen,omitempty"` // offline: the last heartbeat this control plane saw
-	APIURL     string         `json:"api_url"`
-	Version    string         `json:"version"`
-	Images     []string       `json:"images"` // the region's catalog, "os_type os_version"
-	Counts     []statusCount  `json:"counts"`
-	CountMap   map[string]int `json:"-"`
-	Total      int            `json:"total"`
-	Installing int            `json:"installing"`
-	Unmatched  int            `json:"unmatched"`
-	Alert      bool           `json:"alert"`
+	Name       string           `json:"name"`
+	Online     bool             `json:"online"`
+	Health     string           `json:"health"`
+	Heartbeat  *time.Time       `json:"heartbeat,omitempty"`
+	LastSeen   *time.Time       `json:"last_seen,omitempty"` // offline: the last heartbeat this control plane saw
+	APIURL     string           `json:"api_url"`
+	Version    string           `json:"version"`
+	Images     []contract.OSRef `json:"images"` // the region's catalog
+	Counts     []statusCount    `json:"counts"`
+	CountMap   map[string]int   `json:"-"`
+	Total      int              `json:"total"`
+	Installing int              `json:"installing"`
+	Unmatched  int              `json:"unmatched"`
+	Alert      bool             `json:"alert"`
 }
 
 type statusCount struct {
@@ -188,6 +189,20 @@ func newRegionView(r store.Region, alert int) regionView {
 	return v
 }
 
+// imageValue is a catalog entry as a form value: both names, query-encoded, because a
+// name may hold a space ("Rocky Linux 9" cannot be split back). parseImageValue reads it.
+func imageValue(ref contract.OSRef) string {
+	return url.Values{"os_type": {ref.OSType}, "os_version": {ref.OSVersion}}.Encode()
+}
+
+func parseImageValue(v string) (contract.OSRef, bool) {
+	q, err := url.ParseQuery(v)
+	if err != nil || q.Get("os_type") == "" || q.Get("os_version") == "" {
+		return contract.OSRef{}, false
+	}
+	return contract.OSRef{OSType: q.Get("os_type"), OSVersion: q.Get("os_version")}, true
+}
+
 // unmatchedView is an unmatched report in a list.
 type unmatchedView struct {
 	ID       string    `json:"id"`
@@ -206,7 +221,7 @@ func newUnmatchedView(u store.UnmatchedReport) unmatchedView {
 type hardwareView struct {
 	Present   bool
 	ParseErr  string
-	HW        regionapi.Hardware
+	HW        contract.Hardware
 	Raw       string
 	Summary   string
 	MemTotal  string
@@ -216,13 +231,13 @@ type hardwareView struct {
 }
 
 type nicView struct {
-	regionapi.NIC
+	contract.NIC
 	Speed  string
 	Target bool // the MAC the task or report is about: the machine's boot NIC
 }
 
 type diskView struct {
-	regionapi.Disk
+	contract.Disk
 	Size      string
 	Boot      bool // the agent runs from it: never a target
 	Candidate bool // the disk approval would wipe
@@ -302,19 +317,15 @@ func parseHardware(raw json.RawMessage, mac string) hardwareView {
 }
 
 // targetDisk says which disk an approval will wipe, marking it in hw.Disks. The
-// decision is the agent's own (regionapi.ChooseDisk, the same function the agent runs
+// decision is the agent's own (contract.ChooseDisk, the same function the agent runs
 // on the same report); only the wording is the page's. refused says the agent will
 // refuse to install (the text says why).
-func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAgent, refused bool) {
+func targetDisk(hw *hardwareView, hint *contract.DiskHint) (text string, chosenByAgent, refused bool) {
 	if !hw.Present {
 		return "unknown: no hardware report yet", hint == nil, false
 	}
-	var wire *regionapi.DiskHint
-	if h := hint; h != nil {
-		wire = &regionapi.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
-	}
-	chosen, err := regionapi.ChooseDisk(hw.HW.Disks, wire, 0, hw.HW.BootDisk)
-	view := func(d regionapi.Disk) *diskView {
+	chosen, err := contract.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
+	view := func(d contract.Disk) *diskView {
 		for i := range hw.Disks {
 			if hw.Disks[i].Name == d.Name {
 				return &hw.Disks[i]
@@ -322,16 +333,16 @@ func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAg
 		}
 		return &diskView{Disk: d, Size: humanBytes(d.SizeBytes)}
 	}
-	var ce *regionapi.DiskChoiceError
+	var ce *contract.DiskChoiceError
 	if errors.As(err, &ce) {
 		var all []string
 		for _, d := range ce.Candidates {
 			all = append(all, view(d).Describe())
 		}
 		switch {
-		case ce.Reason == regionapi.HintAmbiguous:
+		case ce.Reason == contract.HintAmbiguous:
 			return "ambiguous: the task's disk hint matches " + plural(len(all), "disk", "disks") + " (" + strings.Join(all, "; ") + "); the agent will refuse to install", false, true
-		case ce.Reason == regionapi.SmallestAmbiguous:
+		case ce.Reason == contract.SmallestAmbiguous:
 			return "ambiguous: several smallest disks of the same size (" + strings.Join(all, "; ") + "); the agent will refuse to install: name one in the task's disk hint", true, true
 		case hint != nil:
 			return "none: no eligible disk matches the task's disk hint (" + describeHint(hint) + "); the agent will refuse to install", false, true
@@ -347,7 +358,7 @@ func targetDisk(hw *hardwareView, hint *store.DiskHint) (text string, chosenByAg
 	return v.Describe(), hint == nil, false
 }
 
-func describeHint(h *store.DiskHint) string {
+func describeHint(h *contract.DiskHint) string {
 	if h == nil {
 		return ""
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -19,7 +19,7 @@ const disksJSON = `{"disks": [
 ], "boot_disk": "vda"}`
 
 // The disk an approval names must be the one the agent will take: the page and the
-// agent both run regionapi.ChooseDisk; this checks the wording and the marking.
+// agent both run contract.ChooseDisk; this checks the wording and the marking.
 func TestTargetDisk(t *testing.T) {
 	const twins = `{"disks": [
   {"name": "sda", "path": "/dev/sda", "size_bytes": 480000000000, "serial": "A"},
@@ -30,19 +30,19 @@ func TestTargetDisk(t *testing.T) {
 ]}`
 	for _, c := range []struct {
 		name, report string
-		hint         *store.DiskHint
+		hint         *contract.DiskHint
 		want         string
 		agent        bool
 		refused      bool
 	}{
 		{"smallest eligible", disksJSON, nil, "/dev/nvme0n1, 480 GB, SSD, serial NV1", true, false},
-		{"size bounds", disksJSON, &store.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
-		{"serial", disksJSON, &store.DiskHint{Serial: "HD1"}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
-		{"serial not in the report", disksJSON, &store.DiskHint{Serial: "GONE"}, "none: no eligible disk matches the task's disk hint (serial GONE); the agent will refuse to install", false, true},
-		{"hint matches two", disksJSON, &store.DiskHint{MinBytes: 1e11}, "ambiguous: the task's disk hint matches 2 disks (/dev/nvme0n1, 480 GB, SSD, serial NV1; /dev/sdb, 4.0 TB, serial HD1); the agent will refuse to install", false, true},
-		{"nothing fits", disksJSON, &store.DiskHint{MinBytes: 1e15}, "none: no eligible disk matches the task's disk hint (at least 1.0 PB); the agent will refuse to install", false, true},
+		{"size bounds", disksJSON, &contract.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
+		{"serial", disksJSON, &contract.DiskHint{Serial: "HD1"}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
+		{"serial not in the report", disksJSON, &contract.DiskHint{Serial: "GONE"}, "none: no eligible disk matches the task's disk hint (serial GONE); the agent will refuse to install", false, true},
+		{"hint matches two", disksJSON, &contract.DiskHint{MinBytes: 1e11}, "ambiguous: the task's disk hint matches 2 disks (/dev/nvme0n1, 480 GB, SSD, serial NV1; /dev/sdb, 4.0 TB, serial HD1); the agent will refuse to install", false, true},
+		{"nothing fits", disksJSON, &contract.DiskHint{MinBytes: 1e15}, "none: no eligible disk matches the task's disk hint (at least 1.0 PB); the agent will refuse to install", false, true},
 		{"identical smallest", twins, nil, "ambiguous: several smallest disks of the same size (/dev/sda, 480 GB, serial A; /dev/sdb, 480 GB, serial B); the agent will refuse to install: name one in the task's disk hint", true, true},
-		{"twin named", twins, &store.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false, false},
+		{"twin named", twins, &contract.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false, false},
 		{"only usb", `{"disks": [{"name": "sdc", "size_bytes": 8000000000, "controller": "usb"}]}`, nil, "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -57,11 +57,11 @@ func TestTargetDisk(t *testing.T) {
 					marked = append(marked, d.Name)
 				}
 			}
-			var hint *regionapi.DiskHint
+			var hint *contract.DiskHint
 			if h := c.hint; h != nil {
-				hint = &regionapi.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
+				hint = &contract.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
 			}
-			chosen, err := regionapi.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
+			chosen, err := contract.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
 			switch {
 			case err != nil && (!refused || len(marked) != 0):
 				t.Errorf("the agent refuses (%v) but the page names %v", err, marked)
@@ -88,23 +88,23 @@ func TestParseHardwareKeepsABadReportReadable(t *testing.T) {
 func TestRateTracker(t *testing.T) {
 	r := newRateTracker()
 	t0 := time.Date(2026, 1, 30, 10, 0, 0, 0, time.UTC)
-	p1 := store.Progress{Percentage: 10, BytesDone: 100e6, BytesTotal: 1000e6, UpdatedAt: t0}
+	p1 := contract.Progress{Percentage: 10, BytesDone: 100e6, BytesTotal: 1000e6, UpdatedAt: t0}
 	if rate, eta := r.observe("a", p1); rate != "" || eta != "" {
 		t.Errorf("one sample: %q %q", rate, eta)
 	}
-	p2 := store.Progress{Percentage: 20, BytesDone: 200e6, BytesTotal: 1000e6, UpdatedAt: t0.Add(10 * time.Second)}
+	p2 := contract.Progress{Percentage: 20, BytesDone: 200e6, BytesTotal: 1000e6, UpdatedAt: t0.Add(10 * time.Second)}
 	for range 2 {
 		if rate, eta := r.observe("a", p2); rate != "10.0 MB/s" || eta != "1 min 20 s" {
 			t.Errorf("two samples: %q %q", rate, eta)
 		}
 	}
 	// Percent only (no byte counts): %/min and the ETA from it.
-	r.observe("b", store.Progress{Percentage: 0, UpdatedAt: t0})
-	if rate, eta := r.observe("b", store.Progress{Percentage: 50, UpdatedAt: t0.Add(time.Minute)}); rate != "50.0 %/min" || eta != "1 min 00 s" {
+	r.observe("b", contract.Progress{Percentage: 0, UpdatedAt: t0})
+	if rate, eta := r.observe("b", contract.Progress{Percentage: 50, UpdatedAt: t0.Add(time.Minute)}); rate != "50.0 %/min" || eta != "1 min 00 s" {
 		t.Errorf("percent only: %q %q", rate, eta)
 	}
 	// The agent's own numbers win.
-	if rate, eta := r.observe("c", store.Progress{RateBps: 2e9, ETASeconds: 7200, UpdatedAt: t0}); rate != "2.0 GB/s" || eta != "2 h 00 min" {
+	if rate, eta := r.observe("c", contract.Progress{RateBps: 2e9, ETASeconds: 7200, UpdatedAt: t0}); rate != "2.0 GB/s" || eta != "2 h 00 min" {
 		t.Errorf("agent's numbers: %q %q", rate, eta)
 	}
 }

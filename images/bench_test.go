@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // BenchmarkWrite measures the whole writer (loopback HTTP, decode, hash,
@@ -24,7 +26,7 @@ func BenchmarkWrite(b *testing.B) {
 		if err := os.WriteFile(filepath.Join(dir, name), compressNow(b, f, data), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		e, err := cat.Add(b.Context(), "bench", string(f), filepath.Join(dir, name), f)
+		e, err := cat.Add(b.Context(), contract.OSRef{OSType: "bench", OSVersion: string(f)}, filepath.Join(dir, name), f)
 		if err != nil {
 			b.Fatal(err)
 		}

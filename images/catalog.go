@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // IndexFile is the catalog's index inside the images directory.
@@ -23,8 +25,7 @@ const IndexFile = "catalog.json"
 
 // Entry is one image in the catalog.
 type Entry struct {
-	OSType         string    `json:"os_type"`
-	OSVersion      string    `json:"os_version"`
+	contract.OSRef
 	File           string    `json:"file"` // plain name inside the images directory
 	Format         Format    `json:"format"`
 	CompressedSize int64     `json:"compressed_size"` // bytes of File
@@ -82,9 +83,9 @@ func OpenCatalog(dir string) (*Catalog, error) {
 func (c *Catalog) Dir() string { return c.dir }
 
 // Lookup finds the image for an OS; names compare case-insensitively.
-func (c *Catalog) Lookup(osType, osVersion string) (Entry, bool) {
+func (c *Catalog) Lookup(ref contract.OSRef) (Entry, bool) {
 	for _, e := range c.List() {
-		if strings.EqualFold(e.OSType, osType) && strings.EqualFold(e.OSVersion, osVersion) {
+		if e.Is(ref) {
 			return e, true
 		}
 	}
@@ -155,13 +156,12 @@ func sortEntries(es []Entry) {
 	})
 }
 
-// Add registers the image at path for (osType, osVersion), replacing any
-// entry for that OS. A file outside the images directory is copied in first.
+// Add registers the image at path for os, replacing any entry for that OS. A file outside the images directory is copied in first.
 // It decompresses the whole image to measure and hash it, then rewrites the
 // index atomically (temp file + rename), so readers never see half an index.
-func (c *Catalog) Add(ctx context.Context, osType, osVersion, path string, format Format) (Entry, error) {
-	if osType == "" || osVersion == "" {
-		return Entry{}, errors.New("add image: os type and version are required")
+func (c *Catalog) Add(ctx context.Context, ref contract.OSRef, path string, format Format) (Entry, error) {
+	if err := ref.Validate(); err != nil { // the same rule task creation applies
+		return Entry{}, fmt.Errorf("add image: %w", err)
 	}
 	name := filepath.Base(path)
 	if !validName(name) || name == IndexFile {
@@ -179,7 +179,7 @@ func (c *Catalog) Add(ctx context.Context, osType, osVersion, path string, forma
 			return Entry{}, fmt.Errorf("add image: %w", err)
 		}
 	}
-	e := Entry{OSType: osType, OSVersion: osVersion, File: name, Format: format, Added: time.Now().UTC()}
+	e := Entry{OSRef: ref, File: name, Format: format, Added: time.Now().UTC()}
 	if err := measure(ctx, filepath.Join(c.dir, name), &e); err != nil {
 		if !inDir {
 			os.Remove(filepath.Join(c.dir, name)) // our copy of a file we refuse
@@ -199,7 +199,7 @@ func (c *Catalog) Add(ctx context.Context, osType, osVersion, path string, forma
 		return Entry{}, err
 	}
 	entries = slices.DeleteFunc(entries, func(x Entry) bool {
-		return strings.EqualFold(x.OSType, osType) && strings.EqualFold(x.OSVersion, osVersion)
+		return x.Is(ref)
 	})
 	entries = append(entries, e)
 	sortEntries(entries)

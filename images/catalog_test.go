@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 func TestCatalogMissingIndexIsEmpty(t *testing.T) {
@@ -17,7 +19,7 @@ func TestCatalogMissingIndexIsEmpty(t *testing.T) {
 	if got := c.List(); len(got) != 0 {
 		t.Errorf("List() = %v", got)
 	}
-	if _, ok := c.Lookup("ubuntu", "22.04"); ok {
+	if _, ok := c.Lookup(contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}); ok {
 		t.Error("found an image in an empty catalog")
 	}
 	if _, err := OpenCatalog(filepath.Join(t.TempDir(), "nope")); err == nil {
@@ -37,7 +39,7 @@ func TestCatalogReloadsAndKeepsLastGoodIndex(t *testing.T) {
 	}
 	img := filepath.Join(t.TempDir(), "debian-12.img")
 	os.WriteFile(img, []byte("not much of a disk"), 0o644)
-	e, err := writer.Add(t.Context(), "Debian", "12", img, FormatRaw)
+	e, err := writer.Add(t.Context(), contract.OSRef{OSType: "Debian", OSVersion: "12"}, img, FormatRaw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +49,7 @@ func TestCatalogReloadsAndKeepsLastGoodIndex(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "debian-12.img")); err != nil {
 		t.Errorf("image not copied into the dir: %v", err)
 	}
-	got, ok := reader.Lookup("debian", "12")
+	got, ok := reader.Lookup(contract.OSRef{OSType: "debian", OSVersion: "12"})
 	if !ok || got.File != "debian-12.img" {
 		t.Fatalf("Lookup after add: %+v %v", got, ok)
 	}
@@ -56,12 +58,12 @@ func TestCatalogReloadsAndKeepsLastGoodIndex(t *testing.T) {
 	}
 	// A broken index (an operator's editor mid-save) does not empty the catalog.
 	os.WriteFile(filepath.Join(dir, IndexFile), []byte(`{"images": [`), 0o644)
-	if _, ok := reader.Lookup("debian", "12"); !ok {
+	if _, ok := reader.Lookup(contract.OSRef{OSType: "debian", OSVersion: "12"}); !ok {
 		t.Error("lost the catalog on a broken index")
 	}
 	// Nor does an entry that points outside the directory get in.
 	os.WriteFile(filepath.Join(dir, IndexFile), []byte(`{"images":[{"os_type":"x","os_version":"1","file":"../etc/passwd","format":"raw","size":1,"sha256":"00"}]}`), 0o644)
-	if _, ok := reader.Lookup("x", "1"); ok {
+	if _, ok := reader.Lookup(contract.OSRef{OSType: "x", OSVersion: "1"}); ok {
 		t.Error("accepted an entry with a path outside the dir")
 	}
 }
@@ -80,7 +82,7 @@ func TestCatalogConcurrentAddsKeepEveryEntry(t *testing.T) {
 			}
 			name := filepath.Join(dir, fmt.Sprintf("os-%d.img", i))
 			os.WriteFile(name, []byte{byte(i)}, 0o644)
-			_, err = c.Add(t.Context(), "os", strconv.Itoa(i), name, FormatRaw)
+			_, err = c.Add(t.Context(), contract.OSRef{OSType: "os", OSVersion: strconv.Itoa(i)}, name, FormatRaw)
 			errs <- err
 		})
 	}

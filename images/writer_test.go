@@ -22,6 +22,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // testImage is a little disk image: random blocks, long zero runs and some
@@ -130,7 +132,7 @@ func newFixture(t *testing.T, size int) *fixture {
 		if err := os.WriteFile(filepath.Join(fx.dir, name), compress(t, f, fx.data), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := fx.cat.Add(t.Context(), "testos", string(f), filepath.Join(fx.dir, name), f); err != nil {
+		if _, err := fx.cat.Add(t.Context(), contract.OSRef{OSType: "testos", OSVersion: string(f)}, filepath.Join(fx.dir, name), f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -142,7 +144,7 @@ func newFixture(t *testing.T, size int) *fixture {
 
 func (fx *fixture) source(t *testing.T, f Format) Source {
 	t.Helper()
-	e, ok := fx.cat.Lookup("testos", string(f))
+	e, ok := fx.cat.Lookup(contract.OSRef{OSType: "testos", OSVersion: string(f)})
 	if !ok {
 		t.Fatalf("no catalog entry for %s", f)
 	}
@@ -265,7 +267,7 @@ func TestWriteResumesAfterTwoDrops(t *testing.T) {
 	for _, f := range []Format{FormatRaw, FormatGzip, FormatZstd, FormatXz} {
 		t.Run(string(f), func(t *testing.T) {
 			src := fx.source(t, f)
-			e, _ := fx.cat.Lookup("testos", string(f))
+			e, _ := fx.cat.Lookup(contract.OSRef{OSType: "testos", OSVersion: string(f)})
 			first, second := e.CompressedSize/3, e.CompressedSize/4
 			fx.drop.cutNext(first, second)
 			n := len(fx.drop.requests())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
@@ -21,7 +22,7 @@ func BenchmarkReport(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		for ; have < n; have++ {
 			mac := fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", have>>24&0xff, have>>16&0xff, have>>8&0xff, have&0xff)
-			if _, err := e.Store.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSType: "ubuntu", OSVersion: "22.04"}); err != nil {
+			if _, err := e.Store.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}}); err != nil {
 				b.Fatal(err)
 			}
 		}

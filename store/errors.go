@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // Sentinel errors at the storage boundary; the HTTP layers map them to status codes in
@@ -12,18 +14,13 @@ var (
 	// ErrConflict: the request contradicts the current state (a second open task for a
 	// MAC, a transition the state machine forbids, progress from the wrong MAC).
 	ErrConflict = errors.New("conflict")
-	// ErrInvalid: the input itself is wrong.
-	ErrInvalid = errors.New("invalid")
+	// ErrInvalid: the input itself is wrong (the contract's, so a ValidationError
+	// from contract's validators maps to 400 too).
+	ErrInvalid = contract.ErrInvalid
 )
 
 // ValidationError names the field that is wrong; it wraps ErrInvalid.
-type ValidationError struct {
-	Field   string
-	Message string
-}
-
-func (e *ValidationError) Error() string { return e.Field + ": " + e.Message }
-func (e *ValidationError) Unwrap() error { return ErrInvalid }
+type ValidationError = contract.ValidationError
 
 func invalid(field, format string, args ...any) error {
 	return &ValidationError{Field: field, Message: fmt.Sprintf(format, args...)}

@@ -13,13 +13,25 @@ const (
 	indexRoot     = "/os/index/"
 )
 
-// Task fields under /os/install/task/{region}/{task_id}/.
+// TaskPart names one key of a task: /os/install/task/{region}/{task_id}/{part}.
+// Watchers outside store compare against these, never against strings.
+type TaskPart string
+
 const (
-	fieldMetadata = "metadata"
-	fieldStatus   = "status"
-	fieldHardware = "hardware"
-	fieldProgress = "progress"
-	fieldApproval = "approval"
+	PartMetadata TaskPart = "metadata"
+	PartStatus   TaskPart = "status"
+	PartHardware TaskPart = "hardware"
+	PartProgress TaskPart = "progress"
+	PartApproval TaskPart = "approval"
+)
+
+// The same names as key fields, for key building in this package.
+const (
+	fieldMetadata = string(PartMetadata)
+	fieldStatus   = string(PartStatus)
+	fieldHardware = string(PartHardware)
+	fieldProgress = string(PartProgress)
+	fieldApproval = string(PartApproval)
 )
 
 func taskDir(region, id string) string          { return taskRoot + region + "/" + id + "/" }

@@ -218,16 +218,22 @@ func (s *Store) Ping(ctx context.Context) error {
 	return err
 }
 
-// TaskEvent is a change under a region's task prefix, as the appliance's watcher sees it.
+// TaskEvent is one change of a region's task, decoded: callers never see keys or raw
+// values.
 type TaskEvent struct {
-	Region, TaskID, Field string
-	Value                 []byte
-	Created               bool // first write of this key
-	Deleted               bool
+	Region, TaskID string
+	Part           TaskPart
+	// Created is set when the task itself was created (its metadata's first write).
+	Created bool
+	Deleted bool
+	// Metadata is set for a PartMetadata change, Status for a PartStatus change.
+	Metadata *Metadata
+	Status   Status
 }
 
 // WatchTasks streams changes of one region's tasks until ctx ends. ready (may be nil)
 // is called once etcd has registered the watch: nothing written after that is missed.
+// A value that does not decode is reported with its part and no decoded field.
 func (s *Store) WatchTasks(ctx context.Context, region string, ready func(), fn func(TaskEvent)) error {
 	wch := s.c.Watch(clientv3.WithRequireLeader(ctx), regionTaskPrefix(region), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	for wr := range wch {
@@ -245,8 +251,19 @@ func (s *Store) WatchTasks(ctx context.Context, region string, ready func(), fn 
 			if !ok {
 				continue
 			}
-			fn(TaskEvent{Region: r, TaskID: id, Field: field, Value: ev.Kv.Value,
-				Created: ev.IsCreate(), Deleted: ev.Type == clientv3.EventTypeDelete})
+			te := TaskEvent{Region: r, TaskID: id, Part: TaskPart(field), Deleted: ev.Type == clientv3.EventTypeDelete}
+			if !te.Deleted {
+				switch te.Part {
+				case PartMetadata:
+					var m Metadata
+					if json.Unmarshal(ev.Kv.Value, &m) == nil {
+						te.Metadata, te.Created = &m, ev.IsCreate()
+					}
+				case PartStatus:
+					te.Status = Status(ev.Kv.Value)
+				}
+			}
+			fn(te)
 		}
 	}
 	return ctx.Err()

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // ReportResult says what became of a hardware report.
@@ -181,10 +183,9 @@ func (s *Store) ListUnmatched(ctx context.Context, region string) ([]UnmatchedRe
 // MatchRequest links an unmatched report: to an existing open task (TaskID), or to a
 // new task created for the report's MAC (OSType and OSVersion).
 type MatchRequest struct {
-	TaskID    string    `json:"task_id,omitempty"`
-	OSType    string    `json:"os_type,omitempty"`
-	OSVersion string    `json:"os_version,omitempty"`
-	Disk      *DiskHint `json:"disk,omitempty"`
+	TaskID string `json:"task_id,omitempty"`
+	contract.OSRef
+	Disk *contract.DiskHint `json:"disk,omitempty"`
 }
 
 // MatchUnmatched resolves an unmatched report by hand. Linking needs a pending task
@@ -199,7 +200,7 @@ func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRe
 		if m.OSType == "" && m.OSVersion == "" {
 			return Task{}, invalid("task_id", "give task_id to link an open task, or os_type and os_version to create one")
 		}
-		return s.CreateTask(ctx, NewTask{RegionID: region, TargetMAC: r.MACAddress, OSType: m.OSType, OSVersion: m.OSVersion, Disk: m.Disk})
+		return s.CreateTask(ctx, NewTask{RegionID: region, TargetMAC: r.MACAddress, OSRef: m.OSRef, Disk: m.Disk})
 	}
 	tRegion, err := s.regionOf(ctx, m.TaskID)
 	if err != nil {

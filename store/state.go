@@ -41,6 +41,10 @@ func (s Status) Final() bool { _, ok := transitions[s]; return !ok && s.Valid() 
 // Open is the opposite of Final: the task still holds its MAC.
 func (s Status) Open() bool { _, ok := transitions[s]; return ok }
 
+// Approved reports whether a person's approval stands: the agent may install (approved)
+// or is installing. The regional API, the boot path and the pages all ask this.
+func (s Status) Approved() bool { return s == StatusApproved || s == StatusInstalling }
+
 // Valid reports whether s is a known status.
 func (s Status) Valid() bool {
 	for _, k := range Statuses {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // Store wraps an etcd client.
@@ -27,19 +29,15 @@ func New(c *clientv3.Client) *Store {
 	return &Store{c: c, now: func() time.Time { return time.Now().UTC() }}
 }
 
-// Client exposes the etcd client (watchers in the appliance, health checks).
-func (s *Store) Client() *clientv3.Client { return s.c }
-
 // maxRetries bounds optimistic-concurrency loops; each retry means another writer won.
 const maxRetries = 20
 
 // NewTask is what a person asks for.
 type NewTask struct {
-	RegionID  string    `json:"region_id"`
-	TargetMAC string    `json:"target_mac"`
-	OSType    string    `json:"os_type"`
-	OSVersion string    `json:"os_version"`
-	Disk      *DiskHint `json:"disk,omitempty"`
+	RegionID  string `json:"region_id"`
+	TargetMAC string `json:"target_mac"`
+	contract.OSRef
+	Disk *contract.DiskHint `json:"disk,omitempty"`
 }
 
 // Validate checks and normalises the request in place.
@@ -47,15 +45,12 @@ func (n *NewTask) Validate() error {
 	if err := ValidateRegion(n.RegionID); err != nil {
 		return err
 	}
-	mac, err := NormalizeMAC(n.TargetMAC)
+	mac, err := normalizeMAC("target_mac", n.TargetMAC)
 	if err != nil {
-		return &ValidationError{Field: "target_mac", Message: err.(*ValidationError).Message}
-	}
-	n.TargetMAC = mac
-	if err := validateName("os_type", n.OSType); err != nil {
 		return err
 	}
-	if err := validateName("os_version", n.OSVersion); err != nil {
+	n.TargetMAC = mac
+	if err := n.OSRef.Validate(); err != nil {
 		return err
 	}
 	if d := n.Disk; d != nil {
@@ -63,31 +58,12 @@ func (n *NewTask) Validate() error {
 			return invalid("disk", "min_bytes/max_bytes must be >= 0 and min <= max")
 		}
 		for f, v := range map[string]string{"disk.serial": d.Serial, "disk.wwn": d.WWN, "disk.by_path": d.ByPath} {
-			if hasControl(v) || len(v) > 256 {
+			if contract.HasControl(v) || len(v) > 256 {
 				return invalid(f, "must be printable and at most 256 characters")
 			}
 		}
 	}
 	return nil
-}
-
-func validateName(field, v string) error {
-	if v == "" {
-		return invalid(field, "is required")
-	}
-	if len(v) > 64 || hasControl(v) {
-		return invalid(field, "must be 1-64 printable characters")
-	}
-	return nil
-}
-
-func hasControl(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return true
-		}
-	}
-	return false
 }
 
 // CreateTask creates a task in pending, or straight in pending_approval when its MAC
@@ -101,7 +77,7 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 	region, mac := n.RegionID, n.TargetMAC
 	t := Task{Metadata: Metadata{
 		TaskID: uuid.NewString(), RegionID: region, TargetMAC: mac,
-		OSType: n.OSType, OSVersion: n.OSVersion, Disk: n.Disk,
+		OSRef: n.OSRef, Disk: n.Disk,
 		CreatedAt: s.now(),
 	}}
 	openIdx, umIdx := openMACIndexKey(region, mac), unmatchedIndexKey(region, mac)
@@ -242,7 +218,7 @@ func (sn *taskSnap) apply(field string, v []byte, rev int64) error {
 	case fieldHardware:
 		sn.task.Hardware = json.RawMessage(v)
 	case fieldProgress:
-		sn.task.Progress = new(Progress)
+		sn.task.Progress = new(contract.Progress)
 		return json.Unmarshal(v, sn.task.Progress)
 	case fieldApproval:
 		sn.task.Approval = new(Approval)
@@ -276,7 +252,7 @@ func (s *Store) readTask(ctx context.Context, region, id string) (*taskSnap, err
 type change struct {
 	to       Status
 	hardware json.RawMessage
-	progress *Progress
+	progress *contract.Progress
 	approval *Approval
 	extra    []clientv3.Op
 }
@@ -376,7 +352,7 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error)
 // ProgressUpdate is what an agent reports.
 type ProgressUpdate struct {
 	Region, MAC, TaskID string
-	Progress
+	contract.Progress
 }
 
 // RecordProgress stores progress from the agent of mac. The first update moves an
@@ -390,8 +366,8 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 	if u.Percentage < 0 || u.Percentage > 100 {
 		return Task{}, invalid("percentage", "%v is outside 0-100", u.Percentage)
 	}
-	if !validStage(u.Stage) {
-		return Task{}, invalid("stage", "%q is not one of %v", u.Stage, ProgressStages)
+	if !u.Stage.Valid() {
+		return Task{}, invalid("stage", "%q is not one of %v", u.Stage, contract.Stages)
 	}
 	if len(u.Message) > 4096 {
 		return Task{}, invalid("message", "is longer than 4096 bytes")
@@ -411,10 +387,10 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		p.UpdatedAt = now
 		to := StatusInstalling
 		switch u.Stage {
-		case StageCompleted:
+		case contract.StageCompleted:
 			to, t.FinishedAt = StatusCompleted, &now
 			p.Percentage = 100
-		case StageFailed:
+		case contract.StageFailed:
 			to, t.FinishedAt, t.Error = StatusFailed, &now, u.Message
 			if t.Error == "" {
 				t.Error = "agent reported failure"
@@ -425,15 +401,6 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		}
 		return change{to: to, progress: &p}, nil
 	})
-}
-
-func validStage(s string) bool {
-	for _, v := range ProgressStages {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // OpenTaskForMAC returns the open task for (region, mac) through the MAC index: one

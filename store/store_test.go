@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
@@ -63,7 +64,7 @@ func TestNormalizeMAC(t *testing.T) {
 func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	e := storetest.Start(t)
 	s, ctx := e.Store, ctxT(t)
-	task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:1A:2B:3C:4D:5E", OSType: "ubuntu", OSVersion: "22.04"})
+	task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:1A:2B:3C:4D:5E", OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	}
 	// A second open task for the MAC is a conflict, and writes nothing.
 	before := e.Dump(t, "/os/")
-	if _, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00-1a-2b-3c-4d-5e", OSType: "debian", OSVersion: "12"}); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00-1a-2b-3c-4d-5e", OSRef: contract.OSRef{OSType: "debian", OSVersion: "12"}}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("second open task: want ErrConflict, got %v", err)
 	}
 	assertSame(t, before, e.Dump(t, "/os/"))
@@ -94,17 +95,17 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Progress from another MAC is refused.
-	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5f", TaskID: task.TaskID, Progress: store.Progress{Stage: "downloading", Percentage: 5}}); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5f", TaskID: task.TaskID, Progress: contract.Progress{Stage: "downloading", Percentage: 5}}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("foreign progress: %v", err)
 	}
-	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: store.Progress{Stage: "downloading", Percentage: 50}}); err != nil {
+	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: contract.Progress{Stage: "downloading", Percentage: 50}}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetTask(ctx, task.TaskID)
 	if err != nil || got.Status != store.StatusInstalling || got.StartedAt == nil || got.ApprovedAt == nil || got.ReportedAt == nil {
 		t.Fatalf("after progress: %+v %v", got, err)
 	}
-	done, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: store.Progress{Stage: "completed", Percentage: 100}})
+	done, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: contract.Progress{Stage: "completed", Percentage: 100}})
 	if err != nil || done.Status != store.StatusCompleted || done.FinishedAt == nil {
 		t.Fatalf("complete: %+v %v", done, err)
 	}
@@ -112,7 +113,7 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 		t.Fatal("MAC index kept after completion")
 	}
 	// Completed: the MAC is free again, and the latest-task index follows.
-	next, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSType: "debian", OSVersion: "12"})
+	next, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSType: "debian", OSVersion: "12"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestUnmatchedAndAutoMatch(t *testing.T) {
 			t.Errorf("unmatched report lacks %q: %s", f, v)
 		}
 	}
-	task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSType: "ubuntu", OSVersion: "22.04"})
+	task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil || task.Status != store.StatusPendingApproval || string(task.Hardware) != `{"n":2}` {
 		t.Fatalf("auto-match: %+v %v", task, err)
 	}
@@ -177,15 +178,15 @@ func TestManualMatch(t *testing.T) {
 	s, ctx := e.Store, ctxT(t)
 	res, _ := s.Report(ctx, "dc1", "52:54:00:00:00:01", json.RawMessage(`{"a":1}`))
 	// Linking to a task of another MAC is refused; a new task from the report works.
-	other, _ := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "52:54:00:00:00:02", OSType: "u", OSVersion: "1"})
+	other, _ := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "52:54:00:00:00:02", OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}})
 	if _, err := s.MatchUnmatched(ctx, "dc1", res.Unmatched.ID, store.MatchRequest{TaskID: other.TaskID}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("link to other MAC: %v", err)
 	}
-	task, err := s.MatchUnmatched(ctx, "dc1", res.Unmatched.ID, store.MatchRequest{OSType: "ubuntu", OSVersion: "22.04"})
+	task, err := s.MatchUnmatched(ctx, "dc1", res.Unmatched.ID, store.MatchRequest{OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil || task.Status != store.StatusPendingApproval || task.TargetMAC != "52:54:00:00:00:01" {
 		t.Fatalf("match: %+v %v", task, err)
 	}
-	if _, err := s.MatchUnmatched(ctx, "dc1", res.Unmatched.ID, store.MatchRequest{OSType: "x", OSVersion: "1"}); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.MatchUnmatched(ctx, "dc1", res.Unmatched.ID, store.MatchRequest{OSRef: contract.OSRef{OSType: "x", OSVersion: "1"}}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("matching a consumed report: %v", err)
 	}
 }
@@ -198,7 +199,7 @@ func TestConcurrentReports(t *testing.T) {
 	want := map[string]string{}
 	for i := range n {
 		mac := fmt.Sprintf("52:54:00:00:%02x:%02x", i/256, i%256)
-		task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSType: "ubuntu", OSVersion: "22.04"})
+		task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +256,7 @@ func TestReportRacesCreate(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var err error
-			task, err = s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSType: "u", OSVersion: "1"})
+			task, err = s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}})
 			if err != nil {
 				t.Error(err)
 			}
@@ -275,12 +276,12 @@ func TestValidation(t *testing.T) {
 	e := storetest.Start(t)
 	s, ctx := e.Store, ctxT(t)
 	for name, n := range map[string]store.NewTask{
-		"bad mac":      {RegionID: "dc1", TargetMAC: "nope", OSType: "u", OSVersion: "1"},
-		"bad region":   {RegionID: "DC_1", TargetMAC: "00:1a:2b:3c:4d:5e", OSType: "u", OSVersion: "1"},
-		"slash region": {RegionID: "dc1/x", TargetMAC: "00:1a:2b:3c:4d:5e", OSType: "u", OSVersion: "1"},
-		"no os":        {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSVersion: "1"},
-		"newline os":   {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSType: "u\nx", OSVersion: "1"},
-		"disk range":   {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSType: "u", OSVersion: "1", Disk: &store.DiskHint{MinBytes: 10, MaxBytes: 5}},
+		"bad mac":      {RegionID: "dc1", TargetMAC: "nope", OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}},
+		"bad region":   {RegionID: "DC_1", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}},
+		"slash region": {RegionID: "dc1/x", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}},
+		"no os":        {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSVersion: "1"}},
+		"newline os":   {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSType: "u\nx", OSVersion: "1"}},
+		"disk range":   {RegionID: "dc1", TargetMAC: "00:1a:2b:3c:4d:5e", OSRef: contract.OSRef{OSType: "u", OSVersion: "1"}, Disk: &contract.DiskHint{MinBytes: 10, MaxBytes: 5}},
 	} {
 		if _, err := s.CreateTask(ctx, n); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("%s: want ErrInvalid, got %v", name, err)

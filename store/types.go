@@ -6,17 +6,18 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"lpmos.dev/lpmos/contract"
 )
 
 // Metadata is the value of .../{task_id}/metadata. The seed's fields come first; the
 // timestamps are kept here so the whole history of a task is one read.
 type Metadata struct {
-	TaskID    string    `json:"task_id"`
-	RegionID  string    `json:"region_id"`
-	TargetMAC string    `json:"target_mac"`
-	OSType    string    `json:"os_type"`
-	OSVersion string    `json:"os_version"`
-	Disk      *DiskHint `json:"disk,omitempty"`
+	TaskID    string `json:"task_id"`
+	RegionID  string `json:"region_id"`
+	TargetMAC string `json:"target_mac"`
+	contract.OSRef
+	Disk *contract.DiskHint `json:"disk,omitempty"`
 
 	CreatedAt  time.Time  `json:"created_at"`
 	ReportedAt *time.Time `json:"reported_at,omitempty"`
@@ -27,47 +28,14 @@ type Metadata struct {
 	Error string `json:"error,omitempty"`
 }
 
-// DiskHint names the disk to install on; empty fields do not constrain.
-type DiskHint struct {
-	Serial   string `json:"serial,omitempty"`
-	WWN      string `json:"wwn,omitempty"`
-	ByPath   string `json:"by_path,omitempty"`
-	MinBytes int64  `json:"min_bytes,omitempty"`
-	MaxBytes int64  `json:"max_bytes,omitempty"`
-}
-
 // Task is everything etcd holds about one task.
 type Task struct {
 	Metadata
-	Status   Status          `json:"status"`
-	Hardware json.RawMessage `json:"hardware,omitempty"`
-	Progress *Progress       `json:"progress,omitempty"`
-	Approval *Approval       `json:"approval,omitempty"`
+	Status   Status             `json:"status"`
+	Hardware json.RawMessage    `json:"hardware,omitempty"`
+	Progress *contract.Progress `json:"progress,omitempty"`
+	Approval *Approval          `json:"approval,omitempty"`
 }
-
-// Progress is the value of .../progress.
-type Progress struct {
-	Stage      string    `json:"stage"`
-	Percentage float64   `json:"percentage"`
-	Message    string    `json:"message,omitempty"`
-	BytesDone  int64     `json:"bytes_done,omitempty"`
-	BytesTotal int64     `json:"bytes_total,omitempty"`
-	RateBps    float64   `json:"rate_bps,omitempty"`
-	ETASeconds float64   `json:"eta_seconds,omitempty"`
-	UpdatedAt  time.Time `json:"updated_at"`
-}
-
-// Progress stages an agent reports. Completed and failed end the task.
-const (
-	StageDownloading = "downloading"
-	StageWriting     = "writing"
-	StageVerifying   = "verifying"
-	StageCompleted   = "completed"
-	StageFailed      = "failed"
-)
-
-// ProgressStages lists the stages the regional API accepts.
-var ProgressStages = []string{"preparing", StageDownloading, StageWriting, StageVerifying, "rebooting", StageCompleted, StageFailed}
 
 // Approval is the value of .../approval.
 type Approval struct {
@@ -92,9 +60,9 @@ type Heartbeat struct {
 	Timestamp time.Time `json:"timestamp"`
 	APIURL    string    `json:"api_url,omitempty"`
 	Version   string    `json:"version,omitempty"`
-	// Images lists the region's catalog as "os_type os_version", so the control
-	// plane can warn about a task for an OS the region cannot install.
-	Images []string `json:"images"`
+	// Images lists the region's catalog, so the control plane can warn about a task
+	// for an OS the region cannot install.
+	Images []contract.OSRef `json:"images"`
 }
 
 // Region is a region as the control plane sees it.
@@ -123,11 +91,14 @@ func ValidateRegion(r string) error {
 
 // NormalizeMAC parses a 48-bit MAC in any common notation and returns it lower-case
 // with colons, the form every key and comparison uses (matching is case-insensitive).
-func NormalizeMAC(s string) (string, error) {
+func NormalizeMAC(s string) (string, error) { return normalizeMAC("mac_address", s) }
+
+// normalizeMAC is NormalizeMAC with the name of the field the MAC came in.
+func normalizeMAC(field, s string) (string, error) {
 	s = strings.TrimSpace(s)
 	hw, err := net.ParseMAC(s)
 	if err != nil || len(hw) != 6 {
-		return "", invalid("mac_address", "%q is not a MAC address like 00:1a:2b:3c:4d:5e", s)
+		return "", invalid(field, "%q is not a MAC address like 00:1a:2b:3c:4d:5e", s)
 	}
 	return hw.String(), nil
 }

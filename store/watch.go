@@ -17,15 +17,15 @@ const (
 	ChangeUnmatched ChangeKind = "unmatched" // /os/unmatched_reports/{region}/{id}
 )
 
-// Change is one key change seen by WatchAll.
+// Change is one key change seen by WatchAll: which task, region or report moved.
+// Readers re-read what they show; the raw value is not passed on.
 type Change struct {
 	Kind   ChangeKind
 	Region string
 	// TaskID is set for ChangeTask, ID for ChangeUnmatched (the report id).
 	TaskID, ID string
-	// Field is the task field, or the region key's name (heartbeat, status).
-	Field   string
-	Value   []byte
+	// Part is the task key that changed (ChangeTask only).
+	Part    TaskPart
 	Deleted bool
 }
 
@@ -61,7 +61,7 @@ func (s *Store) WatchAll(ctx context.Context, ready func(), fn func(Change)) err
 		}
 		for _, ev := range wr.Events {
 			if c, ok := parseChange(string(ev.Kv.Key)); ok {
-				c.Value, c.Deleted = ev.Kv.Value, ev.Type == clientv3.EventTypeDelete
+				c.Deleted = ev.Type == clientv3.EventTypeDelete
 				fn(c)
 			}
 		}
@@ -86,11 +86,11 @@ func (s *Store) WatchAll(ctx context.Context, ready func(), fn func(Change)) err
 // parseChange reads a key of the three watched trees; foreign keys are skipped.
 func parseChange(key string) (Change, bool) {
 	if region, id, field, ok := splitTaskKey(key); ok {
-		return Change{Kind: ChangeTask, Region: region, TaskID: id, Field: field}, true
+		return Change{Kind: ChangeTask, Region: region, TaskID: id, Part: TaskPart(field)}, true
 	}
 	if rest, ok := strings.CutPrefix(key, regionRoot); ok {
 		region, name, ok := strings.Cut(rest, "/")
-		return Change{Kind: ChangeRegion, Region: region, Field: name}, ok && !strings.Contains(name, "/")
+		return Change{Kind: ChangeRegion, Region: region}, ok && !strings.Contains(name, "/")
 	}
 	if rest, ok := strings.CutPrefix(key, unmatchedRoot); ok {
 		region, id, ok := strings.Cut(rest, "/")

@@ -13,7 +13,7 @@ import (
 	"net/http"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 )
 
 // Config drives one agent run.
@@ -30,7 +30,7 @@ type Config struct {
 	// PollInterval is how often approval is asked for.
 	PollInterval time.Duration
 	// Inventory collects the hardware (ghw by default; tests inject a fixed report).
-	Inventory func() (regionapi.Hardware, error)
+	Inventory func() (contract.Hardware, error)
 	// Install writes the approved image; nil means WriteImage.
 	Install InstallFunc
 	HTTP    *http.Client
@@ -43,9 +43,9 @@ type InstallFunc func(ctx context.Context, job Job, p *Progress) error
 // Job is what the appliance approved.
 type Job struct {
 	TaskID   string
-	Image    regionapi.Image
-	Disk     *regionapi.DiskHint
-	Hardware regionapi.Hardware
+	Image    contract.Image
+	Disk     *contract.DiskHint
+	Hardware contract.Hardware
 	Target   string
 }
 
@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RegionalURL == "" {
 		return errors.New("--regional-url (or REGIONAL_CLIENT_URL) is required, e.g. http://localhost:8081")
 	}
-	api := &regionapi.Client{BaseURL: cfg.RegionalURL, HTTP: cfg.HTTP}
+	api := &contract.Client{BaseURL: cfg.RegionalURL, HTTP: cfg.HTTP}
 	hw, err := cfg.Inventory()
 	if err != nil {
 		return fmt.Errorf("inventory: %w", err)
@@ -119,7 +119,7 @@ func Run(ctx context.Context, cfg Config) error {
 		p.Fail(ctx, err.Error())
 		return fmt.Errorf("install: %w", err)
 	}
-	if err := p.Send(ctx, regionapi.ProgressRequest{Stage: "completed", Percentage: 100, Message: "installation complete"}); err != nil {
+	if err := p.Send(ctx, contract.Progress{Stage: contract.StageCompleted, Percentage: 100, Message: "installation complete"}); err != nil {
 		return fmt.Errorf("report completion: %w", err)
 	}
 	log.Info("installation complete", "task", appr.TaskID)
@@ -128,20 +128,20 @@ func Run(ctx context.Context, cfg Config) error {
 
 // report posts the hardware until a task matches, honouring the appliance's
 // retry_after, at most MaxAttempts times.
-func report(ctx context.Context, cfg Config, api *regionapi.Client, log *slog.Logger, mac string, hw regionapi.Hardware) (string, error) {
+func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac string, hw contract.Hardware) (string, error) {
 	body, err := json.Marshal(hw)
 	if err != nil {
 		return "", err
 	}
 	var last error
 	for attempt := 1; attempt <= cfg.MaxAttempts; attempt++ {
-		resp, err := api.Report(ctx, regionapi.ReportRequest{MACAddress: mac, Hardware: body})
+		resp, err := api.Report(ctx, contract.ReportRequest{MACAddress: mac, Hardware: body})
 		if err == nil {
 			return resp.TaskID, nil
 		}
 		last = err
 		wait := 10
-		var se *regionapi.StatusError
+		var se *contract.StatusError
 		switch {
 		case errors.As(err, &se) && se.Code == http.StatusNotFound:
 			if se.Body.RetryAfter > 0 {
@@ -167,12 +167,12 @@ func report(ctx context.Context, cfg Config, api *regionapi.Client, log *slog.Lo
 // agent learns of an approval at once. It stays below the HTTP client's timeout.
 const approvalWait = 20 * time.Second
 
-func waitApproval(ctx context.Context, cfg Config, api *regionapi.Client, log *slog.Logger, mac string) (regionapi.ApprovalResponse, error) {
+func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac string) (contract.ApprovalResponse, error) {
 	logged := false
 	for {
 		start := time.Now()
 		a, err := api.Approval(ctx, mac, approvalWait)
-		var se *regionapi.StatusError
+		var se *contract.StatusError
 		switch {
 		case err == nil && a.Approved:
 			return a, nil

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 )
 
@@ -18,12 +18,12 @@ import (
 func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	target := job.Target
 	if target == "" {
-		d, err := regionapi.ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
+		d, err := contract.ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
 		if err != nil {
 			return err
 		}
 		target = d.Path
-		p.Update(ctx, regionapi.ProgressRequest{Stage: "preparing", Message: "installing onto " + regionapi.DescribeDisk(d)}, true)
+		p.Update(ctx, contract.Progress{Stage: contract.StagePreparing, Message: "installing onto " + contract.DescribeDisk(d)}, true)
 	}
 	// O_DIRECT on block devices: the disk stays busy without page-cache throttling
 	// and the read-back reads the disk, not the cache. Files (host mode, tmpfs) may
@@ -39,13 +39,13 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	}
 	defer dst.Close()
 	src := images.Source{URL: job.Image.URL, Format: images.Format(job.Image.Format), Size: job.Image.Size, SHA256: job.Image.SHA256}
-	lastStage := ""
+	var lastStage contract.Stage
 	res, err := images.Write(ctx, src, dst, images.Options{Progress: func(pr images.Progress) {
-		stage := map[images.Stage]string{images.StageDownloading: "downloading", images.StageSyncing: "writing", images.StageVerifying: "verifying"}[pr.Stage]
+		stage := map[images.Stage]contract.Stage{images.StageDownloading: contract.StageDownloading, images.StageSyncing: contract.StageWriting, images.StageVerifying: contract.StageVerifying}[pr.Stage]
 		if stage == "" {
 			return
 		}
-		r := regionapi.ProgressRequest{Stage: stage, Percentage: pr.Percent(), BytesDone: pr.Done, BytesTotal: pr.Total, RateBps: pr.Rate, ETASeconds: pr.ETA.Seconds(),
+		r := contract.Progress{Stage: stage, Percentage: pr.Percent(), BytesDone: pr.Done, BytesTotal: pr.Total, RateBps: pr.Rate, ETASeconds: pr.ETA.Seconds(),
 			Message: fmt.Sprintf("%s: %d / %d MiB onto %s", stage, pr.Done>>20, pr.Total>>20, target)}
 		p.Update(ctx, r, stage != lastStage)
 		lastStage = stage

@@ -10,14 +10,14 @@ import (
 
 	"github.com/jaypipes/ghw"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 )
 
 // Inventory collects the machine's hardware with ghw, plus the few facts ghw lacks that
 // an operator needs before approving a wipe (by-path names, partition tables, link
 // state, firmware type). Missing facts are left empty rather than failing the report.
-func Inventory() (regionapi.Hardware, error) {
-	var hw regionapi.Hardware
+func Inventory() (contract.Hardware, error) {
+	var hw contract.Hardware
 	opt := ghw.WithDisableWarnings()
 	if h, _ := os.Hostname(); h != "(none)" { // the kernel's placeholder in an initramfs
 		hw.Hostname = h
@@ -47,7 +47,7 @@ func Inventory() (regionapi.Hardware, error) {
 			if skipDisk(d.Name) {
 				continue
 			}
-			disk := regionapi.Disk{
+			disk := contract.Disk{
 				Name: d.Name, Path: "/dev/" + d.Name, SizeBytes: int64(d.SizeBytes),
 				Model: clean(d.Model), Vendor: clean(d.Vendor), Serial: clean(d.SerialNumber), WWN: clean(d.WWN),
 				ByPath: byPath[d.Name], Removable: d.IsRemovable,
@@ -56,7 +56,7 @@ func Inventory() (regionapi.Hardware, error) {
 				PartTable:   partitionTable("/dev/" + d.Name),
 			}
 			for _, p := range d.Partitions {
-				disk.Partitions = append(disk.Partitions, regionapi.Partition{
+				disk.Partitions = append(disk.Partitions, contract.Partition{
 					Name: p.Name, SizeBytes: int64(p.SizeBytes), Type: p.Type, Label: p.FilesystemLabel, MountPoint: p.MountPoint,
 				})
 			}
@@ -65,7 +65,7 @@ func Inventory() (regionapi.Hardware, error) {
 	}
 	hw.NICs = nics()
 	if p, err := ghw.Product(opt); err == nil {
-		hw.System = regionapi.System{Vendor: clean(p.Vendor), Product: clean(p.Name), Serial: clean(p.SerialNumber), UUID: clean(p.UUID)}
+		hw.System = contract.System{Vendor: clean(p.Vendor), Product: clean(p.Name), Serial: clean(p.SerialNumber), UUID: clean(p.UUID)}
 	}
 	if bi, err := ghw.BIOS(opt); err == nil {
 		hw.System.BIOS = clean(bi.Version)
@@ -126,15 +126,15 @@ func partitionTable(dev string) string {
 	return ""
 }
 
-func nics() []regionapi.NIC {
+func nics() []contract.NIC {
 	ifs, _ := net.Interfaces()
-	var out []regionapi.NIC
+	var out []contract.NIC
 	for _, ifc := range ifs {
 		if ifc.Flags&net.FlagLoopback != 0 || len(ifc.HardwareAddr) != 6 {
 			continue
 		}
 		sys := "/sys/class/net/" + ifc.Name
-		n := regionapi.NIC{Name: ifc.Name, MAC: ifc.HardwareAddr.String()}
+		n := contract.NIC{Name: ifc.Name, MAC: ifc.HardwareAddr.String()}
 		if b, err := os.ReadFile(sys + "/carrier"); err == nil {
 			n.Link = strings.TrimSpace(string(b)) == "1"
 		}
@@ -154,11 +154,11 @@ func nics() []regionapi.NIC {
 
 // PrimaryMAC picks the MAC to report: the first physical NIC with a link, else the
 // first physical NIC, else the first NIC.
-func PrimaryMAC(n []regionapi.NIC) string {
-	for _, pass := range []func(regionapi.NIC) bool{
-		func(c regionapi.NIC) bool { return !c.Virtual && c.Link },
-		func(c regionapi.NIC) bool { return !c.Virtual },
-		func(c regionapi.NIC) bool { return true },
+func PrimaryMAC(n []contract.NIC) string {
+	for _, pass := range []func(contract.NIC) bool{
+		func(c contract.NIC) bool { return !c.Virtual && c.Link },
+		func(c contract.NIC) bool { return !c.Virtual },
+		func(c contract.NIC) bool { return true },
 	} {
 		for _, c := range n {
 			if pass(c) {

@@ -6,12 +6,12 @@ import (
 	"sync"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 )
 
 // Progress sends progress for one task; Update throttles to about once a second.
 type Progress struct {
-	api    *regionapi.Client
+	api    *contract.Client
 	mac    string
 	taskID string
 	log    *slog.Logger
@@ -21,16 +21,15 @@ type Progress struct {
 }
 
 // Send posts one update now.
-func (p *Progress) Send(ctx context.Context, r regionapi.ProgressRequest) error {
-	r.MACAddress, r.TaskID = p.mac, p.taskID
+func (p *Progress) Send(ctx context.Context, pr contract.Progress) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return p.api.Progress(sctx, r)
+	return p.api.Progress(sctx, contract.ProgressRequest{MACAddress: p.mac, TaskID: p.taskID, Progress: pr})
 }
 
 // Update posts r unless an update went out less than a second ago (force overrides).
 // Errors are logged: a lost progress update must not stop an install.
-func (p *Progress) Update(ctx context.Context, r regionapi.ProgressRequest, force bool) {
+func (p *Progress) Update(ctx context.Context, r contract.Progress, force bool) {
 	p.mu.Lock()
 	if !force && time.Since(p.last) < time.Second {
 		p.mu.Unlock()
@@ -46,7 +45,7 @@ func (p *Progress) Update(ctx context.Context, r regionapi.ProgressRequest, forc
 // Fail reports the task failed with reason.
 func (p *Progress) Fail(ctx context.Context, reason string) {
 	ctx = context.WithoutCancel(ctx)
-	if err := p.Send(ctx, regionapi.ProgressRequest{Stage: "failed", Message: reason}); err != nil {
+	if err := p.Send(ctx, contract.Progress{Stage: contract.StageFailed, Message: reason}); err != nil {
 		p.log.Error("could not report failure", "reason", reason, "err", err)
 	}
 }

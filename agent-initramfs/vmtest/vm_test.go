@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 )
 
 // The VM's facts as QEMU is told them; the report must carry exactly these.
@@ -35,11 +35,11 @@ func TestBootReports(t *testing.T) {
 
 func testBootReports(t *testing.T, images Images, uefi bool) {
 
-	reports := make(chan regionapi.ReportRequest, 1)
+	reports := make(chan contract.ReportRequest, 1)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPost && r.URL.Path == "/api/report":
-			var rep regionapi.ReportRequest
+			var rep contract.ReportRequest
 			body, _ := io.ReadAll(r.Body)
 			if err := json.Unmarshal(body, &rep); err != nil {
 				t.Errorf("report body %q: %v", body, err)
@@ -48,9 +48,9 @@ func testBootReports(t *testing.T, images Images, uefi bool) {
 			case reports <- rep:
 			default:
 			}
-			json.NewEncoder(w).Encode(regionapi.Response{Status: "ok", TaskID: "vmtest"})
+			json.NewEncoder(w).Encode(contract.Response{Status: "ok", TaskID: "vmtest"})
 		default: // approval polls: not yet
-			json.NewEncoder(w).Encode(regionapi.ApprovalResponse{Status: "ok", TaskID: "vmtest", TaskStatus: "pending_approval"})
+			json.NewEncoder(w).Encode(contract.ApprovalResponse{Status: "ok", TaskID: "vmtest", TaskStatus: "pending_approval"})
 		}
 	}))
 	// Loopback only: user-mode networking maps the guest's 10.0.2.2 to it.
@@ -82,7 +82,7 @@ func testBootReports(t *testing.T, images Images, uefi bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	var rep regionapi.ReportRequest
+	var rep contract.ReportRequest
 	select {
 	case rep = <-reports:
 	case <-vm.Exited:
@@ -95,7 +95,7 @@ func testBootReports(t *testing.T, images Images, uefi bool) {
 	if rep.MACAddress != vmMAC {
 		t.Errorf("mac_address = %q, want %q (QEMU's mac=)", rep.MACAddress, vmMAC)
 	}
-	var hw regionapi.Hardware
+	var hw contract.Hardware
 	if err := json.Unmarshal(rep.Hardware, &hw); err != nil {
 		t.Fatalf("hardware %s: %v", rep.Hardware, err)
 	}

@@ -280,9 +280,10 @@
     };
     image.addEventListener("change", () => {
       if (!image.value) return;
-      const i = image.value.indexOf(" ");
-      document.getElementById("os_type").value = i < 0 ? image.value : image.value.slice(0, i);
-      document.getElementById("os_version").value = i < 0 ? "" : image.value.slice(i + 1);
+      // The value is "os_type=...&os_version=..." (names may hold spaces).
+      const ref = new URLSearchParams(image.value);
+      document.getElementById("os_type").value = ref.get("os_type") || "";
+      document.getElementById("os_version").value = ref.get("os_version") || "";
     });
     if (regionSel) regionSel.addEventListener("change", sync);
     sync();

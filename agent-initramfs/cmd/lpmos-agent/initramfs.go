@@ -9,7 +9,7 @@ import (
 
 	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/agent-initramfs/boot"
-	"lpmos.dev/lpmos/appliance/regionapi"
+	"lpmos.dev/lpmos/contract"
 )
 
 // initramfsFlag is how scripts/build-initramfs.sh starts the agent (u-root's init runs
@@ -30,7 +30,7 @@ func init() {
 		return agent.Run(ctx, agent.Config{
 			RegionalURL: s.RegionalURL,
 			MAC:         s.MAC,
-			Inventory:   func() (regionapi.Hardware, error) { return bootInventory(s) },
+			Inventory:   func() (contract.Hardware, error) { return bootInventory(s) },
 			Log:         log,
 		})
 	})
@@ -38,14 +38,14 @@ func init() {
 
 // bootInventory adds what only the boot knows to the agent's inventory: devices left
 // without a driver, and the disk the agent booted from.
-func bootInventory(s boot.Settings) (regionapi.Hardware, error) {
+func bootInventory(s boot.Settings) (contract.Hardware, error) {
 	hw, err := agent.Inventory()
 	if err != nil {
 		return hw, err
 	}
 	for _, u := range s.Drivers.Unclaimed {
 		vendor, device, _ := strings.Cut(u.ID, ":")
-		hw.MissingDrivers = append(hw.MissingDrivers, regionapi.PCIDevice{Address: u.Address, Vendor: vendor, Device: device, Class: u.Class})
+		hw.MissingDrivers = append(hw.MissingDrivers, contract.PCIDevice{Address: u.Address, Vendor: vendor, Device: device, Class: u.Class})
 	}
 	if s.BootDisk != "" {
 		hw.BootDisk = s.BootDisk

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 )
 
@@ -79,7 +80,7 @@ func add(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("add: %w", err)
 	}
-	e, err := cat.Add(ctx, *osType, *osVersion, file, f)
+	e, err := cat.Add(ctx, contract.OSRef{OSType: *osType, OSVersion: *osVersion}, file, f)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 )
 
@@ -67,7 +68,7 @@ func TestAddListRoundTrip(t *testing.T) {
 		{"ubuntu", "22.04", "ubuntu-22.04.img", images.FormatRaw, int64(len(data))},
 		{"debian", "12", "debian-12.img.gz", images.FormatGzip, int64(len(out))},
 	} {
-		e, ok := cat.Lookup(tc.osType, tc.version)
+		e, ok := cat.Lookup(contract.OSRef{OSType: tc.osType, OSVersion: tc.version})
 		if !ok {
 			t.Fatalf("no entry for %s %s", tc.osType, tc.version)
 		}
@@ -78,7 +79,7 @@ func TestAddListRoundTrip(t *testing.T) {
 	// write: what the agent does, from the catalog's own HTTP handler.
 	srv := httptest.NewServer(cat.Handler())
 	defer srv.Close()
-	e, _ := cat.Lookup("debian", "12")
+	e, _ := cat.Lookup(contract.OSRef{OSType: "debian", OSVersion: "12"})
 	src := e.Source(srv.URL)
 	target := filepath.Join(t.TempDir(), "disk.img")
 	stdout.Reset()

@@ -1,6 +1,10 @@
-// Package regionapi holds the regional API's wire types and a client for it. The agent
-// speaks only this API (never etcd), so this package imports nothing of etcd or store.
-package regionapi
+// Package contract is the wire contract every LPMOS component shares: the regional
+// API's requests and answers (report, approval, progress and its stages), the hardware
+// report, the OS and image references, the disk hint and the one disk-choice rule, and
+// a client for the regional API. store, appliance, control and the agent all import
+// it; it imports nothing of theirs (nor etcd), so the agent stays small and no binary
+// owns what the others speak.
+package contract
 
 import "encoding/json"
 
@@ -26,8 +30,7 @@ type ApprovalResponse struct {
 	TaskID     string `json:"task_id"`
 	TaskStatus string `json:"task_status"`
 	Approved   bool   `json:"approved"`
-	OSType     string `json:"os_type"`
-	OSVersion  string `json:"os_version"`
+	OSRef
 	// Image is what to install, set once approved and when the region's catalog has it.
 	Image *Image `json:"image,omitempty"`
 	// Disk narrows the disk choice when the task names one.
@@ -43,7 +46,8 @@ type Image struct {
 	SHA256 string `json:"sha256,omitempty"`
 }
 
-// DiskHint mirrors the task's disk selector.
+// DiskHint names the disk to install on (the task's disk selector); empty fields do
+// not constrain.
 type DiskHint struct {
 	Serial   string `json:"serial,omitempty"`
 	WWN      string `json:"wwn,omitempty"`
@@ -52,17 +56,11 @@ type DiskHint struct {
 	MaxBytes int64  `json:"max_bytes,omitempty"`
 }
 
-// ProgressRequest is POST /api/progress.
+// ProgressRequest is POST /api/progress: the sample plus whose it is.
 type ProgressRequest struct {
-	MACAddress string  `json:"mac_address"`
-	TaskID     string  `json:"task_id"`
-	Stage      string  `json:"stage"`
-	Percentage float64 `json:"percentage"`
-	Message    string  `json:"message,omitempty"`
-	BytesDone  int64   `json:"bytes_done,omitempty"`
-	BytesTotal int64   `json:"bytes_total,omitempty"`
-	RateBps    float64 `json:"rate_bps,omitempty"`
-	ETASeconds float64 `json:"eta_seconds,omitempty"`
+	MACAddress string `json:"mac_address"`
+	TaskID     string `json:"task_id"`
+	Progress
 }
 
 // Health is GET /api/health.

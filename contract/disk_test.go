@@ -1,4 +1,4 @@
-package regionapi
+package contract
 
 import (
 	"errors"

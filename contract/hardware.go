@@ -1,4 +1,4 @@
-package regionapi
+package contract
 
 // Hardware is the agent's report: what an operator needs to approve a wipe. Fields are
 // optional (a host-mode agent or an odd machine may not know some of them).
