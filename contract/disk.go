@@ -32,9 +32,9 @@ type DiskChoiceError struct {
 func (e *DiskChoiceError) Error() string        { return ErrNoDisk.Error() + ": " + e.msg }
 func (e *DiskChoiceError) Is(target error) bool { return target == ErrNoDisk }
 
-// ChooseDisk picks the disk to wipe, failing closed. It lives beside the wire types
-// because two sides apply it to the same hardware report: the agent, to choose, and
-// the control plane, to name the disk in the approval dialog before anyone approves. Never a removable or USB disk,
+// ChooseDisk picks the disk to wipe, failing closed. MakePlan is its one caller: the
+// plan it makes is what a person approves and what the agent enforces, so no second
+// computation can name another disk. Never a removable or USB disk,
 // never a read-only one, never the disk the agent booted from, never one too small for
 // the image, never one the task's hint does not match. With a hint the match must be
 // unique; without one the smallest disk that fits wins, and only if no other disk has

@@ -14,10 +14,13 @@ const (
 	StageRebooting   Stage = "rebooting"
 	StageCompleted   Stage = "completed"
 	StageFailed      Stage = "failed"
+	// StageCancelled is the agent's last word on a task cancelled during its install:
+	// how far it wrote before it stopped. Accepted only for a cancelled task.
+	StageCancelled Stage = "cancelled"
 )
 
 // Stages lists every stage the regional API accepts.
-var Stages = []Stage{StagePreparing, StageDownloading, StageWriting, StageVerifying, StageRebooting, StageCompleted, StageFailed}
+var Stages = []Stage{StagePreparing, StageDownloading, StageWriting, StageVerifying, StageRebooting, StageCompleted, StageFailed, StageCancelled}
 
 // Valid reports whether s is a known stage.
 func (s Stage) Valid() bool {

@@ -31,7 +31,11 @@ type ApprovalResponse struct {
 	TaskStatus string `json:"task_status"`
 	Approved   bool   `json:"approved"`
 	OSRef
-	// Image is what to install, set once approved and when the region's catalog has it.
+	// Plan is the approved plan (set once approved): the agent writes only onto its
+	// disk, and only the image whose sha256 it names.
+	Plan *Plan `json:"plan,omitempty"`
+	// Image is where to fetch the plan's image, set once approved and while the
+	// region's catalog still serves the approved bytes.
 	Image *Image `json:"image,omitempty"`
 	// Disk narrows the disk choice when the task names one.
 	Disk    *DiskHint `json:"disk,omitempty"`

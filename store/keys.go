@@ -23,6 +23,7 @@ const (
 	PartHardware TaskPart = "hardware"
 	PartProgress TaskPart = "progress"
 	PartApproval TaskPart = "approval"
+	PartPlan     TaskPart = "plan" // ours, beside the v2.1 keys
 )
 
 // The same names as key fields, for key building in this package.
@@ -32,6 +33,7 @@ const (
 	fieldHardware = string(PartHardware)
 	fieldProgress = string(PartProgress)
 	fieldApproval = string(PartApproval)
+	fieldPlan     = string(PartPlan)
 )
 
 func taskDir(region, id string) string          { return taskRoot + region + "/" + id + "/" }

@@ -20,9 +20,13 @@ type ReportResult struct {
 }
 
 // Report matches an agent's hardware report against the region's open task for mac
-// (one MAC-index read, not a scan). A pending task takes the hardware and becomes
-// pending_approval; a task already waiting for approval gets the fresh hardware; an
-// approved or installing task is left as it is (the agent restarted and will carry on).
+// (one MAC-index read, not a scan) and plans the install from it in the same
+// transaction. A pending task takes the hardware and becomes pending_approval; a task
+// already waiting for approval gets the fresh hardware and a new plan. After approval a
+// report never silently continues: an approved task whose new plan is the approved
+// one stays approved (the agent restarted before writing anything); any other plan, or
+// any report while installing (the machine restarted mid-write), sends the task back
+// to pending_approval with the reason in Review and the approval removed.
 // Without an open task the report is stored as unmatched: one report per (region, MAC),
 // the newest replacing the older, so an agent's retries do not pile up entries.
 func (s *Store) Report(ctx context.Context, region, mac string, hardware json.RawMessage) (ReportResult, error) {
@@ -61,19 +65,34 @@ func (s *Store) Report(ctx context.Context, region, mac string, hardware json.Ra
 var errRetry = errors.New("retry")
 
 func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessage) (Task, error) {
-	t := snap.task
-	if t.Status != StatusPending && t.Status != StatusPendingApproval {
-		return t, nil
+	catalog, err := s.regionCatalog(ctx, snap.task.RegionID)
+	if err != nil {
+		return Task{}, err
 	}
-	updated, err := s.update(ctx, t.RegionID, t.TaskID, func(t *Task) (change, error) {
-		if t.Status != StatusPending && t.Status != StatusPendingApproval {
+	from := snap.task.Status
+	updated, err := s.update(ctx, snap.task.RegionID, snap.task.TaskID, func(t *Task) (change, error) {
+		if t.Status != from {
 			return change{}, errRetry // moved on meanwhile: look again
 		}
+		p := planFor(t, hw, catalog)
 		now := s.now()
-		t.ReportedAt = &now
-		return change{to: StatusPendingApproval, hardware: hw}, nil
+		switch t.Status {
+		case StatusApproved:
+			if t.Approval != nil && t.Approval.PlanDigest == p.Digest {
+				return change{}, errUnchanged // the approval holds: the agent carries on
+			}
+			t.Review = "the hardware report changed after approval: review the new plan"
+		case StatusInstalling:
+			t.Review = "the machine reported again during its install (it restarted): the disk may be partially written; approve again to rewrite it"
+			t.StartedAt = nil
+		}
+		t.ReportedAt, t.PlannedAt, t.ApprovedAt = &now, &now, nil
+		return change{to: StatusPendingApproval, hardware: hw, plan: p, clearApproval: from.Approved()}, nil
 	})
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.Is(err, errUnchanged):
+		return snap.task, nil
+	case errors.Is(err, ErrNotFound):
 		return Task{}, errRetry
 	}
 	return updated, err
@@ -209,6 +228,10 @@ func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRe
 	if tRegion != region {
 		return Task{}, fmt.Errorf("%w: task %s is in region %s, the report in %s", ErrConflict, m.TaskID, tRegion, region)
 	}
+	catalog, err := s.regionCatalog(ctx, region)
+	if err != nil {
+		return Task{}, err
+	}
 	return s.update(ctx, region, m.TaskID, func(t *Task) (change, error) {
 		if t.TargetMAC != r.MACAddress {
 			return change{}, fmt.Errorf("%w: task %s targets MAC %s, the report is from %s", ErrConflict, t.TaskID, t.TargetMAC, r.MACAddress)
@@ -216,9 +239,9 @@ func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRe
 		if t.Status != StatusPending {
 			return change{}, &TransitionError{TaskID: t.TaskID, From: t.Status, To: StatusPendingApproval}
 		}
-		at := r.ReceivedAt
-		t.ReportedAt = &at
-		return change{to: StatusPendingApproval, hardware: r.Hardware, extra: []clientv3.Op{
+		at, now := r.ReceivedAt, s.now()
+		t.ReportedAt, t.PlannedAt = &at, &now
+		return change{to: StatusPendingApproval, hardware: r.Hardware, plan: planFor(t, r.Hardware, catalog), extra: []clientv3.Op{
 			clientv3.OpDelete(unmatchedKey(region, r.ID)),
 			clientv3.OpDelete(unmatchedIndexKey(region, r.MACAddress)),
 		}}, nil

@@ -17,12 +17,16 @@ const (
 var Statuses = []Status{StatusPending, StatusPendingApproval, StatusApproved, StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled}
 
 // The task state machine, in one place. A self-transition is listed where it is a legal
-// update (a re-report while waiting for approval; progress while installing).
+// update (a re-report or a new plan while waiting for approval; progress while
+// installing). Only an install in progress can complete: approved -> completed would
+// be an install nobody saw start. approved and installing go back to pending_approval
+// when a report shows the approval no longer holds (the hardware changed, the machine
+// restarted mid-install): a second write needs a second approval.
 var transitions = map[Status][]Status{
 	StatusPending:         {StatusPendingApproval, StatusCancelled},
 	StatusPendingApproval: {StatusPendingApproval, StatusApproved, StatusFailed, StatusCancelled},
-	StatusApproved:        {StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled},
-	StatusInstalling:      {StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled},
+	StatusApproved:        {StatusInstalling, StatusPendingApproval, StatusFailed, StatusCancelled},
+	StatusInstalling:      {StatusInstalling, StatusCompleted, StatusPendingApproval, StatusFailed, StatusCancelled},
 }
 
 // CanTransition reports whether from -> to is legal.

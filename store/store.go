@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,14 +21,31 @@ import (
 
 // Store wraps an etcd client.
 type Store struct {
-	c   *clientv3.Client
-	now func() time.Time
+	c     *clientv3.Client
+	clock atomic.Pointer[func() time.Time]
 }
 
 // New returns a Store on c. The caller owns c.
 func New(c *clientv3.Client) *Store {
-	return &Store{c: c, now: func() time.Time { return time.Now().UTC() }}
+	s := &Store{c: c}
+	s.SetClock(nil)
+	return s
 }
+
+// SetClock replaces the clock every timestamp and deadline of this Store reads (tests
+// of timeouts without sleeping); nil restores the real one.
+func (s *Store) SetClock(now func() time.Time) {
+	if now == nil {
+		now = func() time.Time { return time.Now().UTC() }
+	}
+	s.clock.Store(&now)
+}
+
+func (s *Store) now() time.Time { return (*s.clock.Load())() }
+
+// AutoMatchMaxAge is how old an unmatched report may be and still be attached to a new
+// task for its MAC.
+const AutoMatchMaxAge = time.Hour
 
 // maxRetries bounds optimistic-concurrency loops; each retry means another writer won.
 const maxRetries = 20
@@ -67,9 +85,12 @@ func (n *NewTask) Validate() error {
 }
 
 // CreateTask creates a task in pending, or straight in pending_approval when its MAC
-// already has an unmatched report in the region (auto-matching: the report's hardware
-// moves onto the task and the report is removed, in the same transaction). A second
-// open task for the same (region, MAC) is an ErrConflict.
+// already has a recent unmatched report in the region (auto-matching: the report's
+// hardware moves onto the task with its plan, and the report is removed, in the same
+// transaction). A report older than AutoMatchMaxAge is removed but not attached: the
+// machine must report again, so a person never approves hardware nobody has seen for
+// hours (or a report anything on the boot network forged long ago). A second open
+// task for the same (region, MAC) is an ErrConflict.
 func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 	if err := n.Validate(); err != nil {
 		return Task{}, err
@@ -86,15 +107,23 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 		if err != nil {
 			return Task{}, err
 		}
-		t.Status, t.Hardware, t.ReportedAt = StatusPending, nil, nil
+		t.Status, t.Hardware, t.ReportedAt, t.Plan, t.PlannedAt = StatusPending, nil, nil, nil, nil
 		var ops []clientv3.Op
 		if report != nil {
-			at := report.ReceivedAt
-			t.Status, t.Hardware, t.ReportedAt = StatusPendingApproval, report.Hardware, &at
+			ops = append(ops, clientv3.OpDelete(unmatchedKey(region, report.ID)), clientv3.OpDelete(umIdx))
+		}
+		if report != nil && s.now().Sub(report.ReceivedAt) <= AutoMatchMaxAge {
+			catalog, err := s.regionCatalog(ctx, region)
+			if err != nil {
+				return Task{}, err
+			}
+			at, now := report.ReceivedAt, s.now()
+			t.Status, t.Hardware, t.ReportedAt, t.PlannedAt = StatusPendingApproval, report.Hardware, &at, &now
+			t.Plan = planFor(&t, report.Hardware, catalog)
+			plan, _ := json.Marshal(t.Plan)
 			ops = append(ops,
 				clientv3.OpPut(taskKey(region, t.TaskID, fieldHardware), string(report.Hardware)),
-				clientv3.OpDelete(unmatchedKey(region, report.ID)),
-				clientv3.OpDelete(umIdx))
+				clientv3.OpPut(taskKey(region, t.TaskID, fieldPlan), string(plan)))
 		}
 		meta, _ := json.Marshal(t.Metadata)
 		ops = append(ops,
@@ -223,6 +252,9 @@ func (sn *taskSnap) apply(field string, v []byte, rev int64) error {
 	case fieldApproval:
 		sn.task.Approval = new(Approval)
 		return json.Unmarshal(v, sn.task.Approval)
+	case fieldPlan:
+		sn.task.Plan = new(contract.Plan)
+		return json.Unmarshal(v, sn.task.Plan)
 	}
 	return nil
 }
@@ -254,7 +286,10 @@ type change struct {
 	hardware json.RawMessage
 	progress *contract.Progress
 	approval *Approval
-	extra    []clientv3.Op
+	plan     *contract.Plan
+	// clearApproval deletes the approval: the task goes back to a person.
+	clearApproval bool
+	extra         []clientv3.Op
 }
 
 // update reads the task, lets fn decide the change (mutating t's metadata), checks the
@@ -303,6 +338,15 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 			b, _ := json.Marshal(ch.approval)
 			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldApproval), string(b)))
 		}
+		if ch.clearApproval {
+			t.Approval = nil
+			ops = append(ops, clientv3.OpDelete(taskKey(region, id, fieldApproval)))
+		}
+		if ch.plan != nil {
+			t.Plan = ch.plan
+			b, _ := json.Marshal(ch.plan)
+			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldPlan), string(b)))
+		}
 		resp, err := s.c.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldStatus)), "=", snap.statusRev),
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldMetadata)), "=", snap.metaRev),
@@ -317,22 +361,6 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 	return Task{}, fmt.Errorf("%w: task %s: too many concurrent updates", ErrConflict, id)
 }
 
-// ApproveTask approves a task that is pending_approval (anything else is refused).
-func (s *Store) ApproveTask(ctx context.Context, id, by string) (Task, error) {
-	region, err := s.regionOf(ctx, id)
-	if err != nil {
-		return Task{}, err
-	}
-	return s.update(ctx, region, id, func(t *Task) (change, error) {
-		if t.Status != StatusPendingApproval {
-			return change{}, &TransitionError{TaskID: id, From: t.Status, To: StatusApproved}
-		}
-		now := s.now()
-		t.ApprovedAt = &now
-		return change{to: StatusApproved, approval: &Approval{Status: "approved", ApprovedBy: by, ApprovedAt: now}}, nil
-	})
-}
-
 // CancelTask cancels a task from any non-final state.
 func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error) {
 	region, err := s.regionOf(ctx, id)
@@ -345,6 +373,11 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error)
 	return s.update(ctx, region, id, func(t *Task) (change, error) {
 		now := s.now()
 		t.FinishedAt, t.Error = &now, reason
+		if t.Status == StatusInstalling {
+			// The agent stops within seconds (it watches its task), but what it wrote
+			// stays: say so where the operator looks.
+			t.Error += " (cancelled during the install: the disk is partially written)"
+		}
 		return change{to: StatusCancelled}, nil
 	})
 }
@@ -356,8 +389,11 @@ type ProgressUpdate struct {
 }
 
 // RecordProgress stores progress from the agent of mac. The first update moves an
-// approved task to installing; stage completed/failed ends it. Progress for a task of
-// another MAC, or for a task not yet approved, is an ErrConflict.
+// approved task to installing; stage completed/failed ends it (completed only once
+// installing; a repeated completed is acknowledged again, so an agent whose first
+// answer was lost can stop retrying). Stage cancelled is the agent's account of a
+// cancelled task's last bytes and changes no status. Progress for a task of another
+// MAC, or for a task not yet approved, is an ErrConflict.
 func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, error) {
 	mac, err := NormalizeMAC(u.MAC)
 	if err != nil {
@@ -375,12 +411,21 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 	if _, err := uuid.Parse(u.TaskID); err != nil {
 		return Task{}, invalid("task_id", "%q is not a task id", u.TaskID)
 	}
-	return s.update(ctx, u.Region, u.TaskID, func(t *Task) (change, error) {
+	if u.Stage == contract.StageCancelled {
+		return s.recordAbort(ctx, u, mac)
+	}
+	t, err := s.update(ctx, u.Region, u.TaskID, func(t *Task) (change, error) {
 		if t.TargetMAC != mac {
 			return change{}, fmt.Errorf("%w: task %s belongs to MAC %s, not %s", ErrConflict, t.TaskID, t.TargetMAC, mac)
 		}
-		if t.Status == StatusPending || t.Status == StatusPendingApproval {
-			return change{}, fmt.Errorf("%w: task %s is %s: progress is accepted only after approval", ErrConflict, t.TaskID, t.Status)
+		if t.Status == StatusCompleted && u.Stage == contract.StageCompleted {
+			return change{}, errUnchanged
+		}
+		if !t.Status.Approved() {
+			return change{}, fmt.Errorf("%w: task %s is %s: progress is accepted only while approved or installing", ErrConflict, t.TaskID, t.Status)
+		}
+		if u.Stage == contract.StageCompleted && t.Status != StatusInstalling {
+			return change{}, &TransitionError{TaskID: t.TaskID, From: t.Status, To: StatusCompleted}
 		}
 		now := s.now()
 		p := u.Progress
@@ -401,6 +446,40 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		}
 		return change{to: to, progress: &p}, nil
 	})
+	if errors.Is(err, errUnchanged) {
+		return s.GetTask(ctx, u.TaskID)
+	}
+	return t, err
+}
+
+// recordAbort stores the agent's last progress on a cancelled task (how much it wrote
+// before it stopped). Only a cancelled task of the same MAC takes it.
+func (s *Store) recordAbort(ctx context.Context, u ProgressUpdate, mac string) (Task, error) {
+	snap, err := s.readTask(ctx, u.Region, u.TaskID)
+	if err != nil {
+		return Task{}, err
+	}
+	t := snap.task
+	if t.TargetMAC != mac {
+		return Task{}, fmt.Errorf("%w: task %s belongs to MAC %s, not %s", ErrConflict, t.TaskID, t.TargetMAC, mac)
+	}
+	if t.Status != StatusCancelled {
+		return Task{}, fmt.Errorf("%w: task %s is %s: stage cancelled is accepted only for a cancelled task", ErrConflict, t.TaskID, t.Status)
+	}
+	p := u.Progress
+	p.UpdatedAt = s.now()
+	b, _ := json.Marshal(p)
+	resp, err := s.c.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(taskKey(u.Region, u.TaskID, fieldStatus)), "=", snap.statusRev),
+	).Then(clientv3.OpPut(taskKey(u.Region, u.TaskID, fieldProgress), string(b))).Commit()
+	if err != nil {
+		return Task{}, fmt.Errorf("record abort of %s: %w", u.TaskID, err)
+	}
+	if !resp.Succeeded {
+		return Task{}, fmt.Errorf("%w: task %s changed meanwhile", ErrConflict, u.TaskID)
+	}
+	t.Progress = &p
+	return t, nil
 }
 
 // OpenTaskForMAC returns the open task for (region, mac) through the MAC index: one

@@ -25,8 +25,8 @@ func TestTransitions(t *testing.T) {
 	for _, p := range [][2]store.Status{
 		{"pending", "pending_approval"}, {"pending", "cancelled"},
 		{"pending_approval", "pending_approval"}, {"pending_approval", "approved"}, {"pending_approval", "failed"}, {"pending_approval", "cancelled"},
-		{"approved", "installing"}, {"approved", "completed"}, {"approved", "failed"}, {"approved", "cancelled"},
-		{"installing", "installing"}, {"installing", "completed"}, {"installing", "failed"}, {"installing", "cancelled"},
+		{"approved", "installing"}, {"approved", "pending_approval"}, {"approved", "failed"}, {"approved", "cancelled"},
+		{"installing", "installing"}, {"installing", "completed"}, {"installing", "pending_approval"}, {"installing", "failed"}, {"installing", "cancelled"},
 	} {
 		legal[p] = true
 	}
@@ -64,6 +64,7 @@ func TestNormalizeMAC(t *testing.T) {
 func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	e := storetest.Start(t)
 	s, ctx := e.Store, ctxT(t)
+	advertise(t, s, "dc1", ubuntuImage)
 	task, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:1A:2B:3C:4D:5E", OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil {
 		t.Fatal(err)
@@ -82,17 +83,21 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	assertSame(t, before, e.Dump(t, "/os/"))
 
 	// Illegal transition: approve before any report.
-	if _, err := s.ApproveTask(ctx, task.TaskID, "test"); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.ApproveTask(ctx, task.TaskID, "test", "x"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("approve pending: want ErrConflict, got %v", err)
 	}
 	assertSame(t, before, e.Dump(t, "/os/"))
 
-	res, err := s.Report(ctx, "dc1", "00:1a:2b:3c:4d:5e", json.RawMessage(`{"cpu":{"cores":4}}`))
-	if err != nil || !res.Matched || res.Task.Status != store.StatusPendingApproval {
+	res, err := s.Report(ctx, "dc1", "00:1a:2b:3c:4d:5e", json.RawMessage(oneDisk))
+	if err != nil || !res.Matched || res.Task.Status != store.StatusPendingApproval || !res.Task.Plan.Approvable() {
 		t.Fatalf("report: %+v %v", res, err)
 	}
-	if _, err := s.ApproveTask(ctx, task.TaskID, "alice"); err != nil {
+	if _, err := s.ApproveTask(ctx, task.TaskID, "alice", res.Task.Plan.Digest); err != nil {
 		t.Fatal(err)
+	}
+	// Only an install in progress completes.
+	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: contract.Progress{Stage: "completed", Percentage: 100}}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("approved -> completed: want ErrConflict, got %v", err)
 	}
 	// Progress from another MAC is refused.
 	if _, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5f", TaskID: task.TaskID, Progress: contract.Progress{Stage: "downloading", Percentage: 5}}); !errors.Is(err, store.ErrConflict) {
@@ -109,6 +114,12 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	if err != nil || done.Status != store.StatusCompleted || done.FinishedAt == nil {
 		t.Fatalf("complete: %+v %v", done, err)
 	}
+	// A repeated completion (the first answer was lost) is acknowledged, changing nothing.
+	before = e.Dump(t, "/os/")
+	if again, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: contract.Progress{Stage: "completed", Percentage: 100}}); err != nil || again.Status != store.StatusCompleted {
+		t.Fatalf("completed twice: %+v %v", again, err)
+	}
+	assertSame(t, before, e.Dump(t, "/os/"))
 	if _, ok := e.Get(t, "/os/index/mac/dc1/00:1a:2b:3c:4d:5e"); ok {
 		t.Fatal("MAC index kept after completion")
 	}

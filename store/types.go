@@ -24,8 +24,12 @@ type Metadata struct {
 	ApprovedAt *time.Time `json:"approved_at,omitempty"`
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	PlannedAt  *time.Time `json:"planned_at,omitempty"`
 	// Error is why the task failed or was cancelled.
 	Error string `json:"error,omitempty"`
+	// Review says why a task came back to pending_approval after an approval (the
+	// hardware changed, the machine restarted mid-install): a new approval is needed.
+	Review string `json:"review,omitempty"`
 }
 
 // Task is everything etcd holds about one task.
@@ -35,13 +39,23 @@ type Task struct {
 	Hardware json.RawMessage    `json:"hardware,omitempty"`
 	Progress *contract.Progress `json:"progress,omitempty"`
 	Approval *Approval          `json:"approval,omitempty"`
+	// Plan is the install decided from Hardware (contract.MakePlan), kept at
+	// .../{task_id}/plan beside the v2.1 keys.
+	Plan *contract.Plan `json:"plan,omitempty"`
 }
 
-// Approval is the value of .../approval.
+// Approval is the value of .../approval: who approved what, exactly. The plan's digest,
+// the disk's identities and the image's sha256 are copied in so the record stands on
+// its own in an audit.
 type Approval struct {
-	Status     string    `json:"status"` // "approved"
-	ApprovedBy string    `json:"approved_by,omitempty"`
-	ApprovedAt time.Time `json:"approved_at"`
+	Status      string    `json:"status"` // "approved"
+	ApprovedBy  string    `json:"approved_by,omitempty"`
+	ApprovedAt  time.Time `json:"approved_at"`
+	PlanDigest  string    `json:"plan_digest"`
+	DiskPath    string    `json:"disk_path,omitempty"`
+	DiskSerial  string    `json:"disk_serial,omitempty"`
+	DiskWWN     string    `json:"disk_wwn,omitempty"`
+	ImageSHA256 string    `json:"image_sha256"`
 }
 
 // UnmatchedReport is the value of /os/unmatched_reports/{region}/{timestamp}-{mac}.
@@ -62,7 +76,7 @@ type Heartbeat struct {
 	Version   string    `json:"version,omitempty"`
 	// Images lists the region's catalog, so the control plane can warn about a task
 	// for an OS the region cannot install.
-	Images []contract.OSRef `json:"images"`
+	Images []contract.ImageRef `json:"images"`
 }
 
 // Region is a region as the control plane sees it.
