@@ -73,8 +73,15 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	// ?status=S holds the poll while the task is S (the agent watching its install
+	// for a cancel); without it the poll holds only until the task is approved.
+	heldWhile := store.Status(r.URL.Query().Get("status"))
+	if heldWhile != "" && !heldWhile.Valid() {
+		return &store.ValidationError{Field: "status", Message: fmt.Sprintf("%q is not a task status", heldWhile)}
+	}
 	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
-	if err == nil && wait > 0 && !t.Status.Approved() {
+	hold := heldWhile == t.Status || (heldWhile == "" && !t.Status.Approved())
+	if err == nil && wait > 0 && hold {
 		// Long poll: answer as soon as the status changes (approval, cancel), or
 		// when the wait is over, whichever comes first.
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
@@ -95,20 +102,36 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
 		Approved: t.Status.Approved(), OSRef: t.OSRef, Disk: t.Disk,
 	}
-	if resp.Approved {
-		// The image URL uses the host the agent reached us on: it works from the
-		// boot network and from this host alike.
-		if e, ok := a.images.Lookup(t.OSRef); ok {
-			src := e.Source("http://" + r.Host + "/images/")
-			resp.Image = &contract.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}
-		} else {
-			resp.Message = fmt.Sprintf("region %s has no image for %s (its catalog has: %s)", a.cfg.Label, t.OSRef, describeImages(a.heartbeat().Images))
-		}
-	} else {
+	switch {
+	case !resp.Approved:
 		resp.Message = "waiting for approval"
+	case t.Plan == nil || t.Approval == nil || t.Plan.Digest != t.Approval.PlanDigest || !t.Plan.Approvable():
+		// Cannot happen through the store (approval and plan move together); never
+		// hand out an install that is not exactly what was approved.
+		resp.Approved, resp.Message = false, "the task's approval does not match its plan: approve it again"
+	default:
+		resp.Plan = t.Plan
+		resp.Image, resp.Message = a.approvedImage(r, t.Plan)
 	}
 	httpjson.Write(w, http.StatusOK, resp)
 	return nil
+}
+
+// approvedImage is where the agent fetches the plan's image: only while this region's
+// catalog still has those exact bytes (same sha256). An image replaced after approval
+// is not handed out; the agent fails the task with the message instead.
+func (a *Appliance) approvedImage(r *http.Request, p *contract.Plan) (*contract.Image, string) {
+	e, ok := a.images.Lookup(p.Image.OSRef)
+	switch {
+	case !ok:
+		return nil, fmt.Sprintf("region %s no longer has an image for %s (its catalog has: %s)", a.cfg.Label, p.Image.OSRef, describeImages(a.heartbeat().Images))
+	case e.SHA256 != p.Image.SHA256:
+		return nil, fmt.Sprintf("the image for %s changed since approval (approved sha256 %s, the catalog now has %s): approve the task again", p.Image.OSRef, p.Image.SHA256, e.SHA256)
+	}
+	// The URL uses the host the agent reached us on: it works from the boot network
+	// and from this host alike.
+	src := e.Source("http://" + r.Host + "/images/")
+	return &contract.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}, ""
 }
 
 func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error {
@@ -157,7 +180,7 @@ func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 }
 
 // describeImages lists a catalog for a person ("nothing" when empty).
-func describeImages(refs []contract.OSRef) string {
+func describeImages(refs []contract.ImageRef) string {
 	if len(refs) == 0 {
 		return "nothing"
 	}

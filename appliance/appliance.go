@@ -250,9 +250,9 @@ func (a *Appliance) onTaskEvent(ev store.TaskEvent) {
 
 // heartbeat is what the region advertises on every beat.
 func (a *Appliance) heartbeat() store.Heartbeat {
-	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []contract.OSRef{}}
+	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []contract.ImageRef{}}
 	for _, e := range a.images.List() {
-		hb.Images = append(hb.Images, e.OSRef)
+		hb.Images = append(hb.Images, contract.ImageRef{OSRef: e.OSRef, SHA256: e.SHA256, Size: e.Size, Format: string(e.Format)})
 	}
 	return hb
 }

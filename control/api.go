@@ -123,12 +123,18 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 	return httpjson.Decode(w, r, v)
 }
 
+// approveBody is POST /api/v1/tasks/{id}/approve: the digest of the plan approved.
+type approveBody struct {
+	PlanDigest string `json:"plan_digest"`
+	By         string `json:"by,omitempty"`
+}
+
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
-	var b actionBody
+	var b approveBody
 	if err := decodeOptional(w, r, &b); err != nil {
 		return err
 	}
-	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.By)
+	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.By, b.PlanDigest)
 	if err != nil {
 		return err
 	}

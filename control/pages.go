@@ -226,10 +226,10 @@ type taskPageData struct {
 	Task         store.Task
 	View         taskView
 	HW           hardwareView
-	Target       string
-	AgentChooses bool
-	DiskRefused  bool // the agent will not find a disk it may wipe
-	Image        string
+	Target       string // the plan's disk, or why there is no plan to approve
+	DiskRefused  bool   // the plan cannot be approved
+	Image        string // the OS the task asks for
+	PlanImage    string // the plan's image: name, size, sha256
 	Timeline     []timelineStep
 	Error        string
 	ImageWarning string // the region does not advertise the task's image
@@ -248,8 +248,8 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 		return taskPageData{}, err
 	}
 	d := taskPageData{Task: t, View: newTaskView(t, s.live.rates), HW: parseHardware(t.Hardware, t.TargetMAC),
-		Image: t.OSType + " " + t.OSVersion}
-	d.Target, d.AgentChooses, d.DiskRefused = targetDisk(&d.HW, t.Disk)
+		Image: t.OSRef.String()}
+	d.Target, d.PlanImage, d.DiskRefused = planText(&d.HW, t.Plan)
 	d.Timeline = timeline(t)
 	if t.Status == store.StatusPending || t.Status == store.StatusPendingApproval {
 		d.ImageWarning = s.catalogWarning(ctx, t) // the same check as the API's
@@ -334,7 +334,8 @@ func (s *Server) approveSubmit(w http.ResponseWriter, r *http.Request) error {
 		s.render(w, r, http.StatusOK, "confirm", page{Title: "Confirm approval", Nav: "tasks"}, d)
 		return nil
 	}
-	t, err := s.store.ApproveTask(r.Context(), id, "web UI")
+	// The digest the page showed: if the plan changed since, the store refuses.
+	t, err := s.store.ApproveTask(r.Context(), id, "web UI", r.PostForm.Get("plan_digest"))
 	if err != nil {
 		return s.actionError(w, r, id, err)
 	}

@@ -17,6 +17,8 @@ import (
 	"lpmos.dev/lpmos/store/storetest"
 )
 
+var ubuntuImage = contract.ImageRef{OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}, SHA256: strings.Repeat("ab", 32), Size: 2 << 30, Format: "raw"}
+
 // The pages without a browser: everything reads and every action works as plain HTML
 // forms (no JavaScript), and actions keep the API's rules.
 func TestPagesWithoutJavaScript(t *testing.T) {
@@ -32,7 +34,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	base := cp.URL()
 	st := etcd.Store
 	hb, err := st.StartHeartbeat(ctx, func() store.Heartbeat {
-		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []contract.OSRef{{OSType: "ubuntu", OSVersion: "22.04"}}}
+		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []contract.ImageRef{ubuntuImage}}
 	}, 10*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -72,17 +74,26 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	if code != http.StatusForbidden || statusOf(t, st, id) != store.StatusPendingApproval {
 		t.Fatalf("cross-site approve: %d, status %s", code, statusOf(t, st, id))
 	}
-	// Without the dialog, the first submit is a confirmation page naming disk and image.
+	// Without the dialog, the first submit is a confirmation page naming disk and image
+	// as the stored plan says, with the plan's digest in the form.
+	planned, _ := st.GetTask(ctx, id)
 	code, body, _ = form(t, base+"/tasks/"+id+"/approve", nil, nil)
-	if code != http.StatusOK || !strings.Contains(body, "the agent will choose: <strong>/dev/nvme0n1, 480 GB") ||
-		!strings.Contains(body, "ubuntu 22.04") || statusOf(t, st, id) != store.StatusPendingApproval {
+	if code != http.StatusOK || !strings.Contains(body, "Disk to be wiped: <strong>/dev/nvme0n1, 480 GB") ||
+		!strings.Contains(body, "ubuntu 22.04") || !strings.Contains(body, `name="plan_digest" value="`+planned.Plan.Digest+`"`) ||
+		statusOf(t, st, id) != store.StatusPendingApproval {
 		t.Fatalf("confirmation page: %d, status %s\n%s", code, statusOf(t, st, id), body)
 	}
-	code, _, loc = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, nil)
+	// A confirmation without the digest, or with another, approves nothing.
+	for _, digest := range []string{"", strings.Repeat("0", 64)} {
+		if code, _, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}, "plan_digest": {digest}}, nil); code < 400 || statusOf(t, st, id) != store.StatusPendingApproval {
+			t.Fatalf("approve with digest %q: %d, status %s", digest, code, statusOf(t, st, id))
+		}
+	}
+	code, _, loc = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}, "plan_digest": {planned.Plan.Digest}}, nil)
 	if code != http.StatusSeeOther || statusOf(t, st, id) != store.StatusApproved {
 		t.Fatalf("approve: %d %q, status %s", code, loc, statusOf(t, st, id))
 	}
-	code, body, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}}, nil)
+	code, body, _ = form(t, base+"/tasks/"+id+"/approve", url.Values{"confirm": {"yes"}, "plan_digest": {planned.Plan.Digest}}, nil)
 	if code != http.StatusConflict || !strings.Contains(body, `id="action-error"`) {
 		t.Fatalf("approve twice: %d", code)
 	}
@@ -238,7 +249,7 @@ func TestOSNameWithSpace(t *testing.T) {
 	t.Cleanup(func() { cp.Stop() })
 	rocky := contract.OSRef{OSType: "Rocky Linux", OSVersion: "9.4"}
 	hb, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat {
-		return store.Heartbeat{Region: "dc1", Images: []contract.OSRef{rocky}}
+		return store.Heartbeat{Region: "dc1", Images: []contract.ImageRef{{OSRef: rocky, SHA256: strings.Repeat("e", 64), Size: 1 << 30}}}
 	}, 10*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -146,7 +146,8 @@ func TestWebUI(t *testing.T) {
 	b.shot("task-hardware")
 	b.do("ask to approve", chromedp.Click(chromedp.ID("approve-button")), chromedp.WaitVisible(chromedp.ID("approve-dialog")))
 	wipe := b.text("#wipe-disk")
-	if !strings.Contains(wipe, "the agent will choose: /dev/nvme0n1") || !strings.Contains(b.text("#approve-dialog"), "ubuntu 22.04") {
+	if !strings.Contains(wipe, "Disk to be wiped: /dev/nvme0n1") || !strings.Contains(b.text("#approve-dialog"), "ubuntu 22.04") ||
+		!strings.Contains(b.text("#approve-dialog"), etcdPlanDigest(t, etcd, id)) {
 		t.Fatalf("confirmation = %q", b.text("#approve-dialog"))
 	}
 	if st := etcdStatus(t, etcd, id); st != "pending_approval" {
@@ -479,4 +480,20 @@ func mustPort(t *testing.T, base string) int {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// etcdPlanDigest is the plan digest stored for task id: what the dialog must show.
+func etcdPlanDigest(t *testing.T, e *storetest.Etcd, id string) string {
+	t.Helper()
+	for k, v := range e.Dump(t, "/os/install/task/") {
+		if strings.HasSuffix(k, "/"+id+"/plan") {
+			var p contract.Plan
+			if err := json.Unmarshal([]byte(v), &p); err != nil || p.Digest == "" {
+				t.Fatalf("plan of %s: %q %v", id, v, err)
+			}
+			return p.Digest
+		}
+	}
+	t.Fatalf("task %s has no plan", id)
+	return ""
 }

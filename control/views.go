@@ -2,7 +2,6 @@ package control
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -177,7 +176,10 @@ func newRegionView(r store.Region, alert int) regionView {
 	}
 	if hb := r.Heartbeat; hb != nil {
 		at := hb.Timestamp
-		v.Heartbeat, v.APIURL, v.Version, v.Images = &at, hb.APIURL, hb.Version, hb.Images
+		v.Heartbeat, v.APIURL, v.Version = &at, hb.APIURL, hb.Version
+		for _, img := range hb.Images {
+			v.Images = append(v.Images, img.OSRef)
+		}
 	}
 	for _, s := range store.Statuses {
 		n := r.Counts[s]
@@ -316,46 +318,45 @@ func parseHardware(raw json.RawMessage, mac string) hardwareView {
 	return v
 }
 
-// targetDisk says which disk an approval will wipe, marking it in hw.Disks. The
-// decision is the agent's own (contract.ChooseDisk, the same function the agent runs
-// on the same report); only the wording is the page's. refused says the agent will
-// refuse to install (the text says why).
-func targetDisk(hw *hardwareView, hint *contract.DiskHint) (text string, chosenByAgent, refused bool) {
-	if !hw.Present {
-		return "unknown: no hardware report yet", hint == nil, false
+// planText states the task's stored plan for a person, verbatim: the page never
+// recomputes a disk choice (contract.MakePlan did, once, and the agent enforces what
+// it decided). It marks the planned disk in hw.Disks. refused says approval is
+// impossible (the text says why).
+func planText(hw *hardwareView, p *contract.Plan) (disk, image string, refused bool) {
+	if p == nil {
+		return "no plan yet: the machine has not reported its hardware", "", true
 	}
-	chosen, err := contract.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
-	view := func(d contract.Disk) *diskView {
-		for i := range hw.Disks {
-			if hw.Disks[i].Name == d.Name {
-				return &hw.Disks[i]
-			}
-		}
-		return &diskView{Disk: d, Size: humanBytes(d.SizeBytes)}
+	if img := p.Image; img != nil {
+		image = fmt.Sprintf("%s (%s, sha256 %s)", img.OSRef, humanBytes(img.Size), shortDigest(img.SHA256))
 	}
-	var ce *contract.DiskChoiceError
-	if errors.As(err, &ce) {
-		var all []string
-		for _, d := range ce.Candidates {
-			all = append(all, view(d).Describe())
-		}
-		switch {
-		case ce.Reason == contract.HintAmbiguous:
-			return "ambiguous: the task's disk hint matches " + plural(len(all), "disk", "disks") + " (" + strings.Join(all, "; ") + "); the agent will refuse to install", false, true
-		case ce.Reason == contract.SmallestAmbiguous:
-			return "ambiguous: several smallest disks of the same size (" + strings.Join(all, "; ") + "); the agent will refuse to install: name one in the task's disk hint", true, true
-		case hint != nil:
-			return "none: no eligible disk matches the task's disk hint (" + describeHint(hint) + "); the agent will refuse to install", false, true
-		default:
-			return "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true
+	if !p.Approvable() {
+		return p.Refused, image, true
+	}
+	d := p.Disk
+	parts := []string{d.Path, humanBytes(d.SizeBytes)}
+	if d.Model != "" {
+		parts = append(parts, d.Model)
+	}
+	if d.Serial != "" {
+		parts = append(parts, "serial "+d.Serial)
+	}
+	if d.WWN != "" {
+		parts = append(parts, "WWN "+d.WWN)
+	}
+	for i := range hw.Disks {
+		if hw.Disks[i].Name == d.Name {
+			hw.Disks[i].Candidate = true
 		}
 	}
-	if err != nil {
-		return "unknown: " + err.Error(), hint == nil, true
+	return strings.Join(parts, ", "), image, false
+}
+
+// shortDigest is the first 12 hex digits: enough for a person to compare.
+func shortDigest(d string) string {
+	if len(d) > 12 {
+		return d[:12]
 	}
-	v := view(chosen)
-	v.Candidate = true
-	return v.Describe(), hint == nil, false
+	return d
 }
 
 func describeHint(h *contract.DiskHint) string {

@@ -18,38 +18,34 @@ const disksJSON = `{"disks": [
   {"name": "sdc", "path": "/dev/sdc", "size_bytes": 100000000000, "serial": "RO", "read_only": true}
 ], "boot_disk": "vda"}`
 
-// The disk an approval names must be the one the agent will take: the page and the
-// agent both run contract.ChooseDisk; this checks the wording and the marking.
-func TestTargetDisk(t *testing.T) {
+// The page states the stored plan verbatim and marks its disk; it computes nothing.
+// For every inventory of the disk-choice cases, the disk the page names is the plan's,
+// and the plan's is what contract.ChooseDisk picks with the image's real size.
+func TestPlanText(t *testing.T) {
 	const twins = `{"disks": [
   {"name": "sda", "path": "/dev/sda", "size_bytes": 480000000000, "serial": "A"},
-  {"name": "sdb", "path": "/dev/sdb", "size_bytes": 480000000000, "serial": "B"},
-  {"name": "sdc", "path": "/dev/sdc", "size_bytes": 8000000000, "controller": "usb"},
-  {"name": "sdd", "path": "/dev/sdd", "size_bytes": 9000000000, "by_path": "pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0"},
-  {"name": "sde", "path": "/dev/sde", "size_bytes": 0}
+  {"name": "sdb", "path": "/dev/sdb", "size_bytes": 480000000000, "serial": "B"}
 ]}`
+	img := contract.ImageRef{OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}, SHA256: strings.Repeat("c", 64), Size: 9e9}
 	for _, c := range []struct {
 		name, report string
 		hint         *contract.DiskHint
 		want         string
-		agent        bool
 		refused      bool
 	}{
-		{"smallest eligible", disksJSON, nil, "/dev/nvme0n1, 480 GB, SSD, serial NV1", true, false},
-		{"size bounds", disksJSON, &contract.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
-		{"serial", disksJSON, &contract.DiskHint{Serial: "HD1"}, "/dev/sdb, 4.0 TB, serial HD1", false, false},
-		{"serial not in the report", disksJSON, &contract.DiskHint{Serial: "GONE"}, "none: no eligible disk matches the task's disk hint (serial GONE); the agent will refuse to install", false, true},
-		{"hint matches two", disksJSON, &contract.DiskHint{MinBytes: 1e11}, "ambiguous: the task's disk hint matches 2 disks (/dev/nvme0n1, 480 GB, SSD, serial NV1; /dev/sdb, 4.0 TB, serial HD1); the agent will refuse to install", false, true},
-		{"nothing fits", disksJSON, &contract.DiskHint{MinBytes: 1e15}, "none: no eligible disk matches the task's disk hint (at least 1.0 PB); the agent will refuse to install", false, true},
-		{"identical smallest", twins, nil, "ambiguous: several smallest disks of the same size (/dev/sda, 480 GB, serial A; /dev/sdb, 480 GB, serial B); the agent will refuse to install: name one in the task's disk hint", true, true},
-		{"twin named", twins, &contract.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false, false},
-		{"only usb", `{"disks": [{"name": "sdc", "size_bytes": 8000000000, "controller": "usb"}]}`, nil, "none: no disk in the report is eligible (removable, USB, read-only or the agent's own); the agent will refuse to install", true, true},
+		// vda (8 GB) would be the smallest, but the 9 GB image does not fit on it.
+		{"smallest that fits the image", disksJSON, nil, "/dev/nvme0n1, 480 GB, SSD, serial NV1", false},
+		{"size bounds", disksJSON, &contract.DiskHint{MinBytes: 1e12}, "/dev/sdb, 4.0 TB, serial HD1", false},
+		{"serial not in the report", disksJSON, &contract.DiskHint{Serial: "GONE"}, "no safe install disk: no disk qualifies (5 seen)", true},
+		{"identical smallest", twins, nil, "no safe install disk: ambiguous: several smallest disks of the same size", true},
+		{"twin named", twins, &contract.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			p := contract.MakePlan("task-1", []byte(c.report), c.hint, img.OSRef, []contract.ImageRef{img})
 			hw := parseHardware(json.RawMessage(c.report), "")
-			got, agentChooses, refused := targetDisk(&hw, c.hint)
-			if got != c.want || agentChooses != c.agent || refused != c.refused {
-				t.Errorf("targetDisk = %q, %v, %v; want %q, %v, %v", got, agentChooses, refused, c.want, c.agent, c.refused)
+			got, image, refused := planText(&hw, &p)
+			if !strings.HasPrefix(got, c.want) || refused != c.refused || !strings.HasPrefix(image, "ubuntu 22.04 (9.0 GB, sha256 cccccccccccc)") {
+				t.Errorf("planText = %q, %q, %v; want %q, %v", got, image, refused, c.want, c.refused)
 			}
 			var marked []string
 			for _, d := range hw.Disks {
@@ -57,21 +53,17 @@ func TestTargetDisk(t *testing.T) {
 					marked = append(marked, d.Name)
 				}
 			}
-			var hint *contract.DiskHint
-			if h := c.hint; h != nil {
-				hint = &contract.DiskHint{Serial: h.Serial, WWN: h.WWN, ByPath: h.ByPath, MinBytes: h.MinBytes, MaxBytes: h.MaxBytes}
-			}
-			chosen, err := contract.ChooseDisk(hw.HW.Disks, hint, 0, hw.HW.BootDisk)
+			chosen, err := contract.ChooseDisk(hw.HW.Disks, c.hint, img.Size, hw.HW.BootDisk)
 			switch {
 			case err != nil && (!refused || len(marked) != 0):
-				t.Errorf("the agent refuses (%v) but the page names %v", err, marked)
-			case err == nil && (refused || strings.Join(marked, ",") != chosen.Name):
-				t.Errorf("the agent takes %s but the page names %v (refused %v)", chosen.Name, marked, refused)
+				t.Errorf("no disk qualifies (%v) but the page names %v", err, marked)
+			case err == nil && (refused || strings.Join(marked, ",") != chosen.Name || p.Disk.Name != chosen.Name):
+				t.Errorf("ChooseDisk takes %s, the plan %+v, the page marks %v", chosen.Name, p.Disk, marked)
 			}
 		})
 	}
 	hw := parseHardware(nil, "")
-	if got, _, refused := targetDisk(&hw, nil); got != "unknown: no hardware report yet" || refused {
+	if got, _, refused := planText(&hw, nil); !strings.HasPrefix(got, "no plan yet") || !refused {
 		t.Errorf("no report: %q", got)
 	}
 }

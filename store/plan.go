@@ -57,15 +57,14 @@ func (s *Store) ApproveTask(ctx context.Context, id, by, digest string) (Task, e
 	if err != nil {
 		return Task{}, err
 	}
-	if digest == "" {
-		return Task{}, invalid("plan_digest", "is required: approve the plan you reviewed (GET /api/v1/tasks/{id} shows plan.digest)")
-	}
 	return s.update(ctx, region, id, func(t *Task) (change, error) {
 		if t.Status != StatusPendingApproval {
 			return change{}, &TransitionError{TaskID: id, From: t.Status, To: StatusApproved}
 		}
 		p := t.Plan
 		switch {
+		case digest == "":
+			return change{}, invalid("plan_digest", "is required: approve the plan you reviewed (GET /api/v1/tasks/{id} shows plan.digest)")
 		case p == nil:
 			return change{}, fmt.Errorf("%w: task %s has no install plan yet", ErrConflict, id)
 		case p.Digest != digest:
