@@ -12,7 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"lpmos.dev/lpmos/appliance/applog"
 	"lpmos.dev/lpmos/contract"
@@ -27,9 +30,11 @@ var Version = "dev"
 // Appliance is a running regional appliance.
 type Appliance struct {
 	cfg    Config
+	opts   startOptions
 	log    *slog.Logger
 	etcd   *etcdserver.Server // nil with external etcd
 	store  *store.Store
+	etcdEP []string // the endpoints dialled
 	hb     *store.Heartbeater
 	ln     net.Listener
 	srv    *http.Server
@@ -39,9 +44,55 @@ type Appliance struct {
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
 	servers    []func(context.Context) error
 
+	// closers undo start-up: every resource registers one the moment it is open. A
+	// failed Start runs them all; a started appliance runs them after it has stopped.
+	closers closers
+	// stopHeartbeat writes offline and revokes the lease, once (it is also a closer).
+	stopHeartbeat func()
+
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error
+}
+
+// startOptions are test seams: failAt, if set, is called after each start-up step
+// (see the step calls in open and startBoot) and an error from it fails Start there.
+type startOptions struct {
+	failAt func(step string) error
+}
+
+// Start-up steps, in order, each right after the resource it names is open.
+const (
+	stepEtcd      = "etcd"      // embedded etcd serving (skipped with --etcd-endpoints)
+	stepStore     = "store"     // etcd client connected
+	stepListen    = "listen"    // API listener bound
+	stepDHCP      = "dhcp"      // DHCP sockets bound (skipped with --dhcp-mode=off)
+	stepTFTP      = "tftp"      // TFTP socket bound (skipped with --tftp-addr=)
+	stepHeartbeat = "heartbeat" // region online
+)
+
+func (a *Appliance) step(name string) error {
+	if a.opts.failAt == nil {
+		return nil
+	}
+	if err := a.opts.failAt(name); err != nil {
+		return fmt.Errorf("start-up step %s: %w", name, err)
+	}
+	return nil
+}
+
+// closers is a LIFO list of functions that release what start-up opened.
+type closers struct{ fns []func() }
+
+func (c *closers) add(f func()) { c.fns = append(c.fns, f) }
+
+// run calls every closer, last added first, and forgets them.
+func (c *closers) run() {
+	for len(c.fns) > 0 {
+		f := c.fns[len(c.fns)-1]
+		c.fns = c.fns[:len(c.fns)-1]
+		f()
+	}
 }
 
 // Run is the appliance's main: parse flags and env, start, serve until ctx ends.
@@ -59,18 +110,34 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 // Start brings the appliance up: etcd (embedded or dialled), the regional API, the task
 // watcher and the heartbeat. It returns once the API listens; Wait blocks until ctx ends
-// and the appliance has shut down (status offline written).
+// and the appliance has shut down (status offline written). When Start fails, everything
+// it had opened is closed again: no port stays bound.
 func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) {
+	return start(ctx, cfg, logw, startOptions{})
+}
+
+func start(ctx context.Context, cfg Config, logw io.Writer, opts startOptions) (*Appliance, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Appliance{cfg: cfg, log: applog.New(logw, cfg.Label, parseLevel(cfg.LogLevel)), done: make(chan struct{})}
-	ok := false
-	defer func() {
-		if !ok {
-			a.closeBackends()
-		}
-	}()
+	a := &Appliance{cfg: cfg, opts: opts, log: applog.New(logw, cfg.Label, parseLevel(cfg.LogLevel)), done: make(chan struct{})}
+	if err := a.open(ctx); err != nil {
+		a.closers.run()
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	watchReady := make(chan struct{})
+	go a.run(runCtx, watchReady)
+	<-watchReady
+	a.log.Info("Regional appliance ready", "api", a.URL(), "etcd", a.etcdEP, "embedded_etcd", a.etcd != nil, "version", Version)
+	return a, nil
+}
+
+// open runs start-up up to the heartbeat, registering a closer for each resource as
+// it opens it; on error the caller runs them.
+func (a *Appliance) open(ctx context.Context) error {
+	cfg := a.cfg
 	// Startup runs to its end even if ctx ends meanwhile (a SIGTERM right after
 	// launch): the appliance then stops through the normal path, which writes offline,
 	// instead of leaving a half-started region behind.
@@ -78,7 +145,9 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 	defer cancelStart()
 
 	endpoints := cfg.EtcdEndpoints
+	etcdFlag := "--etcd-endpoints"
 	if len(endpoints) == 0 {
+		etcdFlag = "embedded etcd (--etcd-listen-client-urls)"
 		dir, _ := filepath.Abs(cfg.EtcdDataDir)
 		a.log.Info("Starting embedded etcd", "data_dir", dir, "client_urls", cfg.EtcdListenClientURLs)
 		srv, err := etcdserver.Start(startCtx, etcdserver.Config{
@@ -86,107 +155,112 @@ func Start(ctx context.Context, cfg Config, logw io.Writer) (*Appliance, error) 
 			ListenClientURLs: cfg.EtcdListenClientURLs, ListenPeerURLs: cfg.EtcdListenPeerURLs,
 		})
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("embedded etcd (--etcd-data-dir, --etcd-listen-client-urls, --etcd-listen-peer-urls): %w", err)
 		}
 		a.etcd = srv
+		a.closers.add(srv.Close)
 		endpoints = srv.Endpoints()
+		if err := a.step(stepEtcd); err != nil {
+			return err
+		}
 	}
 	st, err := store.Open(startCtx, endpoints)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("%s: %w", etcdFlag, err)
 	}
-	a.store = st
+	a.store, a.etcdEP = st, endpoints
+	a.closers.add(func() { st.Close() })
+	if err := a.step(stepStore); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.ImagesDir, 0o755); err != nil {
-		return nil, fmt.Errorf("--images-dir: %w", err)
+		return fmt.Errorf("--images-dir: %w", err)
 	}
 	if a.images, err = images.OpenCatalog(cfg.ImagesDir); err != nil {
-		return nil, fmt.Errorf("--images-dir: %w", err)
+		return fmt.Errorf("--images-dir: %w", err)
 	}
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
-		return nil, fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
+		return fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
 	}
 	a.ln = ln
-	runCtx, cancel := context.WithCancel(ctx)
-	a.cancel = cancel
-	mux := a.routes()
-	servers, err := a.startBoot(startCtx, mux, ln.Addr().(*net.TCPAddr).Port)
-	if err != nil {
-		cancel()
-		ln.Close()
-		return nil, err
+	a.closers.add(func() { ln.Close() })
+	if err := a.step(stepListen); err != nil {
+		return err
 	}
-	a.servers = servers
+	mux := a.routes()
+	if a.servers, err = a.startBoot(startCtx, mux, ln.Addr().(*net.TCPAddr).Port); err != nil {
+		return err
+	}
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	hb, err := a.store.StartHeartbeat(startCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
 	if err != nil {
-		cancel()
-		ln.Close()
-		return nil, err
+		return fmt.Errorf("--label=%s: region heartbeat (--heartbeat-ttl=%s): %w", cfg.Label, cfg.HeartbeatTTL, err)
 	}
 	a.hb = hb
-	ok = true
-
-	watchReady := make(chan struct{})
-	go a.run(runCtx, watchReady)
-	<-watchReady
-	a.log.Info("Regional appliance ready", "api", a.URL(), "etcd", endpoints, "embedded_etcd", a.etcd != nil, "version", Version)
-	return a, nil
+	a.stopHeartbeat = sync.OnceFunc(func() {
+		shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := hb.Stop(shCtx); err != nil {
+			a.log.Warn("could not mark region offline", "err", err)
+		} else {
+			a.log.Info("Region marked offline")
+		}
+	})
+	a.closers.add(a.stopHeartbeat)
+	return a.step(stepHeartbeat)
 }
 
+// run serves until ctx ends or one of the running pieces fails, which stops the rest;
+// then it shuts down (API, heartbeat offline) and closes what start-up opened.
 func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 	defer close(a.done)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- a.srv.Serve(a.ln) }()
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- a.watch(ctx, watchReady) }()
-	bootErr := make(chan error, len(a.servers))
-	running := len(a.servers)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.srv.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("regional API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return a.watch(gctx, watchReady) })
 	for _, serve := range a.servers {
-		go func() { bootErr <- serve(ctx) }()
-	}
-
-	var etcdErr <-chan error
-	if a.etcd != nil {
-		etcdErr = a.etcd.Err()
-	}
-	select {
-	case <-ctx.Done():
-	case err := <-serveErr:
-		a.err = fmt.Errorf("regional API: %w", err)
-	case err := <-etcdErr:
-		a.err = fmt.Errorf("embedded etcd: %w", err)
-	case err := <-bootErr:
-		running--
-		a.err = fmt.Errorf("boot service stopped: %w", err)
-	}
-	a.cancel()
-	a.log.Info("Shutting down")
-	shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		a.log.Warn("API shutdown", "err", err)
-	}
-	if err := a.hb.Stop(shCtx); err != nil {
-		a.log.Warn("could not mark region offline", "err", err)
-	} else {
-		a.log.Info("Region marked offline")
-	}
-	<-watchErr
-	for ; running > 0; running-- {
-		<-bootErr
-	}
-	a.closeBackends()
-}
-
-func (a *Appliance) closeBackends() {
-	if a.store != nil {
-		a.store.Close()
+		g.Go(func() error {
+			err := serve(gctx)
+			if err == nil && gctx.Err() == nil {
+				err = errors.New("ended by itself")
+			}
+			if err != nil {
+				return fmt.Errorf("boot service stopped: %w", err)
+			}
+			return nil
+		})
 	}
 	if a.etcd != nil {
-		a.etcd.Close()
+		g.Go(func() error {
+			select {
+			case err := <-a.etcd.Err():
+				return fmt.Errorf("embedded etcd: %w", err)
+			case <-gctx.Done():
+				return nil
+			}
+		})
 	}
+	// The stop path: once anything ends the group (ctx, or the first failure), the API
+	// stops taking requests and the region is marked offline while etcd still runs.
+	g.Go(func() error {
+		<-gctx.Done()
+		a.log.Info("Shutting down")
+		shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.srv.Shutdown(shCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Warn("API shutdown", "err", err)
+		}
+		a.stopHeartbeat()
+		return nil
+	})
+	a.err = g.Wait()
+	a.closers.run() // store, then embedded etcd (the rest is closed already)
 }
 
 // Wait blocks until the appliance has stopped and returns why, if not a clean stop.

@@ -98,8 +98,9 @@ func (a *Appliance) agentPlan(taskID string) *netboot.Plan {
 	}
 }
 
-// startBoot mounts the HTTP boot handler and starts DHCP and TFTP as configured.
-// Long-running servers are added to run (they stop with ctx).
+// startBoot mounts the HTTP boot handler and opens the DHCP and TFTP sockets as
+// configured, registering a closer for each. It returns the servers for run (each
+// stops when its ctx ends).
 func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int) ([]func(context.Context) error, error) {
 	b := a.cfg.Boot
 	log := a.log
@@ -129,7 +130,7 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 	}
 	h, err := ipxe.NewHandler(ipxe.Config{Booter: a, Files: files, Binaries: bins, Logger: log, BaseURL: a.bootURL})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--boot-server-ip: HTTP boot: %w", err)
 	}
 	mux.Handle(ipxe.PathBootstrap, h)
 	mux.Handle("/boot/", h)
@@ -157,18 +158,19 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 		}
 		srv, err := dhcpd.New(cfg)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--dhcp-mode=%s: %w", mode, err)
 		}
 		var conns []net.PacketConn
 		for _, p := range []int{dhcpd.PortServer, dhcpd.PortPXE} {
 			c, err := dhcpd.Listen(ctx, ":"+strconv.Itoa(p), b.DHCPInterface)
 			if err != nil {
-				for _, c := range conns {
-					c.Close()
-				}
 				return nil, fmt.Errorf("--dhcp-mode=%s: %w (DHCP needs root or CAP_NET_BIND_SERVICE)", mode, err)
 			}
+			a.closers.add(func() { c.Close() })
 			conns = append(conns, c)
+		}
+		if err := a.step(stepDHCP); err != nil {
+			return nil, err
 		}
 		log.Info("DHCP serving", "mode", mode, "interface", b.DHCPInterface, "boot_server", serverIP, "boot_unknown", b.BootUnknown)
 		servers = append(servers, func(ctx context.Context) error { return srv.Serve(ctx, conns...) })
@@ -176,7 +178,7 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 	if b.TFTPAddr != "" {
 		t, err := tftpd.New(tftpd.Config{Files: bins, Logger: log})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--tftp-addr: %w", err)
 		}
 		conn, err := tftpd.Listen(ctx, b.TFTPAddr)
 		switch {
@@ -185,6 +187,10 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 		case err != nil:
 			return nil, fmt.Errorf("--tftp-addr: %w", err)
 		default:
+			a.closers.add(func() { conn.Close() })
+			if err := a.step(stepTFTP); err != nil {
+				return nil, err
+			}
 			servers = append(servers, func(ctx context.Context) error { return t.Serve(ctx, conn) })
 		}
 	}
