@@ -23,7 +23,7 @@ func (a *Appliance) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
-	mux.Handle("GET /images/", http.StripPrefix("/images", a.images.Handler()))
+	mux.Handle("GET /images/", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

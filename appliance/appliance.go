@@ -224,6 +224,7 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 		return nil
 	})
 	g.Go(func() error { return a.watch(gctx, watchReady) })
+	g.Go(func() error { a.tend(gctx); return nil })
 	for _, serve := range a.servers {
 		g.Go(func() error {
 			err := serve(gctx)

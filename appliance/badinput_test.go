@@ -51,7 +51,7 @@ func TestBadInput(t *testing.T) {
 		{"progress: another MAC's task", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:02","task_id":"` + paID + `","stage":"downloading","percentage":5}`, 409, "belongs to MAC 52:54:00:00:00:01"},
 		{"progress: percentage over 100", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"` + paID + `","stage":"downloading","percentage":101}`, 400, "outside 0-100"},
 		{"progress: percentage below 0", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"` + paID + `","stage":"downloading","percentage":-1}`, 400, "outside 0-100"},
-		{"progress: before approval", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"` + paID + `","stage":"downloading","percentage":5}`, 409, "only after approval"},
+		{"progress: before approval", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"` + paID + `","stage":"downloading","percentage":5}`, 409, "only while approved or installing"},
 		{"progress: unknown stage", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"` + paID + `","stage":"dancing","percentage":5}`, 400, "stage"},
 		{"progress: missing task id", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","stage":"downloading","percentage":5}`, 400, "task_id"},
 		{"progress: task of another region", "POST", dc1 + "/api/progress", `{"mac_address":"52:54:00:00:00:01","task_id":"6ba7b810-9dad-11d1-80b4-00c04fd430c8","stage":"downloading","percentage":5}`, 404, "not found"},

@@ -40,6 +40,7 @@ func TestBootScriptFollowsTask(t *testing.T) {
 	for _, unknown := range []bool{false, true} {
 		sys := startSystemWith(t, func(c *appliance.Config) {
 			c.Boot = appliance.BootConfig{BootUnknown: unknown, BootServerIP: "127.0.0.1", Kernel: kernel, Initramfs: initrd, KernelArgs: "console=ttyS0"}
+			addImage(t, c.ImagesDir, "ubuntu", "22.04")
 		}, "dc1")
 		base := sys.regions["dc1"].URL()
 		code, body := getText(t, base+"/boot/52-54-00-00-00-99.ipxe")
@@ -72,8 +73,10 @@ func TestBootScriptFollowsTask(t *testing.T) {
 			t.Fatalf("initramfs range: %d %q", resp.StatusCode, b)
 		}
 		// Complete the task through the regional API: the machine now boots its disk.
-		call(t, "POST", base+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:99", "hardware": map[string]any{}})
-		call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+		call(t, "POST", base+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:99",
+			"hardware": map[string]any{"disks": []map[string]any{{"name": "vda", "path": "/dev/vda", "size_bytes": 1 << 30}}}})
+		approve(t, sys.control.URL(), id)
+		call(t, "POST", base+"/api/progress", map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "writing", "percentage": 50})
 		call(t, "POST", base+"/api/progress", map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "completed", "percentage": 100})
 		code, body = getText(t, base+"/boot/52-54-00-00-00-99.ipxe")
 		if code != 200 || !strings.Contains(body, "booting from local disk") || strings.Contains(body, "kernel ") {

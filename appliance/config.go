@@ -29,8 +29,12 @@ type Config struct {
 
 	HeartbeatTTL time.Duration
 	RetryAfter   int // seconds an agent is told to wait after a 404 report
-	ImagesDir    string
-	LogLevel     string
+	// DeployTimeout fails a task still approved or installing this long after its
+	// approval (an agent that died, a completion never acknowledged). 0: one hour.
+	DeployTimeout time.Duration
+	ImagesDir     string
+	ImageRate     int64 // bytes per second per image stream; 0: unlimited
+	LogLevel      string
 
 	Boot BootConfig
 }
@@ -74,8 +78,10 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URLs (a control plane on this host dials these)")
 	fs.StringVar(&c.EtcdListenPeerURLs, "etcd-listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URLs")
 	fs.DurationVar(&c.HeartbeatTTL, "heartbeat-ttl", 30*time.Second, "TTL of the region heartbeat lease")
+	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
+	fs.Int64Var(&c.ImageRate, "image-rate", 0, "bytes per second per image stream (0: unlimited; 125000000 is 1 Gbit/s)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	b := &c.Boot
 	fs.StringVar(&b.DHCPMode, "dhcp-mode", "", "proxy, full or off (default: proxy with --dhcp-interface, off without)")
@@ -128,6 +134,12 @@ func (c Config) Validate() error {
 	if c.HeartbeatTTL < time.Second {
 		return fmt.Errorf("--heartbeat-ttl: %s is below 1s", c.HeartbeatTTL)
 	}
+	if c.DeployTimeout != 0 && c.DeployTimeout < time.Minute {
+		return fmt.Errorf("--deploy-timeout: %s is below 1m (an install takes minutes)", c.DeployTimeout)
+	}
+	if c.ImageRate < 0 {
+		return fmt.Errorf("--image-rate: %d is negative", c.ImageRate)
+	}
 	if c.RetryAfter < 1 {
 		return fmt.Errorf("--retry-after: %d must be at least 1", c.RetryAfter)
 	}
@@ -142,6 +154,14 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// deployTimeout is DeployTimeout with its default.
+func (c Config) deployTimeout() time.Duration {
+	if c.DeployTimeout == 0 {
+		return time.Hour
+	}
+	return c.DeployTimeout
 }
 
 // Addr is the listen address of the API.

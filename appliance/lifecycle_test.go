@@ -147,23 +147,22 @@ func TestNormalFlow(t *testing.T) {
 	}
 	sys.etcd.WaitValue(t, prefix+"status", "pending", time.Second)
 
+	// Host mode: the machine's one disk is found by its identities, and --target
+	// redirects the bytes into a file of the developer's.
 	target := filepath.Join(t.TempDir(), "disk.img")
-	agentErr := make(chan error, 1)
-	go func() {
-		agentErr <- agent.Run(context.Background(), agent.Config{
-			RegionalURL: sys.regions["dc1"].URL(), MAC: "00:1A:2B:3C:4D:5E", Target: target,
-			RetryUnit: time.Millisecond, PollInterval: 20 * time.Millisecond, Log: quietLog(),
-		})
-	}()
+	m := newFileDisks(t, "00:1A:2B:3C:4D:5E", contract.Disk{Name: "vda", SizeBytes: 1 << 30, Serial: "V1"})
+	cfg := m.agentConfig(sys.regions["dc1"].URL())
+	cfg.Target = target
+	agentErr := runAgent(cfg)
 	sys.etcd.WaitValue(t, prefix+"status", "pending_approval", 30*time.Second)
 	hw := getJSON(t, must(sys.etcd.Get(t, prefix+"hardware")))
 	if _, ok := hw["cpu"]; !ok {
 		t.Fatalf("hardware report lacks cpu: %v", hw)
 	}
-	code, approved := call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
-	if code != http.StatusOK || approved["status"] != "approved" {
-		t.Fatalf("approve: %d %v", code, approved)
+	if code, body := call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil); code != http.StatusBadRequest || body["field"] != "plan_digest" {
+		t.Fatalf("approve without the plan's digest: %d %v", code, body)
 	}
+	plan := approve(t, sys.control.URL(), id)
 	select {
 	case err := <-agentErr:
 		if err != nil {
@@ -180,8 +179,11 @@ func TestNormalFlow(t *testing.T) {
 		t.Fatalf("progress = %v", prog)
 	}
 	appr := getJSON(t, must(sys.etcd.Get(t, prefix+"approval")))
-	if appr["status"] != "approved" {
+	if appr["status"] != "approved" || appr["plan_digest"] != plan.Digest || appr["disk_serial"] != "V1" || appr["image_sha256"] != plan.Image.SHA256 {
 		t.Fatalf("approval = %v", appr)
+	}
+	if w := m.written(t); len(w) != 0 {
+		t.Fatalf("host mode wrote the real disk too: %v", w)
 	}
 	meta = getJSON(t, must(sys.etcd.Get(t, prefix+"metadata")))
 	for _, k := range []string{"created_at", "reported_at", "approved_at", "started_at", "finished_at"} {
@@ -212,37 +214,37 @@ func TestNormalFlow(t *testing.T) {
 	}
 }
 
-// A task for an OS the region lacks is accepted with a warning; approved while the
-// image is still missing, the agent fails it with the reason and writes nothing.
-func TestMissingImageFailsTask(t *testing.T) {
-	sys := startSystemWith(t, func(c *appliance.Config) { addImage(t, c.ImagesDir, "debian", "12") }, "dc1")
+// A task for an OS the region lacks is accepted with a warning; its plan says the image
+// is missing and approval is refused with that reason, nothing written. Once the image
+// is uploaded the appliance replans and the new plan can be approved and installed.
+func TestMissingImageWaitsForUpload(t *testing.T) {
+	var imagesDir string
+	sys := startSystemWith(t, func(c *appliance.Config) { imagesDir = c.ImagesDir; addImage(t, c.ImagesDir, "debian", "12") }, "dc1")
 	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
 		"region_id": "dc1", "target_mac": "52:54:00:00:00:42", "os_type": "ubuntu", "os_version": "24.04"})
 	if w, _ := task["warning"].(string); code != 201 || !strings.Contains(w, "no image for ubuntu 24.04") || !strings.Contains(w, "debian 12") {
 		t.Fatalf("create: %d %v", code, task)
 	}
 	id := task["task_id"].(string)
-	target := filepath.Join(t.TempDir(), "disk.img")
-	agentErr := make(chan error, 1)
-	go func() {
-		agentErr <- agent.Run(context.Background(), agent.Config{RegionalURL: sys.regions["dc1"].URL(), MAC: "52:54:00:00:00:42",
-			Target: target, PollInterval: 20 * time.Millisecond, Log: quietLog()})
-	}()
+	m := newFileDisks(t, "52:54:00:00:00:42", contract.Disk{Name: "vda", SizeBytes: 1 << 30, Serial: "V1"})
+	agentErr := runAgent(m.agentConfig(sys.regions["dc1"].URL()))
 	sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
-	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
-	if err := <-agentErr; err == nil || !strings.Contains(err.Error(), "no image for ubuntu 24.04") {
+	p := taskPlan(t, sys.control.URL(), id)
+	before := sys.etcd.Dump(t, "/os/")
+	code, body := call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", map[string]string{"plan_digest": p.Digest})
+	if msg, _ := body["message"].(string); code != http.StatusConflict || !strings.Contains(msg, "no image for ubuntu 24.04") {
+		t.Fatalf("approve without the image: %d %v", code, body)
+	}
+	assertSameKeys(t, before, sys.etcd.Dump(t, "/os/"))
+	image := addImage(t, imagesDir, "ubuntu", "24.04")
+	sys.etcd.WaitMatch(t, "/os/install/task/dc1/"+id+"/plan", 30*time.Second, func(v string, _ bool) bool {
+		return !strings.Contains(v, "refused")
+	})
+	approve(t, sys.control.URL(), id)
+	if err := waitAgent(t, agentErr, 60*time.Second); err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	if v, _ := sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/status"); v != "failed" {
-		t.Fatalf("status = %q", v)
-	}
-	meta := getJSON(t, must(sys.etcd.Get(t, "/os/install/task/dc1/"+id+"/metadata")))
-	if e, _ := meta["error"].(string); !strings.Contains(e, "no image for ubuntu 24.04") {
-		t.Fatalf("metadata error = %v", meta["error"])
-	}
-	if _, err := os.Stat(target); !os.IsNotExist(err) {
-		t.Fatalf("target was touched: %v", err)
-	}
+	assertPrefix(t, m.disks[0].Path, image)
 }
 
 // An image that does not match its catalog entry fails the task with the reason, and
@@ -261,16 +263,11 @@ func TestCorruptImageFailsTask(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(imagesDir, "ubuntu-22.04.img.gz"), gz.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
-		"region_id": "dc1", "target_mac": "52:54:00:00:00:43", "os_type": "ubuntu", "os_version": "22.04"})
-	id := task["task_id"].(string)
-	agentErr := make(chan error, 1)
-	go func() {
-		agentErr <- agent.Run(context.Background(), agent.Config{RegionalURL: sys.regions["dc1"].URL(), MAC: "52:54:00:00:00:43",
-			Target: filepath.Join(t.TempDir(), "disk.img"), PollInterval: 20 * time.Millisecond, Log: quietLog()})
-	}()
+	id := createTask(t, sys.control.URL(), "52:54:00:00:00:43")
+	m := newFileDisks(t, "52:54:00:00:00:43", contract.Disk{Name: "vda", SizeBytes: 1 << 30, Serial: "V1"})
+	agentErr := runAgent(m.agentConfig(sys.regions["dc1"].URL()))
 	sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
-	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	approve(t, sys.control.URL(), id)
 	if err := <-agentErr; err == nil || !strings.Contains(err.Error(), "checksum_mismatch") {
 		t.Fatalf("agent: %v", err)
 	}
@@ -287,11 +284,10 @@ func TestCorruptImageFailsTask(t *testing.T) {
 // A held approval poll answers the moment the task is approved, not at the end of
 // its wait.
 func TestApprovalLongPoll(t *testing.T) {
-	sys := startSystem(t, "dc1")
-	_, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]string{
-		"region_id": "dc1", "target_mac": "52:54:00:00:00:44", "os_type": "ubuntu", "os_version": "22.04"})
-	id := task["task_id"].(string)
-	call(t, "POST", sys.regions["dc1"].URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:44", "hardware": map[string]any{}})
+	sys := startSystemWith(t, func(c *appliance.Config) { addImage(t, c.ImagesDir, "ubuntu", "22.04") }, "dc1")
+	id := createTask(t, sys.control.URL(), "52:54:00:00:00:44")
+	call(t, "POST", sys.regions["dc1"].URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:44",
+		"hardware": map[string]any{"disks": []map[string]any{{"name": "vda", "path": "/dev/vda", "size_bytes": 1 << 30}}}})
 	// Nothing changes: the poll is held for its whole wait.
 	start := time.Now()
 	if code, body := call(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=1", nil); code != 200 || body["approved"] != false || time.Since(start) < 900*time.Millisecond {
@@ -311,7 +307,7 @@ func TestApprovalLongPoll(t *testing.T) {
 	// Approve once the poll is being held: its watch is registered when the
 	// appliance has read the status, which the test cannot see, so approve and
 	// accept either order; a poll that missed the approval would run its full 30 s.
-	call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/approve", nil)
+	approve(t, sys.control.URL(), id)
 	select {
 	case r := <-res:
 		if r.code != 200 || r.body["approved"] != true || r.took > 10*time.Second {

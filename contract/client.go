@@ -86,12 +86,26 @@ func (c *Client) Report(ctx context.Context, r ReportRequest) (Response, error) 
 }
 
 // Approval asks whether mac's task is approved. With wait > 0 the appliance holds the
-// answer until the task's status changes or wait (whole seconds, at most 60) is over.
+// answer until the task is approved (or cancelled) or wait (whole seconds, at most 60)
+// is over.
 func (c *Client) Approval(ctx context.Context, mac string, wait time.Duration) (ApprovalResponse, error) {
+	return c.ApprovalWhile(ctx, mac, wait, "")
+}
+
+// ApprovalWhile is Approval held while the task's status is status (the agent watching
+// its install for a cancel); "" holds until approval.
+func (c *Client) ApprovalWhile(ctx context.Context, mac string, wait time.Duration, status string) (ApprovalResponse, error) {
 	var out ApprovalResponse
-	path := "/api/approval/" + url.PathEscape(mac)
+	q := url.Values{}
 	if s := int(wait / time.Second); s > 0 {
-		path += "?wait=" + strconv.Itoa(s)
+		q.Set("wait", strconv.Itoa(s))
+	}
+	if status != "" {
+		q.Set("status", status)
+	}
+	path := "/api/approval/" + url.PathEscape(mac)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	err := c.do(ctx, http.MethodGet, path, nil, &out)
 	return out, err

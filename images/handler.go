@@ -1,12 +1,14 @@
 package images
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
 	"strings"
+	"time"
 )
 
 // Handler serves the images directory over HTTP: GET and HEAD of /NAME with
@@ -14,8 +16,15 @@ import (
 // with http.StripPrefix, e.g. mux.Handle("/images/", http.StripPrefix("/images", c.Handler())).
 // Files are opened through os.Root, so neither ".." nor a symlink can
 // reach outside the directory.
-func (c *Catalog) Handler() http.Handler {
+func (c *Catalog) Handler() http.Handler { return c.HandlerRate(0) }
+
+// HandlerRate is Handler with each response paced to at most bytesPerSecond (0: no
+// limit), so image streams leave room on a shared boot network.
+func (c *Catalog) HandlerRate(bytesPerSecond int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if bytesPerSecond > 0 {
+			w = &pacedWriter{ResponseWriter: w, ctx: r.Context(), rate: bytesPerSecond, start: time.Now()}
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -55,4 +64,43 @@ func (c *Catalog) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		http.ServeContent(w, r, name, fi.ModTime(), f)
 	})
+}
+
+// pacedWriter holds writes back so that no more than rate bytes per second leave
+// since start. It hides http.ResponseWriter's ReaderFrom (sendfile), which would
+// bypass the pacing.
+type pacedWriter struct {
+	http.ResponseWriter
+	ctx   context.Context
+	rate  int64
+	start time.Time
+	sent  int64
+}
+
+// pacedChunk keeps each write short so the pace is smooth.
+const pacedChunk = 32 << 10
+
+func (p *pacedWriter) Write(b []byte) (int, error) {
+	written := 0
+	for len(b) > 0 {
+		n := min(len(b), pacedChunk)
+		due := p.start.Add(time.Duration(float64(p.sent+int64(n)) / float64(p.rate) * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-p.ctx.Done():
+				t.Stop()
+				return written, p.ctx.Err()
+			case <-t.C:
+			}
+		}
+		m, err := p.ResponseWriter.Write(b[:n])
+		written += m
+		p.sent += int64(m)
+		if err != nil {
+			return written, err
+		}
+		b = b[n:]
+	}
+	return written, nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -31,6 +32,7 @@ type Heartbeater struct {
 	done chan struct{}
 	stop context.CancelFunc
 
+	mu    sync.Mutex // one beat at a time: the loop and Beat share the lease
 	lease clientv3.LeaseID
 }
 
@@ -57,6 +59,14 @@ func (s *Store) StartHeartbeat(ctx context.Context, info func() Heartbeat, ttl t
 	h.stop = cancel
 	go h.loop(loopCtx)
 	return h, nil
+}
+
+// Beat writes the heartbeat now, with what info returns now (the appliance publishes a
+// changed image catalog at once instead of at the next tick).
+func (h *Heartbeater) Beat(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.beat(ctx)
 }
 
 func (h *Heartbeater) beat(ctx context.Context) error {
@@ -99,7 +109,7 @@ func (h *Heartbeater) loop(ctx context.Context) {
 			return
 		case <-t.C:
 			bctx, cancel := context.WithTimeout(ctx, h.ttl/3)
-			if err := h.beat(bctx); err != nil && ctx.Err() == nil {
+			if err := h.Beat(bctx); err != nil && ctx.Err() == nil {
 				h.log.Warn("heartbeat failed", "err", err)
 			}
 			cancel()

@@ -21,7 +21,9 @@ type Config struct {
 	RegionalURL string
 	// MAC to report as; empty picks the primary NIC's.
 	MAC string
-	// Target is where the image goes: a file on a host (host mode) or a block device.
+	// Target redirects the write into this file or device (host mode, development):
+	// the approved disk must still be found in the inventory, but its bytes are left
+	// alone. Empty writes the approved disk itself.
 	Target string
 	// MaxAttempts bounds reports answered 404 (no task yet) or not answered at all.
 	MaxAttempts int
@@ -29,7 +31,12 @@ type Config struct {
 	RetryUnit time.Duration
 	// PollInterval is how often approval is asked for.
 	PollInterval time.Duration
+	// CompletionTimeout bounds how long the final status (completed, failed,
+	// cancelled) is resent while the appliance does not acknowledge it. Default 30 min.
+	CompletionTimeout time.Duration
 	// Inventory collects the hardware (ghw by default; tests inject a fixed report).
+	// It runs twice: for the report, and again right before writing to find the
+	// approved disk by its identities.
 	Inventory func() (contract.Hardware, error)
 	// Install writes the approved image; nil means WriteImage.
 	Install InstallFunc
@@ -37,16 +44,18 @@ type Config struct {
 	Log     *slog.Logger
 }
 
-// InstallFunc writes img for the task and reports progress through p.
+// InstallFunc writes the job's image and reports progress through p. It must stop
+// when ctx ends (a cancel).
 type InstallFunc func(ctx context.Context, job Job, p *Progress) error
 
-// Job is what the appliance approved.
+// Job is an approved install, checked against this machine: the disk found by the
+// plan's identities and the image the plan names.
 type Job struct {
-	TaskID   string
-	Image    contract.Image
-	Disk     *contract.DiskHint
-	Hardware contract.Hardware
-	Target   string
+	TaskID string
+	Plan   contract.Plan
+	Image  contract.Image
+	Disk   contract.Disk // the approved disk as found in the fresh inventory
+	Target string        // where the bytes go: Disk.Path, or Config.Target in host mode
 }
 
 func (c *Config) defaults() {
@@ -59,6 +68,9 @@ func (c *Config) defaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = 5 * time.Second
 	}
+	if c.CompletionTimeout <= 0 {
+		c.CompletionTimeout = 30 * time.Minute
+	}
 	if c.Inventory == nil {
 		c.Inventory = Inventory
 	}
@@ -70,8 +82,13 @@ func (c *Config) defaults() {
 	}
 }
 
-// ErrNoTask is returned when every report attempt found no task for this machine.
-var ErrNoTask = errors.New("no task for this machine")
+var (
+	// ErrNoTask is returned when every report attempt found no task for this machine.
+	ErrNoTask = errors.New("no task for this machine")
+	// ErrCancelled is an install stopped because its task was cancelled (or lost its
+	// approval) while it ran: the disk is partially written.
+	ErrCancelled = errors.New("the task was cancelled during the install")
+)
 
 // Run performs the whole agent lifecycle once.
 func Run(ctx context.Context, cfg Config) error {
@@ -99,31 +116,101 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("hardware report accepted", "task", taskID)
 
-	appr, err := waitApproval(ctx, cfg, api, log, mac)
+	appr, err := waitApproval(ctx, cfg, api, log, mac, taskID)
 	if err != nil {
 		return err
 	}
-	p := &Progress{api: api, mac: mac, taskID: appr.TaskID, log: log}
-	if appr.Image == nil {
-		msg := "image not available: " + appr.Message
-		p.Fail(ctx, msg)
-		return errors.New(msg)
+	p := &Progress{api: api, mac: mac, taskID: taskID, log: log, finalFor: cfg.CompletionTimeout}
+	job, err := checkApproval(cfg, appr)
+	if err != nil {
+		// Nothing was written: the task fails with the reason, for the operator.
+		return p.Fail(ctx, err.Error())
 	}
 	install := cfg.Install
 	if install == nil {
 		install = WriteImage
 	}
-	job := Job{TaskID: appr.TaskID, Image: *appr.Image, Disk: appr.Disk, Hardware: hw, Target: cfg.Target}
-	log.Info("approved: installing", "task", appr.TaskID, "image", appr.Image.URL, "target", cfg.Target)
-	if err := install(ctx, job, p); err != nil {
-		p.Fail(ctx, err.Error())
-		return fmt.Errorf("install: %w", err)
+	log.Info("approved: installing", "task", taskID, "image", job.Image.URL, "disk", contract.DescribeDisk(job.Disk), "target", job.Target)
+
+	// While it writes, the agent watches its task: a cancel (or a lost approval)
+	// stops the write within seconds, through the long poll or a refused progress post.
+	ictx, stop := context.WithCancelCause(ctx)
+	p.onRefused = func(err error) { stop(fmt.Errorf("%w: progress refused: %v", ErrCancelled, err)) }
+	watched := make(chan struct{})
+	go func() { defer close(watched); watchTask(ictx, api, log, mac, taskID, stop) }()
+	err = install(ictx, job, p)
+	cause := context.Cause(ictx)
+	stop(nil)
+	<-watched
+	switch {
+	case errors.Is(cause, ErrCancelled) && ctx.Err() == nil:
+		log.Warn("install stopped: the task was cancelled", "reason", cause, "bytes_written", p.BytesDone())
+		return errors.Join(cause, p.Aborted(ctx))
+	case err != nil:
+		return errors.Join(fmt.Errorf("install: %w", err), p.Fail(ctx, err.Error()))
 	}
-	if err := p.Send(ctx, contract.Progress{Stage: contract.StageCompleted, Percentage: 100, Message: "installation complete"}); err != nil {
-		return fmt.Errorf("report completion: %w", err)
+	if err := p.Complete(ctx); err != nil {
+		return err
 	}
-	log.Info("installation complete", "task", appr.TaskID)
+	log.Info("installation complete", "task", taskID)
 	return nil
+}
+
+// checkApproval turns an approval into a job, or says why it cannot be carried out
+// here: the plan must be there, the image must be the one the plan names, and the
+// approved disk must be found (by WWN or serial, else path, size and model) in a fresh
+// inventory and still be safe to write. The agent never chooses a disk itself.
+func checkApproval(cfg Config, a contract.ApprovalResponse) (Job, error) {
+	switch {
+	case a.Plan == nil || a.Plan.Disk == nil || a.Plan.Image == nil:
+		return Job{}, errors.New("approved without a plan: nothing written")
+	case a.Image == nil:
+		return Job{}, fmt.Errorf("image not available: %s", a.Message)
+	case a.Image.SHA256 != a.Plan.Image.SHA256 || a.Image.Size != a.Plan.Image.Size:
+		return Job{}, fmt.Errorf("image_mismatch: the appliance offers sha256 %s (%d bytes), the approved plan names %s (%d bytes): nothing written",
+			a.Image.SHA256, a.Image.Size, a.Plan.Image.SHA256, a.Plan.Image.Size)
+	}
+	hw, err := cfg.Inventory()
+	if err != nil {
+		return Job{}, fmt.Errorf("inventory before writing: %w", err)
+	}
+	disk, err := contract.FindPlannedDisk(hw.Disks, *a.Plan.Disk, a.Plan.Image.Size, hw.BootDisk)
+	if err != nil {
+		return Job{}, fmt.Errorf("disk_mismatch: %w: nothing written", err)
+	}
+	target := disk.Path
+	if cfg.Target != "" {
+		target = cfg.Target
+	}
+	return Job{TaskID: a.TaskID, Plan: *a.Plan, Image: *a.Image, Disk: disk, Target: target}, nil
+}
+
+// watchTask long-polls the task while the install runs and stops it (stop with
+// ErrCancelled) as soon as the task is no longer approved or installing: cancelled,
+// back to review, or another task. An unreachable appliance stops nothing.
+func watchTask(ctx context.Context, api *contract.Client, log *slog.Logger, mac, taskID string, stop context.CancelCauseFunc) {
+	status := ""
+	for ctx.Err() == nil {
+		a, err := api.ApprovalWhile(ctx, mac, approvalWait, status)
+		var se *contract.StatusError
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.As(err, &se) && se.Code == http.StatusNotFound:
+			stop(fmt.Errorf("%w: %s", ErrCancelled, se.Body.Message))
+			return
+		case err == nil && (a.TaskID != taskID || !a.Approved):
+			stop(fmt.Errorf("%w: task %s is now %s", ErrCancelled, a.TaskID, a.TaskStatus))
+			return
+		case err == nil:
+			status = a.TaskStatus
+			continue
+		}
+		log.Debug("task watch: appliance unreachable, still installing", "err", err)
+		if sleep(ctx, time.Second) != nil {
+			return
+		}
+	}
 }
 
 // report posts the hardware until a task matches, honouring the appliance's
@@ -167,13 +254,16 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 // agent learns of an approval at once. It stays below the HTTP client's timeout.
 const approvalWait = 20 * time.Second
 
-func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac string) (contract.ApprovalResponse, error) {
+func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac, taskID string) (contract.ApprovalResponse, error) {
 	logged := false
 	for {
 		start := time.Now()
 		a, err := api.Approval(ctx, mac, approvalWait)
 		var se *contract.StatusError
 		switch {
+		case err == nil && a.TaskID != taskID:
+			// Never install a task other than the one this hardware was reported for.
+			return a, fmt.Errorf("the open task for %s is %s, not %s (the one reported for): report again", mac, a.TaskID, taskID)
 		case err == nil && a.Approved:
 			return a, nil
 		case err == nil:

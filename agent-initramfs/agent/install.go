@@ -11,34 +11,29 @@ import (
 )
 
 // WriteImage is the installer: it streams the approved image (decompressed, sha256
-// checked, written with several writes in flight, fsynced and read back) onto
-// job.Target when one is given (a file in host mode, or a device), else onto the
-// disk ChooseDisk picks from the inventory. Any failure leaves the task failed with
-// the reason; the caller never reboots into a disk that did not verify.
+// checked against the plan's, written with several writes in flight, fsynced and read
+// back) onto job.Target, the approved disk (or, in host mode, the file standing in for
+// it). Any failure leaves the task failed with the reason; the caller never reboots
+// into a disk that did not verify.
 func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	target := job.Target
-	if target == "" {
-		d, err := contract.ChooseDisk(job.Hardware.Disks, job.Disk, job.Image.Size, job.Hardware.BootDisk)
-		if err != nil {
-			return err
-		}
-		target = d.Path
-		p.Update(ctx, contract.Progress{Stage: contract.StagePreparing, Message: "installing onto " + contract.DescribeDisk(d)}, true)
-	}
+	p.Update(ctx, contract.Progress{Stage: contract.StagePreparing, Message: "installing onto " + contract.DescribeDisk(job.Disk)}, true)
 	// O_DIRECT on block devices: the disk stays busy without page-cache throttling
 	// and the read-back reads the disk, not the cache. Files (host mode, tmpfs) may
 	// not support it.
 	st, err := os.Stat(target)
 	direct := err == nil && st.Mode()&os.ModeDevice != 0
-	// Only an explicit --target that does not exist yet is created (host mode): a
-	// disk the agent chose must already be there.
-	create := job.Target != "" && errors.Is(err, os.ErrNotExist)
+	// Only a host-mode --target that does not exist yet is created: the approved
+	// disk itself must already be there.
+	create := target != job.Disk.Path && errors.Is(err, os.ErrNotExist)
 	dst, err := images.OpenTarget(target, images.TargetOptions{Direct: direct, Create: create})
 	if err != nil {
 		return fmt.Errorf("open %s: %w", target, err)
 	}
 	defer dst.Close()
-	src := images.Source{URL: job.Image.URL, Format: images.Format(job.Image.Format), Size: job.Image.Size, SHA256: job.Image.SHA256}
+	// The plan's sha256, not the offer's: checkApproval made them equal, and the plan
+	// is what a person approved.
+	src := images.Source{URL: job.Image.URL, Format: images.Format(job.Image.Format), Size: job.Plan.Image.Size, SHA256: job.Plan.Image.SHA256}
 	var lastStage contract.Stage
 	res, err := images.Write(ctx, src, dst, images.Options{Progress: func(pr images.Progress) {
 		stage := map[images.Stage]contract.Stage{images.StageDownloading: contract.StageDownloading, images.StageSyncing: contract.StageWriting, images.StageVerifying: contract.StageVerifying}[pr.Stage]

@@ -96,6 +96,12 @@ func StatusFor(err error) int {
 func WriteError(w http.ResponseWriter, log *slog.Logger, r *http.Request, err error) {
 	code := StatusFor(err)
 	body := map[string]any{"status": "error"}
+	if code == http.StatusInternalServerError && r.Context().Err() != nil {
+		// The client went away (an agent's long poll ended by the agent): nobody
+		// reads the answer and nothing failed on our side.
+		log.Debug("request abandoned by the client", "method", r.Method, "path", r.URL.Path, "err", err)
+		return
+	}
 	if code == http.StatusInternalServerError {
 		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		body["message"] = "internal error (see the server log)"

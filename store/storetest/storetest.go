@@ -84,6 +84,16 @@ func (e *Etcd) WaitValue(t testing.TB, key, want string, timeout time.Duration) 
 	}
 }
 
+// WaitMatch blocks until ok(value, exists) holds for key or fails the test after
+// timeout (watching etcd, no polling).
+func (e *Etcd) WaitMatch(t testing.TB, key string, timeout time.Duration, ok func(v string, exists bool) bool) {
+	t.Helper()
+	if err := e.waitFor(key, timeout, ok); err != nil {
+		got, _ := e.Get(t, key)
+		t.Fatalf("%s: still %q after %s: %v", key, got, timeout, err)
+	}
+}
+
 // WaitGone blocks until key does not exist or fails the test after timeout.
 func (e *Etcd) WaitGone(t testing.TB, key string, timeout time.Duration) {
 	t.Helper()

@@ -1,0 +1,51 @@
+package appliance
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"lpmos.dev/lpmos/contract"
+)
+
+// tendInterval is how often the appliance looks after its region's open tasks.
+const tendInterval = 5 * time.Second
+
+// tend looks after the region's tasks until ctx ends: when the image catalog changes it
+// publishes it at once (heartbeat) and replans the tasks waiting for approval, so a
+// plan refused for a missing image becomes approvable once the image is uploaded; and
+// it fails installs past --deploy-timeout. Errors are logged and retried next round:
+// the store may be briefly unreachable.
+func (a *Appliance) tend(ctx context.Context) {
+	t := time.NewTicker(tendInterval)
+	defer t.Stop()
+	var published []contract.ImageRef
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, tendInterval)
+		if cat := a.heartbeat().Images; !slices.Equal(cat, published) {
+			if err := a.hb.Beat(rctx); err != nil {
+				a.log.Warn("could not publish the image catalog", "err", err)
+			} else {
+				published = cat
+			}
+		}
+		if n, err := a.store.Replan(rctx, a.cfg.Label); err != nil {
+			a.log.Warn("replan failed", "err", err)
+		} else if n > 0 {
+			a.log.Info("Install plans updated", "tasks", n)
+		}
+		failed, err := a.store.FailOverdue(rctx, a.cfg.Label, a.cfg.deployTimeout())
+		if err != nil {
+			a.log.Warn("deploy timeout check failed", "err", err)
+		}
+		for _, f := range failed {
+			a.log.Warn("Task "+f.TaskID+" failed", "reason", f.Error)
+		}
+		cancel()
+	}
+}
