@@ -45,7 +45,9 @@ type Plan struct {
 }
 
 // Approvable reports whether a person may approve p.
-func (p *Plan) Approvable() bool { return p != nil && p.Refused == "" && p.Disk != nil && p.Image != nil }
+func (p *Plan) Approvable() bool {
+	return p != nil && p.Refused == "" && p.Disk != nil && p.Image != nil
+}
 
 // MakePlan is the one place an install is decided. hardware is the report as stored
 // (its bytes enter the digest), hint the task's disk selector, want the task's OS and
