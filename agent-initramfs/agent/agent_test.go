@@ -1,0 +1,235 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"lpmos.dev/lpmos/contract"
+)
+
+// The agent against a scripted regional API (httptest): how it treats each answer.
+// The real appliance is exercised end to end in appliance/ and the VM lab.
+
+type fakeAPI struct {
+	mu        sync.Mutex
+	reports   int
+	report    func(n int) (int, any) // status and body of the n-th report (1-based)
+	approval  func(r *http.Request) (int, any)
+	progress  func(p contract.ProgressRequest) (int, any)
+	posted    []contract.ProgressRequest
+	approvals []string // the query of each approval poll
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var code int
+	var body any
+	// The scripted answers run outside the lock: one may hold a long poll.
+	switch {
+	case r.URL.Path == "/api/report":
+		f.mu.Lock()
+		f.reports++
+		n := f.reports
+		f.mu.Unlock()
+		code, body = f.report(n)
+	case strings.HasPrefix(r.URL.Path, "/api/approval/"):
+		f.mu.Lock()
+		f.approvals = append(f.approvals, r.URL.RawQuery)
+		f.mu.Unlock()
+		code, body = f.approval(r)
+	case r.URL.Path == "/api/progress":
+		var p contract.ProgressRequest
+		json.NewDecoder(r.Body).Decode(&p)
+		f.mu.Lock()
+		f.posted = append(f.posted, p)
+		f.mu.Unlock()
+		code, body = f.progress(p)
+	default:
+		code, body = 404, map[string]any{"status": "error", "message": "no such endpoint"}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(body)
+}
+
+func (f *fakeAPI) stages() []contract.Stage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []contract.Stage
+	for _, p := range f.posted {
+		out = append(out, p.Stage)
+	}
+	return out
+}
+
+var testDisk = contract.Disk{Name: "vda", Path: "/dev/vda", SizeBytes: 1 << 30, Serial: "V1"}
+
+func testConfig(url string) Config {
+	return Config{
+		RegionalURL: url, MAC: "52:54:00:00:30:01", RetryUnit: time.Millisecond, PollInterval: time.Millisecond,
+		CompletionTimeout: 5 * time.Second, MaxAttempts: 3,
+		Inventory: func() (contract.Hardware, error) { return contract.Hardware{Disks: []contract.Disk{testDisk}}, nil },
+		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
+func ok(taskID string) func(int) (int, any) {
+	return func(int) (int, any) { return 200, map[string]any{"status": "ok", "task_id": taskID} }
+}
+
+func approvedPlan(taskID string) contract.ApprovalResponse {
+	img := &contract.ImageRef{OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}, SHA256: strings.Repeat("a", 64), Size: 1 << 20}
+	return contract.ApprovalResponse{Status: "ok", TaskID: taskID, TaskStatus: "approved", Approved: true,
+		Plan:  &contract.Plan{Disk: &contract.PlanDisk{Name: "vda", Path: "/dev/vda", SizeBytes: 1 << 30, Serial: "V1"}, Image: img, Digest: "d1"},
+		Image: &contract.Image{URL: "http://x/images/u.img", Format: "raw", Size: img.Size, SHA256: img.SHA256}}
+}
+
+// 404 with retry_after: the agent waits that many units and tries again, at most
+// MaxAttempts times, then gives up with ErrNoTask.
+func TestReportRetriesOn404(t *testing.T) {
+	f := &fakeAPI{report: func(int) (int, any) {
+		return 404, map[string]any{"status": "error", "message": "No task found", "retry_after": 7}
+	}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := testConfig(srv.URL)
+	cfg.RetryUnit = 5 * time.Millisecond
+	start := time.Now()
+	err := Run(t.Context(), cfg)
+	if !errors.Is(err, ErrNoTask) || f.reports != 3 {
+		t.Fatalf("err %v after %d reports", err, f.reports)
+	}
+	if min := 2 * 7 * cfg.RetryUnit; time.Since(start) < min { // two waits of retry_after units
+		t.Fatalf("retried after %s, before retry_after (%s)", time.Since(start), min)
+	}
+}
+
+// Another 4xx is our request's fault: no retry. A 5xx or a dead appliance is retried.
+func TestReportErrorClasses(t *testing.T) {
+	f := &fakeAPI{report: func(int) (int, any) { return 400, map[string]any{"status": "error", "message": "hardware: is required"} }}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	if err := Run(t.Context(), testConfig(srv.URL)); err == nil || !strings.Contains(err.Error(), "report refused") || f.reports != 1 {
+		t.Fatalf("400: %v after %d reports", err, f.reports)
+	}
+	f2 := &fakeAPI{report: func(n int) (int, any) {
+		if n < 3 {
+			return 503, map[string]any{"status": "error", "message": "store unavailable"}
+		}
+		return 404, map[string]any{"status": "error", "message": "No task found", "retry_after": 1}
+	}}
+	srv2 := httptest.NewServer(f2)
+	defer srv2.Close()
+	if err := Run(t.Context(), testConfig(srv2.URL)); !errors.Is(err, ErrNoTask) || f2.reports != 3 {
+		t.Fatalf("503 then 404: %v after %d reports", err, f2.reports)
+	}
+}
+
+// The approval poll is a long poll (wait=20); a 404 while waiting means the task is
+// gone; an approval for another task than the one reported for is never installed.
+func TestApprovalPoll(t *testing.T) {
+	f := &fakeAPI{report: ok("t1"), approval: func(r *http.Request) (int, any) {
+		return 404, map[string]any{"status": "error", "message": "No open task"}
+	}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	if err := Run(t.Context(), testConfig(srv.URL)); err == nil || !strings.Contains(err.Error(), "task is gone") {
+		t.Fatalf("404 while waiting: %v", err)
+	}
+	if f.approvals[0] != "wait=20" {
+		t.Fatalf("approval poll query %q, want a long poll", f.approvals[0])
+	}
+	f.approval = func(*http.Request) (int, any) { return 200, approvedPlan("t2") }
+	f.posted = nil
+	if err := Run(t.Context(), testConfig(srv.URL)); err == nil || !strings.Contains(err.Error(), "not t1") || len(f.stages()) != 0 {
+		t.Fatalf("approval of another task: %v, posted %v", err, f.stages())
+	}
+}
+
+// The plan is enforced before a byte is written: a disk the inventory lacks, or an
+// image other than the plan's, fails the task with the reason and installs nothing.
+func TestPlanEnforcedBeforeWriting(t *testing.T) {
+	for name, c := range map[string]struct {
+		edit func(*contract.ApprovalResponse)
+		want string
+	}{
+		"disk swapped":   {func(a *contract.ApprovalResponse) { a.Plan.Disk.Serial = "OTHER" }, "disk_mismatch"},
+		"disk resized":   {func(a *contract.ApprovalResponse) { a.Plan.Disk.SizeBytes = 2 << 30 }, "disk_mismatch"},
+		"image replaced": {func(a *contract.ApprovalResponse) { a.Image.SHA256 = strings.Repeat("b", 64) }, "image_mismatch"},
+		"no plan":        {func(a *contract.ApprovalResponse) { a.Plan = nil }, "without a plan"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp := approvedPlan("t1")
+			c.edit(&resp)
+			f := &fakeAPI{report: ok("t1"), approval: func(*http.Request) (int, any) { return 200, resp },
+				progress: func(contract.ProgressRequest) (int, any) { return 200, map[string]any{"status": "ok"} }}
+			srv := httptest.NewServer(f)
+			defer srv.Close()
+			cfg := testConfig(srv.URL)
+			installed := false
+			cfg.Install = func(context.Context, Job, *Progress) error { installed = true; return nil }
+			err := Run(t.Context(), cfg)
+			st := f.stages()
+			if err == nil || !strings.Contains(err.Error(), c.want) || installed || len(st) != 1 || st[0] != contract.StageFailed ||
+				!strings.Contains(f.posted[0].Message, c.want) {
+				t.Fatalf("err %v, installed %v, posted %v", err, installed, st)
+			}
+		})
+	}
+}
+
+// The completion is resent until acknowledged (the appliance was down), and a 409 to
+// a progress post stops the install (the task was cancelled).
+func TestCompletionRetriedAndRefusalStops(t *testing.T) {
+	down := 2 // two refusals: acknowledged at the third try, 3 s of backoff
+	f := &fakeAPI{report: ok("t1"), approval: func(r *http.Request) (int, any) {
+		if r.URL.Query().Get("status") != "" {
+			<-r.Context().Done() // the install watch: held until the agent stops it
+			return 200, approvedPlan("t1")
+		}
+		return 200, approvedPlan("t1")
+	}, progress: func(p contract.ProgressRequest) (int, any) {
+		if p.Stage == contract.StageCompleted && down > 0 {
+			down--
+			return 503, map[string]any{"status": "error", "message": "store unavailable"}
+		}
+		return 200, map[string]any{"status": "ok"}
+	}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	cfg := testConfig(srv.URL)
+	var job Job
+	cfg.Install = func(ctx context.Context, j Job, p *Progress) error { job = j; return nil }
+	if err := Run(t.Context(), cfg); err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	if st := f.stages(); len(st) != 3 || st[2] != contract.StageCompleted || job.Disk.Serial != "V1" || job.Target != "/dev/vda" {
+		t.Fatalf("posted %v, job %+v", st, job)
+	}
+
+	f.posted, down = nil, 0
+	f.progress = func(p contract.ProgressRequest) (int, any) {
+		if p.Stage == contract.StageCancelled {
+			return 200, map[string]any{"status": "ok"}
+		}
+		return 409, map[string]any{"status": "error", "message": "task t1 is cancelled"}
+	}
+	cfg.Install = func(ctx context.Context, j Job, p *Progress) error {
+		p.Update(ctx, contract.Progress{Stage: contract.StageWriting, BytesDone: 4096, BytesTotal: 1 << 20}, true)
+		<-ctx.Done() // a real writer stops when its context ends
+		return ctx.Err()
+	}
+	err := Run(t.Context(), cfg)
+	st := f.stages()
+	if !errors.Is(err, ErrCancelled) || st[len(st)-1] != contract.StageCancelled || f.posted[len(f.posted)-1].BytesDone != 4096 {
+		t.Fatalf("refused progress: %v, posted %v", err, st)
+	}
+}
