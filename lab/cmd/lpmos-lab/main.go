@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"lpmos.dev/lpmos/appliance/lab"
+	"lpmos.dev/lpmos/lab"
 )
 
 func main() {

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"lpmos.dev/lpmos/agent-initramfs/vmtest"
-	"lpmos.dev/lpmos/appliance/lab"
+	"lpmos.dev/lpmos/lab"
 	"lpmos.dev/lpmos/images/testos"
 )
 
@@ -440,7 +440,7 @@ func printTimings(t *testing.T, rs []timings) {
 func buildBinaries(t *testing.T, dir string) string {
 	t.Helper()
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
-	cmd.Dir = "../.."
+	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -35,7 +35,7 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 
 	runDir := t.TempDir()
 	cmd := exec.Command("ip", "netns", "exec", ns, "make", "run")
-	cmd.Dir = "../.."
+	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "RUN_DIR="+runDir)
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
