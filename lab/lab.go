@@ -17,16 +17,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"lpmos.dev/lpmos/internal/netlab"
+	"lpmos.dev/lpmos/internal/proc"
 )
 
 // The boot network's addresses (inside the namespace only).
@@ -54,17 +50,14 @@ type Lab struct {
 	cfg Config
 	NS  string // the site: bridge, dnsmasq, machines
 	// AppNS is the appliance's host: appliance, control plane, embedded etcd.
-	AppNS  string
-	nsPath string // AppNS's, for Dial
+	AppNS string
 
 	mu    sync.Mutex
-	procs []*Proc
+	procs []*proc.Proc
 	taps  int
 }
 
-var seq atomic.Int32
-
-// New creates the namespace, the bridge and the site DHCP server.
+// New creates the namespaces, the bridge and the site DHCP server.
 func New(ctx context.Context, cfg Config) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("lab: needs root (network namespaces, taps, DHCP ports)")
@@ -75,128 +68,58 @@ func New(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	ns := fmt.Sprintf("lpm-lab-%d-%d", os.Getpid(), seq.Add(1))
-	app := ns + "-app"
-	l := &Lab{cfg: cfg, NS: ns, AppNS: app, nsPath: "/run/netns/" + app}
-	if err := run(ctx, "ip", "netns", "add", ns); err != nil {
-		return nil, err
+	if err := netlab.DnsmasqInstalled(); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	if err := run(ctx, "ip", "netns", "add", app); err != nil {
-		l.Close()
-		return nil, err
-	}
-	steps := [][]string{
-		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "-n", ns, "link", "add", Bridge, "type", "bridge"},
-		{"ip", "-n", ns, "addr", "add", BridgeCIDR, "dev", Bridge},
-		// An IPv6 router advertisement on the link ends iPXE's ~13 s wait for one (LAB.md).
-		{"ip", "-n", ns, "addr", "add", "fd77::1/64", "dev", Bridge, "nodad"},
-		{"ip", "-n", ns, "link", "set", Bridge, "up"},
-		// The appliance host, cabled to the boot network.
-		{"ip", "-n", app, "link", "set", "lo", "up"},
-		{"ip", "-n", ns, "link", "add", "vapp", "type", "veth", "peer", "name", ApplianceIF, "netns", app},
-		{"ip", "-n", ns, "link", "set", "vapp", "master", Bridge},
-		{"ip", "-n", ns, "link", "set", "vapp", "up"},
-		{"ip", "-n", app, "addr", "add", ApplianceIP + "/24", "dev", ApplianceIF},
-		{"ip", "-n", app, "link", "set", ApplianceIF, "up"},
-	}
-	for _, s := range steps {
-		if err := run(ctx, s...); err != nil {
-			l.Close()
-			return nil, err
-		}
-	}
-	if _, err := exec.LookPath("dnsmasq"); err != nil {
-		l.Close()
-		return nil, errors.New("lab: dnsmasq not installed (apt-get install dnsmasq-base)")
-	}
-	_, err := l.Start("dnsmasq", "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
-		"--interface="+Bridge, "--bind-interfaces", "--dhcp-range="+DHCPRange,
-		"--dhcp-leasefile="+filepath.Join(cfg.Dir, "dnsmasq.leases"),
-		"--enable-ra", "--dhcp-range=fd77::,ra-only,64,1h", "--log-dhcp", "--log-facility=-")
-	if err != nil {
+	ns := netlab.Name("lpm-lab", "")
+	l := &Lab{cfg: cfg, NS: ns, AppNS: ns + "-app"}
+	if err := l.setup(ctx); err != nil {
 		l.Close()
 		return nil, err
 	}
 	return l, nil
 }
 
-func run(ctx context.Context, argv ...string) error {
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+func (l *Lab) setup(ctx context.Context) error {
+	for _, ns := range []string{l.NS, l.AppNS} {
+		if err := netlab.AddNS(ctx, ns); err != nil {
+			return err
+		}
 	}
-	return nil
-}
-
-// Proc is a process started in the namespace.
-type Proc struct {
-	Name    string
-	LogPath string
-	Cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
-}
-
-// Done is closed when the process has exited.
-func (p *Proc) Done() <-chan struct{} { return p.done }
-
-// Err is the exit error, valid after Done.
-func (p *Proc) Err() error { return p.err }
-
-// Log returns what the process has printed so far.
-func (p *Proc) Log() string {
-	b, _ := os.ReadFile(p.LogPath)
-	return string(b)
+	// fd77::1 for the IPv6 router advertisement that ends iPXE's ~13 s wait (LAB.md).
+	if err := netlab.AddBridge(ctx, l.NS, Bridge, BridgeCIDR, "fd77::1/64"); err != nil {
+		return err
+	}
+	// The appliance host, cabled to the boot network.
+	if err := netlab.Plug(ctx, l.NS, Bridge, "vapp", l.AppNS, ApplianceIF, ApplianceIP+"/24"); err != nil {
+		return err
+	}
+	_, err := l.Start("dnsmasq", netlab.Dnsmasq{Interface: Bridge, Range: DHCPRange,
+		LeaseFile: filepath.Join(l.cfg.Dir, "dnsmasq.leases"), RAPrefix: "fd77::", LogDHCP: true}.Argv()...)
+	return err
 }
 
 // Start runs argv on the site (the boot network's namespace), output to <Dir>/<name>.log.
-func (l *Lab) Start(name string, argv ...string) (*Proc, error) {
+func (l *Lab) Start(name string, argv ...string) (*proc.Proc, error) {
 	return l.StartIn(l.NS, name, argv...)
 }
 
-// StartIn runs argv inside namespace ns, output to <Dir>/<name>.log.
-func (l *Lab) StartIn(ns, name string, argv ...string) (*Proc, error) {
-	logPath := filepath.Join(l.cfg.Dir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+// StartIn runs argv inside namespace ns, output to <Dir>/<name>.log; Close ends it.
+func (l *Lab) StartIn(ns, name string, argv ...string) (*proc.Proc, error) {
+	p, err := proc.Start(name, argv, proc.Options{NetNS: ns, Log: filepath.Join(l.cfg.Dir, name+".log")})
 	if err != nil {
 		return nil, err
 	}
-	// `ip netns exec` execs the command, so the PID is the command's own.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{Name: name, LogPath: logPath, Cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	l.mu.Lock()
-	l.procs = append(l.procs, p)
-	l.mu.Unlock()
-	l.cfg.Log.Info("lab: started", "name", name, "pid", cmd.Process.Pid)
+	l.track(p)
 	return p, nil
 }
 
-// Stop ends p: SIGTERM, then SIGKILL after grace.
-func (p *Proc) Stop(grace time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		p.Cmd.Process.Kill()
-		<-p.done
-	}
+// track has Close end p.
+func (l *Lab) track(p *proc.Proc) {
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	l.cfg.Log.Info("lab: started", "name", p.Name, "pid", p.Pid())
 }
 
 // Close stops every process (newest first) and deletes the namespaces.
@@ -208,60 +131,16 @@ func (l *Lab) Close() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].Stop(5 * time.Second)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for _, ns := range []string{l.AppNS, l.NS} {
-		if err := run(ctx, "ip", "netns", "del", ns); err != nil {
+		if err := netlab.DelNS(ns); err != nil {
 			l.cfg.Log.Warn("lab: namespace not deleted", "ns", ns, "err", err)
 		}
 	}
 }
 
-// Dial opens a connection from inside the appliance's namespace: the socket is created on a
-// thread switched into the namespace, and keeps that namespace after the switch back.
+// Dial opens a connection from inside the appliance's namespace (netlab.Dial).
 func (l *Lab) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(l.nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns %s: %w", l.NS, err)}
-			return
-		}
-		var d net.Dialer
-		c, derr := d.DialContext(ctx, network, addr)
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread stays in the lab's namespace: keep it locked so it dies
-			// with this goroutine instead of running other goroutines there.
-			if c != nil {
-				c.Close()
-			}
-			ch <- result{err: fmt.Errorf("setns back: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c, derr}
-	}()
-	r := <-ch
-	return r.c, r.err
+	return netlab.Dial(ctx, l.AppNS, network, addr)
 }
 
 // HTTPClient reaches servers on the appliance host (addresses like 127.0.0.1:8080).
