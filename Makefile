@@ -8,7 +8,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd ./images/cmd/lpmos-image ./appliance/cmd/lpmos-lab
+	$(GO) build -o $(BIN)/ ./appliance/cmd/lpmos-appliance ./control/cmd/lpmos-control ./agent-initramfs/cmd/lpmos-agent ./store/cmd/lpmos-etcd ./images/cmd/lpmos-image ./lab/cmd/lpmos-lab
 
 # Debian's kernel + the u-root initramfs with the agent (build/initramfs/).
 initramfs:

@@ -55,6 +55,9 @@ func TestDependencyDirection(t *testing.T) {
 		}, func(d string) bool {
 			return etcd(d) && !strings.HasPrefix(d, "go.etcd.io/etcd/api/") && !strings.HasPrefix(d, "go.etcd.io/etcd/client/pkg/")
 		}, "only store (and its embedded-etcd starter) import etcd", true},
+		{func(p string) bool { return strings.HasPrefix(p, mod+"internal/") }, func(d string) bool {
+			return strings.HasPrefix(d, mod) && !strings.HasPrefix(d, mod+"internal/")
+		}, "the test harness (internal/) is used by netboot's and the agent's tests: it imports nothing of the project", false},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"control") }, func(d string) bool { return strings.HasPrefix(d, mod+"appliance") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 		{func(p string) bool { return p == mod+"appliance" }, func(d string) bool { return strings.HasPrefix(d, mod+"control") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 	}

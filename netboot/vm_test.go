@@ -17,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/netlab"
+	"lpmos.dev/lpmos/internal/netlab/netlabtest"
+	"lpmos.dev/lpmos/internal/qemu"
 	"lpmos.dev/lpmos/netboot"
 	"lpmos.dev/lpmos/netboot/dhcpd"
-	"lpmos.dev/lpmos/netboot/internal/nettest"
 	"lpmos.dev/lpmos/netboot/ipxe"
 	"lpmos.dev/lpmos/netboot/tftpd"
 )
@@ -81,7 +83,7 @@ func TestQEMUNetboot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: VM boot in -short mode")
 	}
-	nettest.Require(t, "qemu-system-x86_64", "dnsmasq")
+	netlabtest.Require(t, qemu.Binary, "dnsmasq")
 	kernel := kernelPath(t)
 	for _, mode := range []dhcpd.Mode{dhcpd.ModeFull, dhcpd.ModeProxy} {
 		t.Run(string(mode), func(t *testing.T) { qemuNetboot(t, mode, false, kernel) })
@@ -89,19 +91,14 @@ func TestQEMUNetboot(t *testing.T) {
 	// LAB.md pitfall 5: the TFTP first stage is exercised with UEFI, OVMF's
 	// own PXE (NIC ROM removed) fetching ipxe.efi, then iPXE over HTTP.
 	t.Run("uefi-pxe-proxy", func(t *testing.T) {
-		if _, err := os.Stat(ovmfCode); err != nil {
-			t.Skip("SKIP: no OVMF (Debian package ovmf)")
+		if err := qemu.OVMFInstalled(); err != nil {
+			t.Skipf("SKIP: %v", err)
 		}
 		qemuNetboot(t, dhcpd.ModeProxy, true, kernel)
 	})
 }
 
 var vmTimeout = 150 * time.Second // LAB.md: 30-60 s per network boot under load
-
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
 
 func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	dir := t.TempDir()
@@ -114,24 +111,17 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 
 	// The VM's link: a bridge in the "site" namespace. The appliance sits
 	// in its own namespace on a veth into that bridge, as on a real network.
-	site, appl := nettest.NS(t, "site"), nettest.NS(t, "appl")
-	nettest.Run(t, "ip", "-n", site, "link", "add", "br0", "type", "bridge")
-	nettest.Run(t, "ip", "-n", site, "tuntap", "add", "dev", "tap0", "mode", "tap")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "tap0", "master", "br0")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "tap0", "up")
-	nettest.Run(t, "ip", "-n", site, "addr", "add", "10.77.0.2/24", "dev", "br0")
-	nettest.Run(t, "ip", "-n", site, "addr", "add", "fd77::1/64", "dev", "br0", "nodad")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "br0", "up")
-	nettest.Link(t, site, "va", "", appl, "nb0", "10.77.0.1/24")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "va", "master", "br0")
+	site, appl := netlabtest.NS(t, "site"), netlabtest.NS(t, "appl")
+	netlabtest.Bridge(t, site, "br0", "10.77.0.2/24", "fd77::1/64")
+	netlabtest.Tap(t, site, "tap0", "br0")
+	netlabtest.Plug(t, site, "br0", "va", appl, "nb0", "10.77.0.1/24")
 	// A router advertisement ends iPXE's ~13 s wait for IPv6 (LAB.md).
-	dnsArgs := []string{"dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
-		"--enable-ra", "--dhcp-range=fd77::,ra-only,64,1h", "--log-facility=-"}
+	dns := netlab.Dnsmasq{Interface: "br0", RAPrefix: "fd77::"}
 	if mode == dhcpd.ModeProxy {
 		// The site's DHCP server: addresses only, no boot file.
-		dnsArgs = append(dnsArgs, "--dhcp-range=10.77.0.100,10.77.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"))
+		dns.Range, dns.LeaseFile = "10.77.0.100,10.77.0.200,255.255.255.0,1h", filepath.Join(dir, "leases")
 	}
-	nettest.Start(t, site, dnsArgs...)
+	netlabtest.Start(t, site, dns.Argv()...)
 
 	lw := &lineWriter{lines: make(chan string, 256)}
 	log := slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -152,7 +142,7 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	var ln net.Listener
 	var conns []net.PacketConn
 	var tftpConn net.PacketConn
-	if err := nettest.Do(appl, func() (err error) {
+	if err := netlab.Do(appl, func() (err error) {
 		if ln, err = net.Listen("tcp4", "10.77.0.1:0"); err != nil {
 			return err
 		}
@@ -184,7 +174,7 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	tftpDone := make(chan error, 1)
 	// pin/tftp opens a socket per transfer from the Serve goroutine: run
 	// that goroutine inside the appliance namespace so they land there.
-	go func() { tftpDone <- nettest.Do(appl, func() error { return ts.Serve(ctx, tftpConn) }) }()
+	go func() { tftpDone <- netlab.Do(appl, func() error { return ts.Serve(ctx, tftpConn) }) }()
 	cfg := dhcpd.Config{Mode: mode, Booter: booter, Logger: log,
 		ServerIP: netip.MustParseAddr("10.77.0.1"), HTTPPort: ln.Addr().(*net.TCPAddr).Port,
 		Pool:   &dhcpd.Pool{Start: netip.MustParseAddr("10.77.0.100"), End: netip.MustParseAddr("10.77.0.200"), Subnet: netip.MustParsePrefix("10.77.0.0/24"), LeaseTime: time.Hour},
@@ -209,31 +199,20 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 		}
 	})
 
-	accel := "tcg" // LAB.md: nested KVM here never leaves the decompressor
-	if os.Getenv("LPMOS_QEMU_ACCEL") != "" {
-		accel = os.Getenv("LPMOS_QEMU_ACCEL")
-	}
-	serial := filepath.Join(dir, "serial.log")
-	args := []string{"qemu-system-x86_64", "-accel", accel, "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
-		"-boot", "n", "-serial", "file:" + serial, "-monitor", "none",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
-	nic := "virtio-net-pci,netdev=n0,mac=" + mac.String()
+	// QEMU's own iPXE NIC ROM (-boot n); under UEFI OVMF's own virtio-net + PXE instead.
+	fw := qemu.BIOS
 	if uefi {
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		b, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(vars, b, 0o644)
-		args = append(args, "-machine", "q35",
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
-		nic += ",romfile=" // OVMF's own virtio-net + PXE instead of iPXE's ROM
+		fw = qemu.UEFI
 	}
 	if os.Getenv("LPMOS_VM_PCAP") != "" {
-		nettest.Start(t, appl, "tcpdump", "-ni", "nb0", "-U", "-w", os.Getenv("LPMOS_VM_PCAP"))
+		netlabtest.Start(t, appl, "tcpdump", "-ni", "nb0", "-U", "-w", os.Getenv("LPMOS_VM_PCAP"))
 	}
-	nettest.Start(t, site, append(args, "-device", nic)...)
+	vm, err := qemu.Start(qemu.Config{Dir: dir, NetNS: site, Firmware: fw, NoReboot: true, Boot: "n",
+		NICs: []qemu.NIC{{Tap: "tap0", MAC: mac.String(), NoROM: uefi}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Stop(5 * time.Second) })
 
 	// iPXE expands ipxe.FactsQuery in the DHCP file name: the script
 	// request says what iPXE runs on.
@@ -267,8 +246,7 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 				done = done && ok
 			}
 		case <-timer.C:
-			s, _ := os.ReadFile(serial)
-			t.Fatalf("VM did not load kernel and initrd in time: %v\nserial:\n%s", want, s)
+			t.Fatalf("VM did not load kernel and initrd in time: %v\nserial:\n%s", want, vm.SerialLog())
 		}
 	}
 }

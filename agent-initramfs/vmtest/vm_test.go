@@ -85,8 +85,8 @@ func testBootReports(t *testing.T, images Images, uefi bool) {
 	var rep contract.ReportRequest
 	select {
 	case rep = <-reports:
-	case <-vm.Exited:
-		t.Fatalf("QEMU exited before the report: %v", vm.Err)
+	case <-vm.Done():
+		t.Fatalf("QEMU exited before the report: %v\n%s", vm.Err(), vm.Log())
 	case <-ctx.Done():
 		t.Fatalf("no report within 3 minutes")
 	}
@@ -121,7 +121,7 @@ func testBootReports(t *testing.T, images Images, uefi bool) {
 			t.Errorf("virtio device without a driver: %+v", m)
 		}
 	}
-	console := vm.ConsoleTail(400)
+	console := vm.SerialTail(400)
 	for _, want := range append([]string{"drivers loaded", "virtio_net", "virtio_blk", "virtio_rng", "DHCP lease"}, wantDrivers...) {
 		if !strings.Contains(console, want) {
 			t.Errorf("console lacks %q", want)
@@ -142,12 +142,12 @@ func TestBootFatalReboots(t *testing.T) {
 	images := BuildImages(t)
 	vm := Start(t, Config{Images: images, Append: "lpmos.reboot_delay=1", MAC: vmMAC})
 	select {
-	case <-vm.Exited:
+	case <-vm.Done():
 	case <-time.After(3 * time.Minute):
 		t.Fatal("the VM did not reboot within 3 minutes")
 	}
 	t.Logf("boot to reboot: %v", time.Since(vm.Started).Round(100*time.Millisecond))
-	console := vm.ConsoleTail(200)
+	console := vm.SerialTail(200)
 	for _, want := range []string{"LPMOS agent stopped: lpmos.url= missing", "rebooting in 1s", "reboot: Restarting system"} {
 		if !strings.Contains(console, want) {
 			t.Errorf("console lacks %q", want)

@@ -1,27 +1,27 @@
 // Package vmtest boots the project's own kernel + initramfs in QEMU for tests: direct
-// -kernel/-initrd boot, software emulation (LAB.md: this machine's KVM cannot run a
-// guest kernel), user-mode networking (the guest reaches the host's 127.0.0.1 as
-// 10.0.2.2, so test servers stay on loopback), a virtio-rng for entropy, and the
-// serial console in a file.
+// -kernel/-initrd boot, the accelerator of internal/qemu (TCG unless KVM works),
+// user-mode networking (the guest reaches the host's 127.0.0.1 as qemu.HostAddr, so
+// test servers stay on loopback), a virtio-rng for entropy, and the serial console in
+// a file.
 package vmtest
 
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/qemu"
 )
 
 // HostAddr is the host's loopback as user-mode networking shows it to the guest.
-const HostAddr = "10.0.2.2"
+const HostAddr = qemu.HostAddr
 
 // Images are the kernel and initramfs to boot.
 type Images struct {
@@ -39,8 +39,8 @@ func BuildImages(t *testing.T) Images {
 	if os.Getenv("LPMOS_SKIP_VM") != "" {
 		t.Skip("VM test skipped: LPMOS_SKIP_VM is set")
 	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("VM test SKIPPED: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	if err := qemu.Installed(); err != nil {
+		t.Skipf("VM test SKIPPED: %v", err)
 	}
 	build.once.Do(func() { build.images, build.log, build.err = buildImages(repoRoot(t)) })
 	if build.err != nil {
@@ -108,18 +108,9 @@ type Config struct {
 	Extra  []string // more QEMU arguments
 }
 
-// VM is a running QEMU.
-type VM struct {
-	Serial  string        // the serial console's log file
-	Started time.Time     // when QEMU was started
-	Exited  chan struct{} // closed when QEMU exits
-	Err     error         // QEMU's exit status, once Exited is closed
-	cmd     *exec.Cmd
-}
-
-// Start boots a VM; t.Cleanup kills it (by PID) and logs the console's tail when the
-// test failed.
-func Start(t *testing.T, c Config) *VM {
+// Start boots a VM (its files in a t.TempDir, no option ROM on the NIC, -no-reboot);
+// t.Cleanup kills it by PID and logs the console's tail when the test failed.
+func Start(t *testing.T, c Config) *qemu.VM {
 	t.Helper()
 	if c.SMP == 0 {
 		c.SMP = 2
@@ -127,79 +118,35 @@ func Start(t *testing.T, c Config) *VM {
 	if c.MemMiB == 0 {
 		c.MemMiB = 1024
 	}
-	dir := t.TempDir()
-	vm := &VM{Serial: filepath.Join(dir, "serial.log"), Exited: make(chan struct{})}
-	args := []string{
-		"-accel", "tcg", "-m", strconv.Itoa(c.MemMiB), "-smp", strconv.Itoa(c.SMP),
-		"-display", "none", "-monitor", "none", "-no-reboot",
-		"-serial", "file:" + vm.Serial,
-		"-kernel", c.Kernel, "-initrd", c.Initramfs,
-		"-append", strings.TrimSpace("console=ttyS0 " + c.Append),
-		"-netdev", "user,id=n0",
-		"-device", "virtio-net-pci,netdev=n0,mac=" + c.MAC + ",romfile=",
-		"-device", "virtio-rng-pci",
-	}
+	fw := qemu.BIOS
 	if c.UEFI {
-		code, vars := OVMF(t)
-		varsCopy := filepath.Join(dir, "OVMF_VARS.fd")
-		b, err := os.ReadFile(vars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(varsCopy, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "-machine", "q35",
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
-			"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy)
+		OVMF(t)
+		fw = qemu.UEFI
 	}
-	for i, d := range c.Disks {
-		args = append(args, "-drive", fmt.Sprintf("file=%s,if=none,id=d%d,format=raw", d, i),
-			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d", i))
+	cfg := qemu.Config{Dir: t.TempDir(), Firmware: fw, CPUs: c.SMP, MemMiB: c.MemMiB,
+		Kernel: c.Kernel, Initrd: c.Initramfs, Append: strings.TrimSpace("console=ttyS0 " + c.Append),
+		NICs: []qemu.NIC{{MAC: c.MAC, NoROM: true}}, RNG: true, NoReboot: true, Extra: c.Extra}
+	for _, d := range c.Disks {
+		cfg.Disks = append(cfg.Disks, qemu.Disk{Path: d})
 	}
-	args = append(args, c.Extra...)
-	vm.cmd = exec.Command("qemu-system-x86_64", args...)
-	var stderr bytes.Buffer
-	vm.cmd.Stderr = &stderr
-	vm.Started = time.Now()
-	if err := vm.cmd.Start(); err != nil {
+	vm, err := qemu.Start(cfg)
+	if err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
-	go func() {
-		vm.Err = vm.cmd.Wait()
-		if stderr.Len() > 0 {
-			vm.Err = fmt.Errorf("%v: %s", vm.Err, strings.TrimSpace(stderr.String()))
-		}
-		close(vm.Exited)
-	}()
 	t.Cleanup(func() {
-		_ = vm.cmd.Process.Kill()
-		<-vm.Exited
+		vm.Kill()
 		if t.Failed() {
-			t.Logf("serial console (tail):\n%s", vm.ConsoleTail(60))
+			t.Logf("qemu output:\n%s\nserial console (tail):\n%s", vm.Log(), vm.SerialTail(60))
 		}
 	})
-	t.Logf("qemu pid %d (GOMAXPROCS %d): %s", vm.cmd.Process.Pid, runtime.GOMAXPROCS(0), strings.Join(args, " "))
+	t.Logf("qemu pid %d (GOMAXPROCS %d): %s", vm.Pid(), runtime.GOMAXPROCS(0), strings.Join(cfg.Args(), " "))
 	return vm
 }
 
 // OVMF returns Debian's OVMF code and variables template, skipping the test without them.
 func OVMF(t *testing.T) (code, vars string) {
-	code, vars = "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"
-	for _, f := range []string{code, vars} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("UEFI VM test SKIPPED: %s missing (apt-get install ovmf)", f)
-		}
+	if err := qemu.OVMFInstalled(); err != nil {
+		t.Skipf("UEFI VM test SKIPPED: %v", err)
 	}
-	return code, vars
-}
-
-// ConsoleTail returns the last n lines of the serial console.
-func (vm *VM) ConsoleTail(n int) string {
-	b, _ := os.ReadFile(vm.Serial)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return qemu.OVMFCode, qemu.OVMFVars
 }

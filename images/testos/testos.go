@@ -3,7 +3,7 @@
 // install it with the agent, then boot the written disk and look for the marker.
 //
 //	img := testos.Build(t)                      // build/testos/testos.img (skips if tools are missing)
-//	res := testos.Boot(t, testos.BootConfig{Disk: copyOfImg, Firmware: testos.UEFI})
+//	res := testos.Boot(t, testos.BootConfig{Disk: copyOfImg, Firmware: qemu.UEFI})
 //	t.Logf("booted in %v: %s", res.Elapsed, res.Line)
 //
 // The image layout is documented in scripts/build-testos.sh.
@@ -23,24 +23,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/qemu"
 )
 
 // Marker starts the line the test OS's init prints once the kernel has run it.
 const Marker = "LPMOS-TESTOS-BOOTED"
-
-// Firmware selects how QEMU boots the disk.
-type Firmware string
-
-const (
-	BIOS Firmware = "bios" // SeaBIOS, syslinux
-	UEFI Firmware = "uefi" // OVMF on q35, systemd-boot
-)
-
-// OVMF firmware files (Debian's ovmf package). The vars file is copied per VM.
-const (
-	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
 
 // Exit codes of scripts/build-testos.sh that mean "cannot build here" rather than a bug.
 const (
@@ -117,9 +105,9 @@ func repoRoot() (string, error) {
 // BootConfig says what to boot and how.
 type BootConfig struct {
 	Disk      string        // raw disk image, attached read-write as a virtio disk
-	Firmware  Firmware      // BIOS or UEFI
+	Firmware  qemu.Firmware // qemu.BIOS (SeaBIOS, syslinux) or qemu.UEFI (OVMF on q35, systemd-boot)
 	Timeout   time.Duration // until the marker must appear; default 3 minutes
-	Memory    string        // -m; default 512
+	MemMiB    int           // default 512
 	ExtraArgs []string      // appended to QEMU's arguments
 }
 
@@ -130,117 +118,53 @@ type BootResult struct {
 	Log     string        // the serial log's path (in a t.TempDir)
 }
 
-// Boot starts QEMU (TCG: see LAB.md) on cfg.Disk, waits for the marker line with the
-// expected firmware in it, and returns it. QEMU is killed in t.Cleanup if still running.
-// Fails t on timeout or if QEMU exits without the marker; skips t if QEMU or OVMF is
-// missing.
+// Boot starts QEMU (internal/qemu: TCG unless KVM works) on cfg.Disk, waits for the
+// marker line with the expected firmware in it, and returns it. QEMU is killed by PID
+// in t.Cleanup if still running. Fails t on timeout or if QEMU exits without the
+// marker; skips t if QEMU or OVMF is missing.
 func Boot(t testing.TB, cfg BootConfig) BootResult {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("SKIP: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+	if err := qemu.Installed(); err != nil {
+		t.Skipf("SKIP: %v", err)
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 3 * time.Minute
 	}
-	if cfg.Memory == "" {
-		cfg.Memory = "512"
-	}
-	dir := t.TempDir()
-	serial := filepath.Join(dir, "serial.log")
-	args := []string{"-accel", "tcg", "-m", cfg.Memory, "-nographic", "-no-reboot", "-monitor", "none",
-		"-drive", "file=" + cfg.Disk + ",format=raw,if=virtio", "-serial", "file:" + serial}
 	switch cfg.Firmware {
-	case BIOS:
-	case UEFI:
-		if _, err := os.Stat(OVMFCode); err != nil {
-			t.Skipf("SKIP: %s missing (apt-get install ovmf)", OVMFCode)
+	case qemu.BIOS:
+	case qemu.UEFI:
+		if err := qemu.OVMFInstalled(); err != nil {
+			t.Skipf("SKIP: %v", err)
 		}
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		if err := copyFile(OVMFVars, vars); err != nil {
-			t.Skipf("SKIP: OVMF vars: %v", err)
-		}
-		args = append(args, "-machine", "q35",
-			"-drive", "if=pflash,format=raw,readonly=on,file="+OVMFCode,
-			"-drive", "if=pflash,format=raw,file="+vars)
 	default:
 		t.Fatalf("testos.Boot: unknown firmware %q", cfg.Firmware)
 	}
-	args = append(args, cfg.ExtraArgs...)
-
-	var out bytes.Buffer
-	cmd := exec.Command("qemu-system-x86_64", args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	vm, err := qemu.Start(qemu.Config{Dir: t.TempDir(), Firmware: cfg.Firmware, MemMiB: cfg.MemMiB,
+		Disks: []qemu.Disk{{Path: cfg.Disk}}, NoReboot: true, Extra: cfg.ExtraArgs})
+	if err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // by PID; harmless if QEMU already powered off
-		<-exited
-	})
+	t.Cleanup(vm.Kill) // harmless if QEMU already powered off
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
-	line, err := WaitForMarker(ctx, serial, exited)
-	elapsed := time.Since(start)
+	line, err := vm.WaitSerial(ctx, Marker)
+	elapsed := time.Since(vm.Started)
 	if err != nil {
-		log, _ := os.ReadFile(serial)
 		t.Fatalf("%s boot of %s: %v after %v\nqemu: %s\nserial log tail:\n%s",
-			cfg.Firmware, cfg.Disk, err, elapsed.Round(time.Millisecond), out.String(), tail(log, 3000))
+			cfg.Firmware, cfg.Disk, err, elapsed.Round(time.Millisecond), vm.Log(), tail(vm.SerialLog(), 3000))
 	}
 	if !strings.Contains(line, " firmware="+string(cfg.Firmware)+" ") {
 		t.Fatalf("booted, but not through %s firmware: %q", cfg.Firmware, line)
 	}
-	return BootResult{Line: line, Elapsed: elapsed, Log: serial}
+	return BootResult{Line: line, Elapsed: elapsed, Log: vm.Serial}
 }
 
-// WaitForMarker polls the serial log at logPath until a line containing Marker appears
-// and returns that line. It gives up when ctx ends or exited (if non-nil) is closed and a
-// last read still lacks the marker, e.g. QEMU exited after a kernel panic.
-func WaitForMarker(ctx context.Context, logPath string, exited <-chan struct{}) (string, error) {
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if line, ok := findMarker(logPath); ok {
-			return line, nil
-		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("no %s line on the serial console: %w", Marker, ctx.Err())
-		case <-exited:
-			if line, ok := findMarker(logPath); ok {
-				return line, nil
-			}
-			return "", fmt.Errorf("QEMU exited without a %s line on the serial console", Marker)
-		case <-tick.C:
-		}
+func tail(s string, n int) string {
+	if len(s) > n {
+		s = s[len(s)-n:]
 	}
-}
-
-// findMarker returns the first complete marker line in the log.
-func findMarker(logPath string) (string, bool) {
-	b, err := os.ReadFile(logPath)
-	if err != nil {
-		return "", false
-	}
-	i := bytes.Index(b, []byte(Marker))
-	if i < 0 {
-		return "", false
-	}
-	end := bytes.IndexByte(b[i:], '\n')
-	if end < 0 {
-		return "", false // still being written
-	}
-	return strings.TrimRight(string(b[i:i+end]), "\r"), true
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
+	return s
 }
 
 func copyFile(src, dst string) error {

@@ -1,7 +1,6 @@
 package testos
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/qemu"
 )
 
 // TestBoot builds the image and boots one copy of it per firmware, one VM at a time
@@ -24,10 +25,10 @@ func TestBoot(t *testing.T) {
 
 	// UEFI boots the image on a larger (sparse) disk, as the agent leaves it on a real one.
 	for _, tc := range []struct {
-		fw      Firmware
+		fw      qemu.Firmware
 		loader  string
 		diskMiB int64
-	}{{BIOS, "syslinux", 0}, {UEFI, "systemd-boot", 64}} {
+	}{{qemu.BIOS, "syslinux", 0}, {qemu.UEFI, "systemd-boot", 64}} {
 		t.Run(string(tc.fw), func(t *testing.T) {
 			disk := CopyImage(t, img)
 			if tc.diskMiB > 0 {
@@ -73,40 +74,5 @@ func checkOutputs(t *testing.T, img string) {
 		if fi.Size() >= int64(len(raw)) {
 			t.Errorf("%s is not smaller than the raw image", ext)
 		}
-	}
-}
-
-func TestWaitForMarker(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "serial.log")
-	exited := make(chan struct{})
-
-	// The line appears only once it is complete.
-	if err := os.WriteFile(log, []byte("kernel noise\r\n"+Marker+" kernel=6.1 firmware=bios"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := findMarker(log); ok {
-		t.Fatal("partial marker line accepted")
-	}
-	go func() {
-		f, _ := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)
-		_, _ = f.WriteString(" cmdline=\"x\"\r\n[ 1.0] reboot: Power down\r\n")
-		_ = f.Close()
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	line, err := WaitForMarker(ctx, log, exited)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := Marker + " kernel=6.1 firmware=bios cmdline=\"x\""; line != want {
-		t.Fatalf("line = %q, want %q", line, want)
-	}
-
-	// QEMU exiting without the marker ends the wait at once, not at the deadline.
-	empty := filepath.Join(dir, "empty.log")
-	close(exited)
-	if _, err := WaitForMarker(ctx, empty, exited); err == nil || !strings.Contains(err.Error(), "exited") {
-		t.Fatalf("err = %v, want QEMU exited", err)
 	}
 }

@@ -17,8 +17,9 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
 
+	"lpmos.dev/lpmos/internal/netlab"
+	"lpmos.dev/lpmos/internal/netlab/netlabtest"
 	"lpmos.dev/lpmos/netboot"
-	"lpmos.dev/lpmos/netboot/internal/nettest"
 )
 
 // The namespace tests run the server as this test binary re-executed inside
@@ -67,13 +68,13 @@ func helperServer() error {
 	return s.Serve(ctx, conns...)
 }
 
-func startHelper(t *testing.T, ns, spec string) *nettest.Proc {
+func startHelper(t *testing.T, ns, spec string) *netlabtest.Proc {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := nettest.Start(t, ns, "env", helperEnv+"="+spec, exe)
+	p := netlabtest.Start(t, ns, "env", helperEnv+"="+spec, exe)
 	p.Expect(t, "HELPER READY", 20*time.Second)
 	return p
 }
@@ -81,9 +82,9 @@ func startHelper(t *testing.T, ns, spec string) *nettest.Proc {
 // TestUdhcpcFullMode: busybox udhcpc, a stock client, gets an address from
 // full mode and renews it (SIGUSR1 makes it renew at once).
 func TestUdhcpcFullMode(t *testing.T) {
-	nettest.Require(t, "udhcpc")
-	appl, client := nettest.NS(t, "appl"), nettest.NS(t, "cli")
-	nettest.Link(t, appl, "nb0", "10.77.0.1/24", client, "eth0", "")
+	netlabtest.Require(t, "udhcpc")
+	appl, client := netlabtest.NS(t, "appl"), netlabtest.NS(t, "cli")
+	netlabtest.Link(t, appl, "nb0", "10.77.0.1/24", client, "eth0", "")
 	srv := startHelper(t, appl, "full,nb0,10.77.0.100,10.77.0.150,10.77.0.0/24")
 
 	script := filepath.Join(t.TempDir(), "udhcpc.script")
@@ -93,7 +94,7 @@ func TestUdhcpcFullMode(t *testing.T) {
 echo "EVENT $1 ip=$ip mask=$mask serverid=$serverid lease=$lease"
 case "$1" in bound|renew) ip addr replace "$ip/$mask" dev "$interface" ;; esac
 `), 0o755)
-	cli := nettest.Start(t, client, "udhcpc", "-f", "-i", "eth0", "-s", script, "-t", "5", "-T", "2", "-A", "1")
+	cli := netlabtest.Start(t, client, "udhcpc", "-f", "-i", "eth0", "-s", script, "-t", "5", "-T", "2", "-A", "1")
 	bound := cli.Expect(t, "EVENT bound", 30*time.Second)
 	if !strings.Contains(bound, "ip=10.77.0.1") || !strings.Contains(bound, "serverid=10.77.0.1 ") || !strings.Contains(bound, "lease=3600") {
 		t.Fatalf("bound with %q", bound)
@@ -121,24 +122,20 @@ func field(line, key string) string {
 // only); the proxy in another namespace adds the boot file. A PXE DISCOVER
 // from a third namespace gets both offers.
 func TestProxyBesideDnsmasq(t *testing.T) {
-	nettest.Require(t, "dnsmasq")
-	site, appl, client := nettest.NS(t, "site"), nettest.NS(t, "appl"), nettest.NS(t, "cli")
-	nettest.Run(t, "ip", "-n", site, "link", "add", "br0", "type", "bridge")
-	nettest.Run(t, "ip", "-n", site, "addr", "add", "10.78.0.2/24", "dev", "br0")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "br0", "up")
-	nettest.Link(t, site, "pa", "", appl, "nb0", "10.78.0.1/24")
-	nettest.Link(t, site, "pc", "", client, "eth0", "")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "pa", "master", "br0")
-	nettest.Run(t, "ip", "-n", site, "link", "set", "pc", "master", "br0")
+	netlabtest.Require(t, "dnsmasq")
+	site, appl, client := netlabtest.NS(t, "site"), netlabtest.NS(t, "appl"), netlabtest.NS(t, "cli")
+	netlabtest.Bridge(t, site, "br0", "10.78.0.2/24")
+	netlabtest.Plug(t, site, "br0", "pa", appl, "nb0", "10.78.0.1/24")
+	netlabtest.Plug(t, site, "br0", "pc", client, "eth0", "")
 
 	dir := t.TempDir()
-	dns := nettest.Start(t, site, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
-		"--dhcp-range=10.78.0.100,10.78.0.200,255.255.255.0,1h", "--dhcp-leasefile="+filepath.Join(dir, "leases"), "--log-dhcp", "--log-facility=-")
+	dns := netlabtest.Start(t, site, netlab.Dnsmasq{Interface: "br0", Range: "10.78.0.100,10.78.0.200,255.255.255.0,1h",
+		LeaseFile: filepath.Join(dir, "leases"), LogDHCP: true}.Argv()...)
 	dns.Expect(t, "DHCP, IP range", 10*time.Second)
 	srv := startHelper(t, appl, "proxy,nb0")
 
 	var conn net.PacketConn
-	if err := nettest.Do(client, func() (err error) {
+	if err := netlab.Do(client, func() (err error) {
 		conn, err = Listen(context.Background(), "0.0.0.0:68", "eth0")
 		return err
 	}); err != nil {

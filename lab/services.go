@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"lpmos.dev/lpmos/internal/proc"
 )
 
 // ApplianceConfig are the appliance's boot files and extra flags.
@@ -22,7 +24,7 @@ type ApplianceConfig struct {
 // StartAppliance runs the real appliance binary on its host: proxy-DHCP on the boot
 // network beside the site's dnsmasq, TFTP on :69, HTTP boot and the regional API on
 // :8081, embedded etcd on its loopback. It returns once the regional API answers.
-func (l *Lab) StartAppliance(ctx context.Context, c ApplianceConfig) (*Proc, error) {
+func (l *Lab) StartAppliance(ctx context.Context, c ApplianceConfig) (*proc.Proc, error) {
 	args := []string{filepath.Join(l.cfg.Bin, "lpmos-appliance"),
 		"--label=dc1", "--api-port=" + strconv.Itoa(APIPort),
 		"--dhcp-mode=proxy", "--dhcp-interface=" + ApplianceIF, "--tftp-addr=:69",
@@ -41,7 +43,7 @@ func (l *Lab) StartAppliance(ctx context.Context, c ApplianceConfig) (*Proc, err
 }
 
 // StartControl runs the control plane on the appliance's etcd.
-func (l *Lab) StartControl(ctx context.Context, args ...string) (*Proc, error) {
+func (l *Lab) StartControl(ctx context.Context, args ...string) (*proc.Proc, error) {
 	p, err := l.StartIn(l.AppNS, "control", append([]string{filepath.Join(l.cfg.Bin, "lpmos-control"),
 		"--port=" + strconv.Itoa(ControlPort), "--etcd-endpoints=" + EtcdEndpoint}, args...)...)
 	if err != nil {
@@ -54,7 +56,7 @@ func (l *Lab) StartControl(ctx context.Context, args ...string) (*Proc, error) {
 }
 
 // waitHTTP polls url until it answers 200, p exits, or ctx ends.
-func (l *Lab) waitHTTP(ctx context.Context, p *Proc, url string) error {
+func (l *Lab) waitHTTP(ctx context.Context, p *proc.Proc, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	cl := l.HTTPClient()

@@ -20,8 +20,10 @@ import (
 	"google.golang.org/grpc"
 
 	"lpmos.dev/lpmos/agent-initramfs/vmtest"
-	"lpmos.dev/lpmos/appliance/lab"
 	"lpmos.dev/lpmos/images/testos"
+	"lpmos.dev/lpmos/internal/proc"
+	"lpmos.dev/lpmos/internal/qemu"
+	"lpmos.dev/lpmos/lab"
 )
 
 // TestMission is the whole mission on a boot network, the way a datacenter uses it:
@@ -38,7 +40,7 @@ func TestMission(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("VM LAB SKIPPED: needs root for network namespaces, taps and DHCP ports (run `make test` as root, as CI does)")
 	}
-	for _, b := range []string{"qemu-system-x86_64", "dnsmasq"} {
+	for _, b := range []string{qemu.Binary, "dnsmasq"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("VM LAB SKIPPED: %s not installed (.ci/run installs it)", b)
 		}
@@ -95,9 +97,9 @@ func TestMission(t *testing.T) {
 		vm    lab.VMConfig
 		known bool
 	}{
-		{"BIOS", lab.VMConfig{Name: "bios", MAC: "52:54:00:12:34:56", Firmware: lab.BIOS, CPUs: 2, DiskMiB: 64}, true},
-		{"UEFI-PXE-TFTP", lab.VMConfig{Name: "uefi", MAC: "52:54:00:12:34:57", Firmware: lab.UEFI, NoNICROM: true, CPUs: 2, DiskMiB: 96}, true},
-		{"UnknownMachine", lab.VMConfig{Name: "unknown", MAC: "52:54:00:12:34:58", Firmware: lab.BIOS, CPUs: 1, DiskMiB: 64}, false},
+		{"BIOS", lab.VMConfig{Name: "bios", MAC: "52:54:00:12:34:56", Firmware: qemu.BIOS, CPUs: 2, DiskMiB: 64}, true},
+		{"UEFI-PXE-TFTP", lab.VMConfig{Name: "uefi", MAC: "52:54:00:12:34:57", Firmware: qemu.UEFI, NoNICROM: true, CPUs: 2, DiskMiB: 96}, true},
+		{"UnknownMachine", lab.VMConfig{Name: "unknown", MAC: "52:54:00:12:34:58", Firmware: qemu.BIOS, CPUs: 1, DiskMiB: 64}, false},
 	} {
 		ok := t.Run(c.name, func(t *testing.T) {
 			m.t = t
@@ -113,7 +115,7 @@ func TestMission(t *testing.T) {
 type mission struct {
 	t     *testing.T
 	lab   *lab.Lab
-	app   *lab.Proc
+	app   *proc.Proc
 	etcd  *clientv3.Client
 	image []byte
 }
@@ -349,7 +351,7 @@ func (m *mission) checkHardware(ctx context.Context, prefix string, cfg lab.VMCo
 	if !foundDisk || !foundNIC {
 		t.Errorf("hardware lacks vda of %d MiB or NIC %s: %s", cfg.DiskMiB, cfg.MAC, raw)
 	}
-	if want := map[lab.Firmware]string{lab.BIOS: "bios", lab.UEFI: "uefi"}[cfg.Firmware]; hw.Firmware != want {
+	if want := map[qemu.Firmware]string{qemu.BIOS: "bios", qemu.UEFI: "uefi"}[cfg.Firmware]; hw.Firmware != want {
 		t.Errorf("reported firmware %q, want %q", hw.Firmware, want)
 	}
 }
@@ -440,7 +442,7 @@ func printTimings(t *testing.T, rs []timings) {
 func buildBinaries(t *testing.T, dir string) string {
 	t.Helper()
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
-	cmd.Dir = "../.."
+	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -3,7 +3,6 @@ package lab_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/netlab/netlabtest"
 )
 
 // TestSeedFlowsWithMakeRun starts `make run` as a user would (in a network namespace of
@@ -26,16 +27,11 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Skip("SEED FLOWS SKIPPED: curl not installed")
 	}
-	ns := fmt.Sprintf("lpm-seed-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+	ns := netlabtest.NS(t, "seed")
 
 	runDir := t.TempDir()
 	cmd := exec.Command("ip", "netns", "exec", ns, "make", "run")
-	cmd.Dir = "../.."
+	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "RUN_DIR="+runDir)
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
