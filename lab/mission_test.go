@@ -231,8 +231,21 @@ poll:
 			mark("report")
 			if _, ok := tm.at["approved"]; !ok {
 				m.checkHardware(ctx, prefix, cfg)
+				// Approve what the API shows: the stored plan, by its digest.
+				var task struct {
+					Plan struct {
+						Digest  string `json:"digest"`
+						Refused string `json:"refused"`
+						Disk    struct {
+							Path string `json:"path"`
+						} `json:"disk"`
+					} `json:"plan"`
+				}
+				if code, err := m.lab.API(ctx, "GET", lab.ControlURL()+"/api/v1/tasks/"+id, nil, &task); err != nil || code != 200 || task.Plan.Disk.Path != "/dev/vda" {
+					t.Fatalf("plan: %d %+v %v", code, task, err)
+				}
 				var out map[string]any
-				if code, err := m.lab.API(ctx, "POST", lab.ControlURL()+"/api/v1/tasks/"+id+"/approve", nil, &out); err != nil || code != 200 {
+				if code, err := m.lab.API(ctx, "POST", lab.ControlURL()+"/api/v1/tasks/"+id+"/approve", map[string]string{"plan_digest": task.Plan.Digest}, &out); err != nil || code != 200 {
 					t.Fatalf("approve: %d %v %v", code, out, err)
 				}
 				mark("approved")
@@ -296,7 +309,7 @@ poll:
 	if prog["stage"] != "completed" || prog["percentage"] != 100.0 {
 		t.Errorf("progress = %v", prog)
 	}
-	if appr["status"] != "approved" {
+	if appr["status"] != "approved" || appr["plan_digest"] == nil || appr["disk_path"] != "/dev/vda" || appr["image_sha256"] == nil {
 		t.Errorf("approval = %v", appr)
 	}
 	if n := m.count(ctx, "/os/index/mac/dc1/"+cfg.MAC); n != 0 {

@@ -3,6 +3,7 @@ package lab_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -90,7 +91,22 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if h["region_label"] != "dc1" || h["etcd_reachable"] != true {
 		t.Fatalf("health: %v", h)
 	}
-	// Test 1: the normal flow.
+	// Test 1: the normal flow. A small image for ubuntu 22.04 first, as the README
+	// says; the appliance publishes it in its heartbeat within seconds.
+	img := runDir + "/u.img"
+	if err := os.WriteFile(img, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("../bin/lpmos-image", "add", "--dir", runDir+"/images", "--os-type", "ubuntu", "--os-version", "22.04", img).CombinedOutput(); err != nil {
+		t.Fatalf("lpmos-image add: %v\n%s", err, b)
+	}
+	for !strings.Contains(fmt.Sprint(curl("http://localhost:8080/api/v1/regions")), "ubuntu") {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the region never advertised the image")
+		case <-tick.C:
+		}
+	}
 	task := curl("-X", "POST", "http://localhost:8080/api/v1/tasks", "-H", "Content-Type: application/json",
 		"-d", `{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:5e","os_type":"ubuntu","os_version":"22.04"}`)
 	id, _ := task["task_id"].(string)
@@ -98,14 +114,19 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 		t.Fatalf("create: %v", task)
 	}
 	rep := curl("-X", "POST", "http://localhost:8081/api/report", "-H", "Content-Type: application/json",
-		"-d", `{"mac_address":"00:1A:2B:3C:4D:5E","hardware":{"cpu":{"cores":4},"memory":{"total_bytes":8589934592}}}`)
+		"-d", `{"mac_address":"00:1A:2B:3C:4D:5E","hardware":{"cpu":{"cores":4},"memory":{"total_bytes":8589934592},"disks":[{"name":"sda","path":"/dev/sda","size_bytes":480000000000,"serial":"S1"}]}}`)
 	if rep["status"] != "ok" || rep["task_id"] != id {
 		t.Fatalf("report: %v", rep)
 	}
 	if a := curl("http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != false || a["task_status"] != "pending_approval" {
 		t.Fatalf("approval before approve: %v", a)
 	}
-	if a := curl("-X", "POST", "http://localhost:8080/api/v1/tasks/"+id+"/approve"); a["status"] != "approved" {
+	plan, _ := curl("http://localhost:8080/api/v1/tasks/" + id)["plan"].(map[string]any)
+	if plan == nil || plan["disk"].(map[string]any)["serial"] != "S1" {
+		t.Fatalf("plan: %v", plan)
+	}
+	if a := curl("-X", "POST", "http://localhost:8080/api/v1/tasks/"+id+"/approve", "-H", "Content-Type: application/json",
+		"-d", `{"plan_digest":"`+plan["digest"].(string)+`"}`); a["status"] != "approved" {
 		t.Fatalf("approve: %v", a)
 	}
 	if a := curl("http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != true {
