@@ -384,7 +384,7 @@ func (s *Server) unmatchedPage(w http.ResponseWriter, r *http.Request) error {
 	return s.renderUnmatched(w, r, http.StatusOK, "", nil)
 }
 
-// failed carries a refused match back onto its report's form.
+// matchFailure carries a refused match back onto its report's form.
 type matchFailure struct {
 	ID, Region, OSType, OSVersion, FormError string
 	Errors                                   map[string]string

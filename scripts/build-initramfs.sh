@@ -6,9 +6,11 @@
 # The initramfs is two gzipped cpio archives back to back (the kernel unpacks each in
 # turn, later files winning):
 #   1. u-root v0.16.0 in module mode: init, the gosh rescue shell, a few commands, and
-#      /bin/uinit -> /bin/lpmos-agent --initramfs. Slow to build (minutes on 2 busy
-#      cores), so it is cached under build/initramfs/cache/, keyed by the commands'
-#      module versions, the Go version and the command list.
+#      /bin/uinit -> /bin/lpmos-agent --initramfs. Built from the tools module in
+#      agent-initramfs/uroot/ (its own go.mod, so u-root's dependencies stay out of
+#      the main module's). Slow to build (minutes on 2 busy cores), so it is cached
+#      under build/initramfs/cache/, keyed by the commands' module versions, the Go
+#      version and the command list.
 #   2. The agent (a static `go build`, not busyboxed) and the kernel modules of
 #      agent-initramfs/modules.txt with their dependencies under
 #      /lpmos/modules/<release>/ (not /lib/modules: u-root's init would load them all,
@@ -35,17 +37,20 @@ flock 9
 stage=$(mktemp -d "${TMPDIR:-/tmp}/lpmos-initramfs.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 
-go build -o "$stage/u-root" github.com/u-root/u-root
-uroot() { "$stage/u-root" -tmp-dir "$stage" -skip-ldd "$@" 2> "$stage/u-root.log" || { cat "$stage/u-root.log" >&2; exit 1; }; }
+# u-root and its commands come from the tools module (agent-initramfs/uroot/go.mod):
+# u-root builds in module mode from the go.mod of the directory it runs in.
+tools="$top/agent-initramfs/uroot"
+(cd "$tools" && go build -o "$stage/u-root" github.com/u-root/u-root)
+uroot() { (cd "$tools" && "$stage/u-root" -tmp-dir "$stage" -skip-ldd "$@") 2> "$stage/u-root.log" || { cat "$stage/u-root.log" >&2; exit 1; }; }
 
-# 1. The u-root base. Core commands are pinned in go.mod by agent-initramfs/uroot/tools.go.
+# 1. The u-root base. Core commands are pinned in agent-initramfs/uroot/go.mod by its tools.go.
 cmds=(init gosh ls cat ip dmesg mount ps lsmod mkdir more shutdown dhclient wget)
 base_args=(-defaultsh gosh -uinitcmd "/bin/lpmos-agent --initramfs")
 pkgs=()
 for c in "${cmds[@]}"; do pkgs+=("github.com/u-root/u-root/cmds/core/$c"); done
 # Keyed by the exact module versions the commands compile from, so go.mod changes
 # elsewhere in the tree do not cost a rebuild.
-key=$( { go list -deps -f '{{with .Module}}{{.Path}}@{{.Version}}{{end}}' "${pkgs[@]}" | sort -u
+key=$( { (cd "$tools" && go list -deps -f '{{with .Module}}{{.Path}}@{{.Version}}{{end}}' "${pkgs[@]}") | sort -u
          go version; echo "${cmds[*]} ${base_args[*]}"; } | sha256sum | cut -c1-16)
 base="$cache/uroot-$key.cpio.gz"
 if [ ! -f "$base" ]; then

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Console is where Fatal writes its banner: u-root's init gives uinit the console as
+// console is where Fatal writes its banner: u-root's init gives uinit the console as
 // stderr.
 var console = os.Stderr
 

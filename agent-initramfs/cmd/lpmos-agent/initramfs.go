@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 
 	"lpmos.dev/lpmos/agent-initramfs/agent"
@@ -16,15 +15,9 @@ import (
 // /bin/uinit with the arguments in /etc/uinit.flags).
 const initramfsFlag = "--initramfs"
 
-// In the initramfs the agent is PID 1's child: it takes its settings from the kernel
-// command line, not flags, and must never exit (boot.Run). Checked in init so main's
-// flag parsing stays the host-mode path.
-func init() {
-	// Anywhere in the arguments: init puts uroot.uinitargs= from the kernel command
-	// line before the flags file's.
-	if !slices.Contains(os.Args[1:], initramfsFlag) {
-		return
-	}
+// runInitramfs is the agent as PID 1's child in the initramfs: it takes its settings
+// from the kernel command line, not flags, and never returns (boot.Run).
+func runInitramfs() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	boot.Run(context.Background(), log, func(ctx context.Context, s boot.Settings) error {
 		return agent.Run(ctx, agent.Config{

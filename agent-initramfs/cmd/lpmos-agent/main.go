@@ -1,5 +1,6 @@
 // Command lpmos-agent inventories this machine, reports it to its region's appliance,
 // waits for approval and installs the image. On a host: --regional-url and --target.
+// In the initramfs: --initramfs, settings from the kernel command line.
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -18,6 +20,11 @@ import (
 )
 
 func main() {
+	// Anywhere in the arguments: u-root's init puts uroot.uinitargs= from the kernel
+	// command line before the flags file's.
+	if slices.Contains(os.Args[1:], initramfsFlag) {
+		runInitramfs() // never returns
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
