@@ -16,15 +16,16 @@ import (
 
 // Server is a running control plane.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	store  *store.Store
-	ln     net.Listener
-	srv    *http.Server
-	done   chan struct{}
-	err    error
-	cancel context.CancelFunc
-	live   *hub // the web UI's WebSocket push
+	cfg      Config
+	log      *slog.Logger
+	store    *store.Store
+	ln       net.Listener
+	srv      *http.Server
+	done     chan struct{}
+	err      error
+	cancel   context.CancelFunc
+	overview *overview // what the pages and the push show, and remember between reads
+	live     *hub      // the web UI's WebSocket push
 }
 
 // Run is the control plane's main.
@@ -53,7 +54,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}
 	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
-	s.live = newHub(st, log, cfg.UnmatchedAlert)
+	s.overview = newOverview(st, cfg.UnmatchedAlert)
+	s.live = newHub(st, log, s.overview)
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
 		st.Close()

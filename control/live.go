@@ -16,7 +16,9 @@ import (
 
 // The live push: one etcd watch (store.WatchAll) feeds a hub that re-reads what changed
 // and broadcasts view models to every open page over a WebSocket at /live. Changes are
-// coalesced for flushDelay so a burst of progress updates costs one read per task.
+// coalesced for flushDelay so a burst of progress updates costs one read per task. The
+// views and what is remembered between reads (rates, health history) are the
+// overview's; the hub only watches, tells the overview what it observed, and sends.
 
 const (
 	flushDelay    = 100 * time.Millisecond
@@ -52,11 +54,9 @@ type subscriber struct {
 }
 
 type hub struct {
-	st     *store.Store
-	log    *slog.Logger
-	alert  int
-	rates  *rateTracker
-	health *healthLog
+	st  *store.Store
+	log *slog.Logger
+	ov  *overview
 
 	mu             sync.Mutex
 	subs           map[*subscriber]struct{}
@@ -68,8 +68,8 @@ type hub struct {
 	etcdErr        string // last ping's error, "" when etcd answers
 }
 
-func newHub(st *store.Store, log *slog.Logger, alert int) *hub {
-	return &hub{st: st, log: log, alert: alert, rates: newRateTracker(), health: newHealthLog(),
+func newHub(st *store.Store, log *slog.Logger, ov *overview) *hub {
+	return &hub{st: st, log: log, ov: ov,
 		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{},
 		kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 }
@@ -196,53 +196,24 @@ func (h *hub) flush(ctx context.Context) {
 		case err != nil:
 			h.log.Warn("live: read task", "task", id, "err", err)
 		default:
-			v := newTaskView(t, h.rates)
+			v := h.ov.task(t)
 			h.broadcast(liveMsg{Type: "task", Task: &v})
 		}
 	}
 	if regions {
-		if rv, total, err := h.regions(rctx); err != nil {
+		if rv, total, err := h.ov.observe(rctx); err != nil {
 			h.log.Warn("live: list regions", "err", err)
 		} else {
-			h.broadcast(liveMsg{Type: "regions", Regions: rv, UnmatchedTotal: total, AlertOver: h.alert})
+			h.broadcast(liveMsg{Type: "regions", Regions: rv, UnmatchedTotal: total, AlertOver: h.ov.alert})
 		}
 	}
 	if unmatched {
-		if uv, err := h.unmatched(rctx); err != nil {
+		if uv, err := h.ov.unmatched(rctx, "", unmatchedMax); err != nil {
 			h.log.Warn("live: list unmatched", "err", err)
 		} else {
-			h.broadcast(liveMsg{Type: "unmatched", Unmatched: uv, AlertOver: h.alert}) // totals travel with "regions"
+			h.broadcast(liveMsg{Type: "unmatched", Unmatched: uv, AlertOver: h.ov.alert}) // totals travel with "regions"
 		}
 	}
-}
-
-// regions lists regions as views and notes their health in the history.
-func (h *hub) regions(ctx context.Context) ([]regionView, int, error) {
-	rs, err := h.st.ListRegions(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	out := make([]regionView, 0, len(rs))
-	total := 0
-	for _, r := range rs {
-		v := newRegionView(r, h.alert)
-		h.health.record(&v)
-		total += v.Unmatched
-		out = append(out, v)
-	}
-	return out, total, nil
-}
-
-func (h *hub) unmatched(ctx context.Context) ([]unmatchedView, error) {
-	us, err := h.st.ListUnmatched(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	out := []unmatchedView{}
-	for i := len(us) - 1; i >= 0 && len(out) < unmatchedMax; i-- { // newest first
-		out = append(out, newUnmatchedView(us[i]))
-	}
-	return out, nil
 }
 
 func (h *hub) broadcast(m liveMsg) {
@@ -293,12 +264,12 @@ func (h *hub) closeAll() {
 // snapshot is what a page gets on (re)connect: everything, so a page that was open
 // across a control plane restart catches up without a reload.
 func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
-	m := liveMsg{Type: "snapshot", AlertOver: h.alert}
+	m := liveMsg{Type: "snapshot", AlertOver: h.ov.alert}
 	var err error
-	if m.Regions, m.UnmatchedTotal, err = h.regions(ctx); err != nil {
+	if m.Regions, m.UnmatchedTotal, err = h.ov.regions(ctx); err != nil {
 		return m, err
 	}
-	if m.Unmatched, err = h.unmatched(ctx); err != nil {
+	if m.Unmatched, err = h.ov.unmatched(ctx, "", unmatchedMax); err != nil {
 		return m, err
 	}
 	tasks, err := h.st.ListTasks(ctx, store.ListFilter{})
@@ -310,7 +281,7 @@ func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
 	}
 	m.Tasks = make([]taskView, 0, len(tasks))
 	for _, t := range tasks {
-		m.Tasks = append(m.Tasks, newTaskView(t, h.rates))
+		m.Tasks = append(m.Tasks, h.ov.task(t))
 	}
 	return m, nil
 }

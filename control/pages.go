@@ -31,21 +31,19 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 		problems, f.Status = append(problems, fmt.Sprintf("unknown status %q: showing all statuses", f.Status)), ""
 	}
 	ctx := r.Context()
-	regions, total, err := s.live.regions(ctx)
+	regions, total, err := s.overview.regions(ctx)
 	if err != nil {
 		return err
 	}
-	all, err := s.live.unmatched(ctx)
-	if err != nil {
-		return err
-	}
-	unmatched := all[:0:0] // the widget follows the region filter, as the live script does
-	for _, u := range all {
-		if f.Region == "" || u.Region == f.Region {
-			unmatched = append(unmatched, u)
+	// The widget follows the region filter, as the live script does; the regions' counts
+	// say whether there is anything to read.
+	unmatched := []unmatchedView{}
+	if countIn(regions, f.Region, func(rv regionView) int { return rv.Unmatched }) > 0 {
+		if unmatched, err = s.overview.unmatched(ctx, f.Region, unmatchedMax); err != nil {
+			return err
 		}
 	}
-	tasks, err := s.taskViews(ctx, store.ListFilter{Region: f.Region, Status: store.Status(f.Status)})
+	tasks, err := s.overview.tasks(ctx, store.ListFilter{Region: f.Region, Status: store.Status(f.Status)})
 	if err != nil {
 		return err
 	}
@@ -59,7 +57,7 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 			alerting = append(alerting, rv)
 		}
 	}
-	s.render(w, r, http.StatusOK, "dashboard", page{Title: "Dashboard", Nav: "dashboard", Unmatched: total, Filter: f},
+	s.render(w, r, http.StatusOK, "dashboard", page{Title: "Dashboard", Nav: "dashboard", Unmatched: total, counted: true, Filter: f},
 		map[string]any{
 			"Regions": regions, "Alerting": alerting, "UnmatchedList": unmatched, "Tasks": tasks,
 			"Statuses": store.Statuses, "Problems": problems, "Filtered": f.Region != "" || f.Status != "",
@@ -72,17 +70,16 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 // nobody, and the filters find the rest.
 const dashboardTasks = 200
 
-// taskViews lists tasks newest first (what an operator looks for).
-func (s *Server) taskViews(ctx context.Context, f store.ListFilter) ([]taskView, error) {
-	tasks, err := s.store.ListTasks(ctx, f)
-	if err != nil {
-		return nil, err
+// countIn sums n over the regions, or takes it from one region when region is set (0
+// for a region nobody has used).
+func countIn(regions []regionView, region string, n func(regionView) int) int {
+	sum := 0
+	for _, rv := range regions {
+		if region == "" || rv.Name == region {
+			sum += n(rv)
+		}
 	}
-	out := make([]taskView, 0, len(tasks))
-	for i := len(tasks) - 1; i >= 0; i-- {
-		out = append(out, newTaskView(tasks[i], s.live.rates))
-	}
-	return out, nil
+	return sum
 }
 
 // ---- add task
@@ -107,20 +104,13 @@ func (s *Server) createPage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) renderCreate(w http.ResponseWriter, r *http.Request, code int, f createForm) error {
-	regions, _, err := s.live.regions(r.Context())
+	regions, total, err := s.overview.regions(r.Context())
 	if err != nil {
 		return err
 	}
 	f.Regions = regions
-	// Suggestions from what was installed before, until the image catalog is in etcd.
-	tasks, err := s.store.ListTasks(r.Context(), store.ListFilter{})
-	if err != nil {
-		return err
-	}
+	// Suggestions from the regions' catalogs (their heartbeats): what can be installed.
 	types, versions := map[string]bool{}, map[string]bool{}
-	for _, t := range tasks {
-		types[t.OSType], versions[t.OSVersion] = true, true
-	}
 	for _, rv := range regions {
 		for _, img := range rv.Images {
 			types[img.OSType], versions[img.OSVersion] = true, true
@@ -130,7 +120,7 @@ func (s *Server) renderCreate(w http.ResponseWriter, r *http.Request, code int, 
 	if f.Errors == nil {
 		f.Errors = map[string]string{}
 	}
-	s.render(w, r, code, "create", page{Title: "Add task", Nav: "create"}, map[string]any{"Form": f, "MACPattern": macPattern})
+	s.render(w, r, code, "create", page{Title: "Add task", Nav: "create", Unmatched: total, counted: true}, map[string]any{"Form": f, "MACPattern": macPattern})
 	return nil
 }
 
@@ -247,7 +237,7 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 	if err != nil {
 		return taskPageData{}, err
 	}
-	d := taskPageData{Task: t, View: newTaskView(t, s.live.rates), HW: parseHardware(t.Hardware, t.TargetMAC),
+	d := taskPageData{Task: t, View: s.overview.task(t), HW: parseHardware(t.Hardware, t.TargetMAC),
 		Image: t.OSRef.String()}
 	d.Target, d.PlanImage, d.DiskRefused = planText(&d.HW, t.Plan)
 	d.Timeline = timeline(t)
@@ -398,21 +388,27 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	if failed != nil {
 		region = ""
 	}
-	reports, err := s.store.ListUnmatched(r.Context(), region)
-	if err != nil {
-		return err
-	}
-	pending, err := s.store.ListTasks(r.Context(), store.ListFilter{Region: region, Status: store.StatusPending})
-	if err != nil {
-		return err
-	}
-	regions, _, err := s.live.regions(r.Context())
+	regions, total, err := s.overview.regions(r.Context())
 	if err != nil {
 		return err
 	}
 	catalogs := map[string][]contract.OSRef{}
 	for _, rv := range regions {
 		catalogs[rv.Name] = rv.Images
+	}
+	// The regions' counts say when there is nothing to read.
+	var reports []store.UnmatchedReport
+	var pending []store.Task
+	if countIn(regions, region, func(rv regionView) int { return rv.Unmatched }) > 0 {
+		if reports, err = s.store.ListUnmatched(r.Context(), region); err != nil {
+			return err
+		}
+		if countIn(regions, region, func(rv regionView) int { return rv.CountMap[string(store.StatusPending)] }) > 0 {
+			// Link targets: through the status index, without any task's hardware.
+			if pending, err = s.store.ListTaskSummaries(r.Context(), region, store.StatusPending); err != nil {
+				return err
+			}
+		}
 	}
 	items := make([]unmatchedItem, 0, len(reports))
 	for i := len(reports) - 1; i >= 0; i-- {
@@ -432,7 +428,7 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 		}
 		items = append(items, it)
 	}
-	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: len(reports)},
+	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: total, counted: true},
 		map[string]any{"Items": items, "Region": region, "Regions": regions, "Failed": failed})
 	return nil
 }
@@ -489,7 +485,7 @@ func (s *Server) regionPage(w http.ResponseWriter, r *http.Request) error {
 	if err := store.ValidateRegion(name); err != nil {
 		return fmt.Errorf("%w: region %q", store.ErrNotFound, name)
 	}
-	regions, total, err := s.live.regions(r.Context())
+	regions, total, err := s.overview.regions(r.Context())
 	if err != nil {
 		return err
 	}
@@ -502,20 +498,18 @@ func (s *Server) regionPage(w http.ResponseWriter, r *http.Request) error {
 	if rv == nil {
 		return fmt.Errorf("%w: region %s (no appliance, task or report has used it)", store.ErrNotFound, name)
 	}
-	tasks, err := s.taskViews(r.Context(), store.ListFilter{Region: name})
-	if err != nil {
-		return err
-	}
-	reports, err := s.store.ListUnmatched(r.Context(), name)
+	tasks, err := s.overview.tasks(r.Context(), store.ListFilter{Region: name})
 	if err != nil {
 		return err
 	}
 	var unmatched []unmatchedView
-	for i := len(reports) - 1; i >= 0; i-- {
-		unmatched = append(unmatched, newUnmatchedView(reports[i]))
+	if rv.Unmatched > 0 {
+		if unmatched, err = s.overview.unmatched(r.Context(), name, 0); err != nil {
+			return err
+		}
 	}
-	s.render(w, r, http.StatusOK, "region", page{Title: "Region " + name, Nav: "regions", Unmatched: total, Filter: listFilter{Region: name}},
+	s.render(w, r, http.StatusOK, "region", page{Title: "Region " + name, Nav: "regions", Unmatched: total, counted: true, Filter: listFilter{Region: name}},
 		map[string]any{"Region": rv, "Tasks": tasks, "UnmatchedList": unmatched,
-			"History": s.live.health.history(name), "Since": s.live.health.started})
+			"History": s.overview.history(*rv), "Since": s.overview.since()})
 	return nil
 }

@@ -161,6 +161,10 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Add task suggests what the regions' catalogs offer, not what tasks once named.
+	if code, body := get(t, base+"/tasks/create"); code != 200 || !strings.Contains(body, `<option value="ubuntu">`) || strings.Contains(body, `<option value="debian">`) {
+		t.Errorf("add task suggestions: %d, want the catalog's ubuntu and not a task's debian", code)
+	}
 	reportID := "20260130100009-" + other
 	report, _ := json.Marshal(store.UnmatchedReport{ID: reportID, MACAddress: other, Region: "dc1", Hardware: json.RawMessage(testHardware), ReceivedAt: time.Now().UTC()})
 	if _, err := etcd.Client.Put(ctx, "/os/unmatched_reports/dc1/"+reportID, string(report)); err != nil {

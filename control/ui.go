@@ -53,7 +53,8 @@ type page struct {
 	Title     string
 	Nav       string // which nav entry is current
 	Alert     int
-	Unmatched int // total, for the nav badge
+	Unmatched int  // total, for the nav badge
+	counted   bool // Unmatched is set (0 included); else render takes the overview's
 	Flash     string
 	Filter    listFilter // what the live script applies to task lists
 	TaskID    string     // on a task page: the task the live script follows
@@ -122,12 +123,18 @@ func (s *Server) pageHandler(f func(http.ResponseWriter, *http.Request) error) h
 // render executes into a buffer first, so a template error never sends half a page.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name string, p page, data any) {
 	p.Alert = s.cfg.UnmatchedAlert
-	if p.Unmatched == 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		if us, err := s.store.ListUnmatched(ctx, ""); err == nil {
-			p.Unmatched = len(us)
+	if !p.counted {
+		// A page that did not read the regions shows the total the hub last observed;
+		// only before the hub's first observation is it read here.
+		if n, ok := s.overview.unmatchedTotal(); ok {
+			p.Unmatched = n
+		} else {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			if _, total, err := s.overview.regions(ctx); err == nil {
+				p.Unmatched = total
+			}
+			cancel()
 		}
-		cancel()
 	}
 	p.Data = data
 	var buf bytes.Buffer

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"math"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
@@ -80,70 +78,6 @@ func shortID(id string) string {
 	return id
 }
 
-// rateTracker derives rate and ETA from successive progress samples when the agent
-// does not report them itself. Samples are in memory: after a restart the first
-// update of each install shows no rate until the next one.
-type rateTracker struct {
-	mu   sync.Mutex
-	last map[string]contract.Progress // previous sample per task
-	prev map[string]contract.Progress // the one before, for a rate over one interval
-}
-
-func newRateTracker() *rateTracker {
-	return &rateTracker{last: map[string]contract.Progress{}, prev: map[string]contract.Progress{}}
-}
-
-// observe records p (once per UpdatedAt, so re-rendering a page does not skew the
-// rate) and returns the rate and ETA texts.
-func (r *rateTracker) observe(id string, p contract.Progress) (rate, eta string) {
-	r.mu.Lock()
-	last, ok := r.last[id]
-	if !ok || p.UpdatedAt.After(last.UpdatedAt) {
-		if ok {
-			r.prev[id] = last
-		}
-		r.last[id], last = p, p
-	}
-	prev, hasPrev := r.prev[id]
-	r.mu.Unlock()
-
-	bps, etaSec := p.RateBps, p.ETASeconds
-	var pctPerSec float64
-	if hasPrev {
-		if dt := last.UpdatedAt.Sub(prev.UpdatedAt).Seconds(); dt > 0 {
-			if bps == 0 && last.BytesDone > prev.BytesDone {
-				bps = float64(last.BytesDone-prev.BytesDone) / dt
-			}
-			pctPerSec = (last.Percentage - prev.Percentage) / dt
-		}
-	}
-	switch {
-	case bps > 0:
-		rate = humanBytes(int64(bps)) + "/s"
-	case pctPerSec > 0:
-		rate = fmt.Sprintf("%.1f %%/min", pctPerSec*60)
-	}
-	if etaSec <= 0 {
-		switch {
-		case bps > 0 && p.BytesTotal > p.BytesDone:
-			etaSec = float64(p.BytesTotal-p.BytesDone) / bps
-		case pctPerSec > 0:
-			etaSec = (100 - p.Percentage) / pctPerSec
-		}
-	}
-	if etaSec > 0 {
-		eta = humanDuration(time.Duration(etaSec * float64(time.Second)))
-	}
-	return rate, eta
-}
-
-func (r *rateTracker) forget(id string) {
-	r.mu.Lock()
-	delete(r.last, id)
-	delete(r.prev, id)
-	r.mu.Unlock()
-}
-
 // regionView is one region's health and statistics.
 type regionView struct {
 	Name       string           `json:"name"`
@@ -160,6 +94,7 @@ type regionView struct {
 	Installing int              `json:"installing"`
 	Unmatched  int              `json:"unmatched"`
 	Alert      bool             `json:"alert"`
+	readAt     time.Time        // when the read that made this view began
 }
 
 type statusCount struct {
@@ -376,64 +311,6 @@ func describeHint(h *contract.DiskHint) string {
 		s = append(s, "at most "+humanBytes(h.MaxBytes))
 	}
 	return strings.Join(s, ", ")
-}
-
-// healthLog keeps, per region, the health changes this control plane has seen since
-// it started (in memory only: a restart starts a new history).
-type healthLog struct {
-	mu       sync.Mutex
-	started  time.Time
-	last     map[string]bool
-	lastBeat map[string]regionView // as last seen online
-	events   map[string][]healthEvent
-}
-
-type healthEvent struct {
-	At     time.Time
-	Online bool
-	Note   string
-}
-
-const healthLogMax = 100
-
-func newHealthLog() *healthLog {
-	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
-}
-
-// record notes a region's state (only changes are kept) and, for an offline region,
-// fills in the last heartbeat seen.
-func (h *healthLog) record(r *regionView) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if r.Heartbeat != nil {
-		h.lastBeat[r.Name] = *r
-	} else if last, ok := h.lastBeat[r.Name]; ok {
-		// The heartbeat key is gone with its lease: say what it said last.
-		r.LastSeen, r.APIURL, r.Version = last.Heartbeat, last.APIURL, last.Version
-	}
-	prev, seen := h.last[r.Name]
-	if seen && prev == r.Online {
-		return
-	}
-	h.last[r.Name] = r.Online
-	note := "went " + r.Health
-	if !seen {
-		note = "first seen " + r.Health
-	}
-	ev := append(h.events[r.Name], healthEvent{At: time.Now().UTC(), Online: r.Online, Note: note})
-	if len(ev) > healthLogMax {
-		ev = ev[len(ev)-healthLogMax:]
-	}
-	h.events[r.Name] = ev
-}
-
-// history returns a region's changes, newest first.
-func (h *healthLog) history(region string) []healthEvent {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	ev := append([]healthEvent(nil), h.events[region]...)
-	sort.SliceStable(ev, func(i, j int) bool { return ev[i].At.After(ev[j].At) })
-	return ev
 }
 
 func humanBytes(n int64) string {

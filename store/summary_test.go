@@ -1,0 +1,74 @@
+package store_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"testing"
+
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/storetest"
+)
+
+// ListTaskSummaries agrees with ListTasks' status filter, minus the hardware, across
+// more tasks than one read transaction fetches.
+func TestListTaskSummaries(t *testing.T) {
+	e := storetest.Start(t)
+	s, ctx := e.Store, ctxT(t)
+	advertise(t, s, "dc2", ubuntuImage)
+	ref := ubuntuImage.OSRef
+	for i := range 60 {
+		if _, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: fmt.Sprintf("02:00:00:00:01:%02x", i), OSRef: ref}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc2", TargetMAC: "02:00:00:00:02:01", OSRef: ref}); err != nil {
+		t.Fatal(err)
+	}
+	// Reported and approved: its hardware must not be read, its approval must.
+	approved, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc2", TargetMAC: "02:00:00:00:02:02", OSRef: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Report(ctx, "dc2", approved.TargetMAC, json.RawMessage(oneDisk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApproveTask(ctx, approved.TaskID, "test", res.Task.Plan.Digest); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		region string
+		status store.Status
+		n      int
+	}{
+		{"dc1", store.StatusPending, 60}, {"", store.StatusPending, 61}, {"dc2", store.StatusPending, 1},
+		{"", store.StatusApproved, 1}, {"dc2", store.StatusApproved, 1}, {"dc1", store.StatusApproved, 0},
+		{"dc9", store.StatusPending, 0}, {"", store.StatusCompleted, 0},
+	} {
+		got, err := s.ListTaskSummaries(ctx, c.region, c.status)
+		if err != nil {
+			t.Fatalf("ListTaskSummaries(%q, %s): %v", c.region, c.status, err)
+		}
+		want, err := s.ListTasks(ctx, store.ListFilter{Region: c.region, Status: c.status})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range want {
+			want[i].Hardware = nil
+		}
+		if len(got) != c.n || !reflect.DeepEqual(got, want) {
+			t.Errorf("ListTaskSummaries(%q, %s): %d tasks, want %d as ListTasks reads them (without hardware)", c.region, c.status, len(got), c.n)
+		}
+	}
+	if got, _ := s.ListTaskSummaries(ctx, "dc2", store.StatusApproved); len(got) != 1 || got[0].Approval == nil || got[0].ReportedAt == nil || got[0].Hardware != nil {
+		t.Errorf("approved summary = %+v", got)
+	}
+	for _, bad := range [][2]string{{"dc1", "nope"}, {"Bad!", "pending"}, {"dc1", ""}} {
+		if _, err := s.ListTaskSummaries(ctx, bad[0], store.Status(bad[1])); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("ListTaskSummaries(%q, %q): want ErrInvalid, got %v", bad[0], bad[1], err)
+		}
+	}
+}
