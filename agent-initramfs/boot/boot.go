@@ -41,12 +41,12 @@ var moduleParams = map[string]string{"scsi_mod": "scan=sync"}
 func Prepare(ctx context.Context, log *slog.Logger, cmdline io.Reader) (Settings, error) {
 	start := time.Now()
 	if err := mountEssentials(); err != nil {
-		return Settings{}, err
+		return Settings{RebootDelay: DefaultRebootDelay}, err
 	}
 	if cmdline == nil {
 		b, err := os.ReadFile("/proc/cmdline")
 		if err != nil {
-			return Settings{}, fmt.Errorf("read kernel command line: %w", err)
+			return Settings{RebootDelay: DefaultRebootDelay}, fmt.Errorf("read kernel command line: %w", err)
 		}
 		cmdline = bytes.NewReader(b)
 	}
@@ -85,10 +85,10 @@ func Prepare(ctx context.Context, log *slog.Logger, cmdline io.Reader) (Settings
 func Run(ctx context.Context, log *slog.Logger, agent func(context.Context, Settings) error) {
 	s, err := Prepare(ctx, log, nil)
 	if err != nil {
-		Fatal(log, err, s.RebootDelay)
+		Fatal(log, err, s)
 	}
 	if err := agent(ctx, s); err != nil {
-		Fatal(log, err, s.RebootDelay)
+		Fatal(log, err, s)
 	}
 	log.Info("agent done: rebooting")
 	Reboot()

@@ -19,8 +19,14 @@ const (
 	ParamURL         = "lpmos.url"
 	ParamTask        = "lpmos.task"
 	ParamRebootDelay = "lpmos.reboot_delay"
+	ParamDebug       = "lpmos.debug"
 	ParamBootIF      = "BOOTIF"
 )
+
+// DefaultRebootDelay is how long a failed agent shows its reason on the console before
+// it reboots, when lpmos.reboot_delay does not say: long enough to read, short enough
+// that a rack of failed machines comes back by itself.
+const DefaultRebootDelay = 5 * time.Minute
 
 // ErrNoURL means the kernel command line does not say where the regional API is.
 var ErrNoURL = errors.New(ParamURL + "= missing from the kernel command line")
@@ -31,7 +37,8 @@ type Settings struct {
 	TaskID      string        // lpmos.task=, "" when the appliance did not say
 	MAC         string        // the boot NIC's MAC, aa:bb:cc:dd:ee:ff
 	Interface   string        // the boot NIC's name, eth0
-	RebootDelay time.Duration // after a fatal error; 0 waits forever at the console
+	RebootDelay time.Duration // after a fatal error (DefaultRebootDelay unless set); 0 halts
+	Debug       bool          // lpmos.debug=1: a fatal error opens a rescue shell instead
 	BootDisk    string        // disk the agent booted from; "" for netboot (the usual case)
 	Drivers     kmod.Report   // modules loaded and PCI devices left without a driver
 }
@@ -44,7 +51,7 @@ func ParseCmdline(r io.Reader) (Settings, error) {
 	if err != nil {
 		return Settings{}, fmt.Errorf("read kernel command line: %w", err)
 	}
-	var s Settings
+	s := Settings{RebootDelay: DefaultRebootDelay}
 	var errs []error
 	for _, f := range splitCmdline(string(b)) {
 		k, v, _ := strings.Cut(f, "=")
@@ -57,8 +64,11 @@ func ParseCmdline(r io.Reader) (Settings, error) {
 			d, err := parseDelay(v)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", ParamRebootDelay, v, err))
+				continue // keep the default
 			}
 			s.RebootDelay = d
+		case ParamDebug:
+			s.Debug = v == "1" || v == "true" || v == "yes"
 		case ParamBootIF:
 			mac, err := parseBootIF(v)
 			if err != nil {

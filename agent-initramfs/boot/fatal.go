@@ -17,19 +17,37 @@ var console = os.Stderr
 // rescueShell is u-root's default shell link.
 const rescueShell = "/bin/defaultsh"
 
+// fatalAction is what a failed agent does next: a rescue shell only when asked for
+// (lpmos.debug=1: a root shell on the console of a machine anyone can PXE-boot is not a
+// default), else a reboot after the delay (the appliance decides what boots next:
+// nothing is written without a new approval), or a halt when the delay is 0.
+func fatalAction(s Settings) (action string, delay time.Duration) {
+	switch {
+	case s.Debug:
+		return "shell", 0
+	case s.RebootDelay > 0:
+		return "reboot", s.RebootDelay
+	}
+	return "halt", 0
+}
+
 // Fatal says why the agent stopped, on the console, and never returns: as init's child
 // a returning agent would drop the machine into init's shell with the reason scrolled
-// away. With delay > 0 it reboots after delay (the appliance decides what boots next);
-// otherwise it offers a rescue shell on the console and waits for an operator.
-func Fatal(log *slog.Logger, err error, delay time.Duration) {
+// away. Then it does what fatalAction says.
+func Fatal(log *slog.Logger, err error, s Settings) {
 	log.Error("agent stopped", "err", err)
 	fmt.Fprintf(console, "\n*** LPMOS agent stopped: %v\n", err)
-	if delay > 0 {
-		fmt.Fprintf(console, "*** rebooting in %v (lpmos.reboot_delay)\n", delay)
+	action, delay := fatalAction(s)
+	switch action {
+	case "reboot":
+		fmt.Fprintf(console, "*** rebooting in %v (%s=; default %v; %s=1 for a rescue shell)\n", delay, ParamRebootDelay, DefaultRebootDelay, ParamDebug)
 		time.Sleep(delay)
 		Reboot()
+	case "halt":
+		fmt.Fprintf(console, "*** halted (%s=0): power-cycle the machine\n", ParamRebootDelay)
+		waitForever()
 	}
-	fmt.Fprintf(console, "*** waiting for an operator; set lpmos.reboot_delay= to reboot instead\n")
+	fmt.Fprintf(console, "*** %s=1: rescue shell on the console\n", ParamDebug)
 	for {
 		start := time.Now()
 		cmd := exec.Command(rescueShell)
