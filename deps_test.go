@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// The dependency direction of DESIGN.md, checked on the real import graph (go list),
+// The dependency direction of docs/architecture.md, checked on the real import graph (go list),
 // each rule with its reason.
 func TestDependencyDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,Deps", "./...").Output()

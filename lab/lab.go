@@ -86,7 +86,7 @@ func (l *Lab) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	// fd77::1 for the IPv6 router advertisement that ends iPXE's ~13 s wait (LAB.md).
+	// fd77::1 for the IPv6 router advertisement that ends iPXE's ~13 s wait (docs/lab.md, pitfall 2).
 	if err := netlab.AddBridge(ctx, l.NS, Bridge, BridgeCIDR, "fd77::1/64"); err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 )
 
 // forbidden names, for each import prefix, why netboot must not use it
-// (DESIGN.md, "Dependency direction").
+// (docs/architecture.md, "Dependency direction").
 var forbidden = map[string]string{
 	"lpmos.dev/lpmos/store":           "netboot asks a Booter; only the appliance knows tasks and etcd keys",
 	"lpmos.dev/lpmos/appliance":       "the appliance wires netboot in, never the other way",

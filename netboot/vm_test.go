@@ -88,7 +88,7 @@ func TestQEMUNetboot(t *testing.T) {
 	for _, mode := range []dhcpd.Mode{dhcpd.ModeFull, dhcpd.ModeProxy} {
 		t.Run(string(mode), func(t *testing.T) { qemuNetboot(t, mode, false, kernel) })
 	}
-	// LAB.md pitfall 5: the TFTP first stage is exercised with UEFI, OVMF's
+	// docs/lab.md pitfall 5: the TFTP first stage is exercised with UEFI, OVMF's
 	// own PXE (NIC ROM removed) fetching ipxe.efi, then iPXE over HTTP.
 	t.Run("uefi-pxe-proxy", func(t *testing.T) {
 		if err := qemu.OVMFInstalled(); err != nil {
@@ -98,7 +98,7 @@ func TestQEMUNetboot(t *testing.T) {
 	})
 }
 
-var vmTimeout = 150 * time.Second // LAB.md: 30-60 s per network boot under load
+var vmTimeout = 150 * time.Second // docs/lab.md: 30-60 s per network boot under load
 
 func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	dir := t.TempDir()
@@ -115,7 +115,7 @@ func qemuNetboot(t *testing.T, mode dhcpd.Mode, uefi bool, kernel string) {
 	netlabtest.Bridge(t, site, "br0", "10.77.0.2/24", "fd77::1/64")
 	netlabtest.Tap(t, site, "tap0", "br0")
 	netlabtest.Plug(t, site, "br0", "va", appl, "nb0", "10.77.0.1/24")
-	// A router advertisement ends iPXE's ~13 s wait for IPv6 (LAB.md).
+	// A router advertisement ends iPXE's ~13 s wait for IPv6 (docs/lab.md, pitfall 2).
 	dns := netlab.Dnsmasq{Interface: "br0", RAPrefix: "fd77::"}
 	if mode == dhcpd.ModeProxy {
 		// The site's DHCP server: addresses only, no boot file.

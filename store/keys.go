@@ -3,7 +3,7 @@ package store
 import "strings"
 
 // Every etcd key LPMOS reads or writes is built here, so a layout change is one diff.
-// The v2.1 keys (DESIGN.md) are the contract; the /os/index/ keys are our own extras
+// The v2.1 keys (docs/contract.md) are the contract; the /os/index/ keys are our own extras
 // that make lookups O(1) and are always written in the same transaction as the data
 // they index.
 const (

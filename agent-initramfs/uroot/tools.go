@@ -3,7 +3,7 @@
 // Package uroot pins the u-root commands that scripts/build-initramfs.sh puts into the
 // initramfs. u-root v0.16.0 builds in module mode from the go.mod of the directory it
 // runs in, so every command it compiles must be required by this tools module's go.mod
-// (LAB.md, pitfall 7). A module of its own keeps u-root's command dependencies (terminal
+// (docs/lab.md, pitfall 7). A module of its own keeps u-root's command dependencies (terminal
 // UI and shell libraries) out of the main module; the agent is built from the main module.
 package uroot
 

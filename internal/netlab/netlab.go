@@ -6,7 +6,7 @@
 // namespace). Only addresses inside namespaces the caller created are ever used, and
 // everything is undone by PID and `ip netns del`. It imports nothing of the project.
 //
-// The shape of a boot network (LAB.md):
+// The shape of a boot network (docs/lab.md):
 //
 //	netlab.AddNS(ctx, site); netlab.AddNS(ctx, appl)
 //	netlab.AddBridge(ctx, site, "br0", "10.77.0.1/24", "fd77::1/64")
@@ -178,7 +178,7 @@ type Dnsmasq struct {
 	Range     string // --dhcp-range, e.g. "10.77.0.100,10.77.0.200,255.255.255.0,1h"; "" = no DHCPv4
 	LeaseFile string // --dhcp-leasefile; needed with Range
 	// RAPrefix sends IPv6 router advertisements for this /64 (e.g. "fd77::", with an
-	// address of it on Interface): they end iPXE's ~13 s wait for a router (LAB.md).
+	// address of it on Interface): they end iPXE's ~13 s wait for a router (docs/lab.md, pitfall 2).
 	RAPrefix string
 	LogDHCP  bool // log every DHCP exchange
 }

@@ -7,8 +7,8 @@
 //
 // # Accelerator
 //
-// DESIGN.md: KVM when /dev/kvm works, plain emulation (TCG) otherwise. "Exists" is not
-// "works": on the project's machines (LAB.md) /dev/kvm is a paravirtual KVM nested in
+// docs/lab.md: KVM when /dev/kvm works, plain emulation (TCG) otherwise. "Exists" is not
+// "works": on the project's machines (docs/lab.md) /dev/kvm is a paravirtual KVM nested in
 // a microVM whose CPU has no vmx/svm; a stock Debian kernel under -accel kvm never
 // leaves its decompressor, so a test would hang until its timeout, not fail. A real
 // boot probe would cost a VM boot per test binary and, when KVM is broken, a timeout.
@@ -162,7 +162,7 @@ type Config struct {
 	// Direct boot: -kernel, -initrd and -append, when Kernel is set.
 	Kernel, Initrd, Append string
 
-	RNG      bool // a virtio-rng: without it a TCG guest's crypto/rand blocked for minutes (LAB.md)
+	RNG      bool // a virtio-rng: without it a TCG guest's crypto/rand blocked for minutes (docs/lab.md, pitfall 1)
 	NoReboot bool // -no-reboot: a guest's reboot ends QEMU
 	// NoIPv6NetBoot turns OVMF's IPv6 network boot (PXE and HTTP) off, as IPv4 boot
 	// networks usually have it: a machine the boot server stays silent for reaches its

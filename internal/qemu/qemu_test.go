@@ -35,7 +35,7 @@ func TestAccel(t *testing.T) {
 	t.Setenv(AccelEnv, "")
 	t.Logf("probed accelerator on this host: %s", Accel())
 	for in, want := range map[string]bool{
-		"processor\t: 0\nflags\t\t: fpu vme hypervisor lahf_lm\n": false, // LAB.md's machine
+		"processor\t: 0\nflags\t\t: fpu vme hypervisor lahf_lm\n": false, // docs/lab.md's machine
 		"flags\t\t: fpu vmx ept\n":                               true,
 		"flags\t\t: fpu svm npt\n":                               true,
 		"bugs\t\t: vmx\n":                                        false,
