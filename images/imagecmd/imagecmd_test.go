@@ -1,4 +1,4 @@
-package main
+package imagecmd
 
 import (
 	"bytes"
@@ -41,12 +41,12 @@ func TestAddListRoundTrip(t *testing.T) {
 		{"add", "--dir", dir, "--os-type", "debian", "--os-version", "12", gz},
 		{"add", "--dir", dir, "--os-type", "debian", "--os-version", "12", "--format", "gz", filepath.Base(gz)}, // by name, replaces
 	} {
-		if err := run(ctx, args, &stdout); err != nil {
+		if err := Run(ctx, args, &stdout); err != nil {
 			t.Fatalf("%v: %v", args, err)
 		}
 	}
 	stdout.Reset()
-	if err := run(ctx, []string{"list", "--dir", dir, "--json"}, &stdout); err != nil {
+	if err := Run(ctx, []string{"list", "--dir", dir, "--json"}, &stdout); err != nil {
 		t.Fatal(err)
 	}
 	var listed []images.Entry
@@ -83,7 +83,7 @@ func TestAddListRoundTrip(t *testing.T) {
 	src := e.Source(srv.URL)
 	target := filepath.Join(t.TempDir(), "disk.img")
 	stdout.Reset()
-	if err := run(ctx, []string{"write", "--json", "--url", src.URL, "--format", string(src.Format),
+	if err := Run(ctx, []string{"write", "--json", "--url", src.URL, "--format", string(src.Format),
 		"--size", strconv.FormatInt(src.Size, 10), "--sha256", src.SHA256, target}, &stdout); err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestAddListRoundTrip(t *testing.T) {
 	}
 
 	stdout.Reset()
-	if err := run(ctx, []string{"list", "--dir", dir}, &stdout); err != nil {
+	if err := Run(ctx, []string{"list", "--dir", dir}, &stdout); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(stdout.String(), "debian-12.img.gz") || !strings.Contains(stdout.String(), "22.04") {
@@ -113,7 +113,7 @@ func TestAddRefusesBadInput(t *testing.T) {
 		{"bogus"},
 		{},
 	} {
-		if err := run(ctx, args, new(bytes.Buffer)); err == nil {
+		if err := Run(ctx, args, new(bytes.Buffer)); err == nil {
 			t.Errorf("%v: no error", args)
 		}
 	}
@@ -123,7 +123,7 @@ func TestAddRefusesBadInput(t *testing.T) {
 	// A refused file from elsewhere leaves no copy behind.
 	outside := filepath.Join(t.TempDir(), "bad.img.xz")
 	os.WriteFile(outside, []byte("not xz"), 0o644)
-	if err := run(ctx, []string{"add", "--dir", dir, "--os-type", "x", "--os-version", "1", outside}, new(bytes.Buffer)); err == nil {
+	if err := Run(ctx, []string{"add", "--dir", dir, "--os-type", "x", "--os-version", "1", outside}, new(bytes.Buffer)); err == nil {
 		t.Error("added a broken xz image")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bad.img.xz")); err == nil {
