@@ -16,7 +16,7 @@ const (
 // Statuses lists every status in lifecycle order (for counters and filters).
 var Statuses = []Status{StatusPending, StatusPendingApproval, StatusApproved, StatusInstalling, StatusCompleted, StatusFailed, StatusCancelled}
 
-// The task state machine, in one place. A self-transition is listed where it is a legal
+// transitions is the task state machine, in one place. A self-transition is listed where it is a legal
 // update (a re-report or a new plan while waiting for approval; progress while
 // installing). Only an install in progress can complete: approved -> completed would
 // be an install nobody saw start. approved and installing go back to pending_approval

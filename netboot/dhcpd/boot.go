@@ -16,7 +16,7 @@ import (
 	"lpmos.dev/lpmos/netboot/ipxe"
 )
 
-// client kinds, from options 60, 77 and 175.
+// kind is a client's kind, from options 60, 77 and 175.
 type kind int
 
 const (

@@ -22,7 +22,8 @@ import (
 	"lpmos.dev/lpmos/netboot"
 )
 
-// The namespace tests run the server as this test binary re-executed inside
+// helperEnv marks this test binary re-executed inside the appliance's namespace: the
+// namespace tests run the server there
 // the appliance's namespace (helperEnv set), so it learns its address from
 // the receiving interface exactly as the appliance does.
 const helperEnv = "LPMOS_DHCPD_HELPER"

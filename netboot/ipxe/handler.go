@@ -119,7 +119,7 @@ func (h *Handler) serveScript(w http.ResponseWriter, r *http.Request) {
 	h.serveMachine(w, r, mac)
 }
 
-// iPXE's ${buildarch} and ${platform} are short lower-case words.
+// factRE matches iPXE's ${buildarch} and ${platform}: short lower-case words.
 var factRE = regexp.MustCompile(`^[a-z0-9_]{0,16}$`)
 
 func (h *Handler) serveMachine(w http.ResponseWriter, r *http.Request, macText string) {

@@ -41,7 +41,7 @@ func BinaryURL(base, name string) string {
 
 func hexhyp(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
 
-// Templates are parsed once; missingkey=error turns a typo into an error
+// scripts are the templates, parsed once; missingkey=error turns a typo into an error
 // instead of an empty string on the kernel command line.
 var scripts = template.Must(template.New("").Option("missingkey=error").Parse(`
 {{- define "bootstrap" -}}
