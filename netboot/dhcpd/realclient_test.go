@@ -23,9 +23,8 @@ import (
 )
 
 // helperEnv marks this test binary re-executed inside the appliance's namespace: the
-// namespace tests run the server there
-// the appliance's namespace (helperEnv set), so it learns its address from
-// the receiving interface exactly as the appliance does.
+// namespace tests run the server there, so it learns its address from the receiving
+// interface exactly as the appliance does.
 const helperEnv = "LPMOS_DHCPD_HELPER"
 
 func TestMain(m *testing.M) {
