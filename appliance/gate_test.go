@@ -179,7 +179,7 @@ func TestPlannedDiskIsTheDiskWritten(t *testing.T) {
 				if code != http.StatusConflict || p.Refused == "" || !strings.Contains(body["message"].(string), "cannot be installed") {
 					t.Fatalf("approve a refused plan: %d %v (plan %+v)", code, body, p)
 				}
-				assertSameKeys(t, before, sys.etcd.Dump(t, "/os/"))
+				storetest.AssertSame(t, before, sys.etcd.Dump(t, "/os/"))
 				call(t, "POST", sys.control.URL()+"/api/v1/tasks/"+id+"/cancel", nil)
 				waitAgent(t, done, 30*time.Second)
 				if w := m.written(t); len(w) != 0 {
@@ -228,7 +228,7 @@ func TestApprovalOfAChangedReportIsRefused(t *testing.T) {
 	if code != http.StatusConflict || !strings.Contains(body["message"].(string), "the hardware changed, review again") {
 		t.Fatalf("stale approval: %d %v", code, body)
 	}
-	assertSameKeys(t, before, sys.etcd.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, sys.etcd.Dump(t, "/os/"))
 	// The person reviews the new plan (the forged disk) and cancels instead.
 	if p := taskPlan(t, sys.control.URL(), id); p.Disk == nil || p.Disk.Serial != "EVIL" {
 		t.Fatalf("current plan = %+v", p)
@@ -433,17 +433,4 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// assertSameKeys is "etcd unchanged": every key and value as before.
-func assertSameKeys(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	if len(before) != len(after) {
-		t.Fatalf("etcd changed: %d keys before, %d after", len(before), len(after))
-	}
-	for k, v := range before {
-		if after[k] != v {
-			t.Fatalf("etcd changed at %s:\n before %s\n after  %s", k, v, after[k])
-		}
-	}
 }

@@ -235,7 +235,7 @@ func TestMissingImageWaitsForUpload(t *testing.T) {
 	if msg, _ := body["message"].(string); code != http.StatusConflict || !strings.Contains(msg, "no image for ubuntu 24.04") {
 		t.Fatalf("approve without the image: %d %v", code, body)
 	}
-	assertSameKeys(t, before, sys.etcd.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, sys.etcd.Dump(t, "/os/"))
 	image := addImage(t, imagesDir, "ubuntu", "24.04")
 	sys.etcd.WaitMatch(t, "/os/install/task/dc1/"+id+"/plan", 30*time.Second, func(v string, _ bool) bool {
 		return !strings.Contains(v, "refused")

@@ -1,21 +1,28 @@
 package contract
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Stage is a step of an install as the agent reports it.
 type Stage string
 
-// The stages, in the order an install passes them. Completed and failed end the task.
+// The stages an install passes, in order.
 const (
 	StagePreparing   Stage = "preparing"
 	StageDownloading Stage = "downloading"
 	StageWriting     Stage = "writing"
 	StageVerifying   Stage = "verifying"
 	StageRebooting   Stage = "rebooting"
-	StageCompleted   Stage = "completed"
-	StageFailed      Stage = "failed"
-	// StageCancelled is the agent's last word on a task cancelled during its install:
-	// how far it wrote before it stopped. Accepted only for a cancelled task.
+)
+
+// The stages that end an install: completed and failed end the task; cancelled is the
+// agent's last word on a task cancelled during its install (how far it wrote before it
+// stopped), accepted only for a cancelled task.
+const (
+	StageCompleted Stage = "completed"
+	StageFailed    Stage = "failed"
 	StageCancelled Stage = "cancelled"
 )
 
@@ -23,14 +30,7 @@ const (
 var Stages = []Stage{StagePreparing, StageDownloading, StageWriting, StageVerifying, StageRebooting, StageCompleted, StageFailed, StageCancelled}
 
 // Valid reports whether s is a known stage.
-func (s Stage) Valid() bool {
-	for _, v := range Stages {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
+func (s Stage) Valid() bool { return slices.Contains(Stages, s) }
 
 // Progress is one progress sample: what the agent posts (inside ProgressRequest) and
 // what etcd keeps at .../{task_id}/progress (with UpdatedAt set by the appliance).

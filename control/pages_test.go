@@ -22,24 +22,9 @@ var ubuntuImage = contract.ImageRef{OSRef: contract.OSRef{OSType: "ubuntu", OSVe
 // The pages without a browser: everything reads and every action works as plain HTML
 // forms (no JavaScript), and actions keep the API's rules.
 func TestPagesWithoutJavaScript(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	etcd := storetest.Start(t)
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
+	ctx, cp, etcd := startControl(t, store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []contract.ImageRef{ubuntuImage}})
 	base := cp.URL()
 	st := etcd.Store
-	hb, err := st.StartHeartbeat(ctx, func() store.Heartbeat {
-		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Images: []contract.ImageRef{ubuntuImage}}
-	}, 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hb.Stop(context.Background()) })
 
 	// Add task: server-side validation next to the fields, then a redirect to the task.
 	code, body, _ := form(t, base+"/tasks/create", url.Values{"region": {"dc1"}, "mac": {"nope"}, "os_type": {""}, "os_version": {"1"}}, nil)
@@ -242,24 +227,8 @@ func statusOf(t *testing.T, st *store.Store, id string) store.Status {
 // heartbeat once carried "os_type os_version" strings split at the first space, which
 // turned "Rocky Linux 9.4" into type "Rocky", version "Linux 9.4".)
 func TestOSNameWithSpace(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	etcd := storetest.Start(t)
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
 	rocky := contract.OSRef{OSType: "Rocky Linux", OSVersion: "9.4"}
-	hb, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat {
-		return store.Heartbeat{Region: "dc1", Images: []contract.ImageRef{{OSRef: rocky, SHA256: strings.Repeat("e", 64), Size: 1 << 30}}}
-	}, 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hb.Stop(context.Background()) })
-
+	ctx, cp, etcd := startControl(t, store.Heartbeat{Region: "dc1", Images: []contract.ImageRef{{OSRef: rocky, SHA256: strings.Repeat("e", 64), Size: 1 << 30}}})
 	_, body, _ := form(t, cp.URL()+"/tasks/create?region=dc1", nil, nil)
 	if !strings.Contains(body, `<option value="os_type=Rocky&#43;Linux&amp;os_version=9.4">Rocky Linux 9.4</option>`) {
 		t.Fatalf("the catalog choice does not carry both names:\n%s", body)
@@ -285,4 +254,24 @@ func TestOSNameWithSpace(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated || created.Warning != "" {
 		t.Fatalf("API create: %d, warning %q (the region's catalog has Rocky Linux 9.4)", resp.StatusCode, created.Warning)
 	}
+}
+
+// startControl runs a control plane on a fresh etcd with one region advertising hb.
+func startControl(t *testing.T, hb store.Heartbeat) (context.Context, *control.Server, *storetest.Etcd) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	etcd := storetest.Start(t)
+	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	beat, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat { return hb }, 10*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { beat.Stop(context.Background()) })
+	return ctx, cp, etcd
 }

@@ -96,7 +96,7 @@ func TestApprovalBindsToThePlanDigest(t *testing.T) {
 		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrInvalid) {
 			t.Fatalf("approve with digest %q: %v", digest, err)
 		}
-		assertSame(t, before, e.Dump(t, "/os/"))
+		storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 	}
 	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", seen); !errors.Is(err, store.ErrPlanChanged) {
 		t.Fatalf("stale digest: want ErrPlanChanged, got %v", err)
@@ -111,7 +111,7 @@ func TestApprovalBindsToThePlanDigest(t *testing.T) {
 	if _, err := e.Store.ApproveTask(ctx, small.TaskID, "alice", small.Plan.Digest); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "too small") {
 		t.Fatalf("approve a refused plan: %v", err)
 	}
-	assertSame(t, before, e.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 }
 
 // After approval a report never silently continues: the same plan keeps the approval
@@ -131,7 +131,7 @@ func TestReportAfterApproval(t *testing.T) {
 	if err != nil || res.Task.Status != store.StatusApproved {
 		t.Fatalf("same report after approval: %+v %v", res.Task.Status, err)
 	}
-	assertSame(t, before, e.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 
 	res, err = e.Store.Report(ctx, "dc1", mac, json.RawMessage(raidOnly))
 	got := res.Task

@@ -1,5 +1,7 @@
 package store
 
+import "slices"
+
 // Status is the value of /os/install/task/{region}/{id}/status (a plain string in etcd).
 type Status string
 
@@ -50,11 +52,4 @@ func (s Status) Open() bool { _, ok := transitions[s]; return ok }
 func (s Status) Approved() bool { return s == StatusApproved || s == StatusInstalling }
 
 // Valid reports whether s is a known status.
-func (s Status) Valid() bool {
-	for _, k := range Statuses {
-		if k == s {
-			return true
-		}
-	}
-	return false
-}
+func (s Status) Valid() bool { return slices.Contains(Statuses, s) }

@@ -80,13 +80,13 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	if _, err := s.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00-1a-2b-3c-4d-5e", OSRef: contract.OSRef{OSType: "debian", OSVersion: "12"}}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("second open task: want ErrConflict, got %v", err)
 	}
-	assertSame(t, before, e.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 
 	// Illegal transition: approve before any report.
 	if _, err := s.ApproveTask(ctx, task.TaskID, "test", "x"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("approve pending: want ErrConflict, got %v", err)
 	}
-	assertSame(t, before, e.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 
 	res, err := s.Report(ctx, "dc1", "00:1a:2b:3c:4d:5e", json.RawMessage(oneDisk))
 	if err != nil || !res.Matched || res.Task.Status != store.StatusPendingApproval || !res.Task.Plan.Approvable() {
@@ -119,7 +119,7 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	if again, err := s.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: "00:1a:2b:3c:4d:5e", TaskID: task.TaskID, Progress: contract.Progress{Stage: "completed", Percentage: 100}}); err != nil || again.Status != store.StatusCompleted {
 		t.Fatalf("completed twice: %+v %v", again, err)
 	}
-	assertSame(t, before, e.Dump(t, "/os/"))
+	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 	if _, ok := e.Get(t, "/os/index/mac/dc1/00:1a:2b:3c:4d:5e"); ok {
 		t.Fatal("MAC index kept after completion")
 	}
@@ -323,17 +323,5 @@ func TestHeartbeat(t *testing.T) {
 	r, _ = s.GetRegion(ctx, "dc1")
 	if r.Online || r.Status != "offline" {
 		t.Fatalf("stopped: %+v", r)
-	}
-}
-
-func assertSame(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	if len(before) != len(after) {
-		t.Fatalf("etcd changed: %d keys before, %d after", len(before), len(after))
-	}
-	for k, v := range before {
-		if after[k] != v {
-			t.Fatalf("etcd changed at %s: %q -> %q", k, v, after[k])
-		}
 	}
 }

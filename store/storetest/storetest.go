@@ -134,3 +134,17 @@ func (e *Etcd) waitFor(key string, timeout time.Duration, done func(string, bool
 	}
 	return ctx.Err()
 }
+
+// AssertSame fails the test unless after holds exactly the keys and values of before
+// (two Dumps): "etcd unchanged" after a refused request.
+func AssertSame(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	if len(before) != len(after) {
+		t.Fatalf("etcd changed: %d keys before, %d after", len(before), len(after))
+	}
+	for k, v := range before {
+		if after[k] != v {
+			t.Fatalf("etcd changed at %s:\n before %s\n after  %s", k, v, after[k])
+		}
+	}
+}
