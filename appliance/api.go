@@ -30,6 +30,12 @@ func (a *Appliance) routes() *http.ServeMux {
 	return mux
 }
 
+// asAgent is ctx with the agent acting: named by its task when the request names one,
+// else by the MAC it reports for, with its address (for the audit trail).
+func asAgent(r *http.Request, name string) context.Context {
+	return store.WithActor(r.Context(), store.Actor{Kind: store.ActorAgent, Name: name, Source: r.RemoteAddr})
+}
+
 func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	var req contract.ReportRequest
 	if err := httpjson.Decode(w, r, &req); err != nil {
@@ -46,7 +52,7 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 		return &store.ValidationError{Field: "hardware", Message: "is required and must be a JSON object"}
 	}
 	a.log.Info("Received hardware report from agent: " + mac)
-	res, err := a.store.Report(r.Context(), a.cfg.Label, mac, req.Hardware)
+	res, err := a.store.Report(asAgent(r, mac), a.cfg.Label, mac, req.Hardware)
 	if err != nil {
 		return err
 	}
@@ -148,7 +154,7 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	if req.Stage == "" {
 		return &store.ValidationError{Field: "stage", Message: "is required"}
 	}
-	t, err := a.store.RecordProgress(r.Context(), store.ProgressUpdate{
+	t, err := a.store.RecordProgress(asAgent(r, req.TaskID), store.ProgressUpdate{
 		Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
 		Progress: req.Progress,
 	})

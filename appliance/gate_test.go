@@ -315,7 +315,7 @@ func TestApplianceKilledDuringInstall(t *testing.T) {
 	done := runAgent(m.agentConfig(url))
 	e.WaitValue(t, "/os/install/task/dc1/"+task.TaskID+"/status", "pending_approval", 30*time.Second)
 	got, _ := e.Store.GetTask(context.Background(), task.TaskID)
-	if _, err := e.Store.ApproveTask(context.Background(), task.TaskID, "alice", got.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(store.WithActor(context.Background(), store.Actor{Kind: store.ActorUser, Name: "alice"}), task.TaskID, got.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	waitProgress(t, e, task.TaskID, func(p contract.Progress) bool { return p.BytesDone > 16<<20 })

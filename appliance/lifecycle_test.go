@@ -195,6 +195,24 @@ func TestNormalFlow(t *testing.T) {
 	if !bytes.Equal(got, image) {
 		t.Fatalf("target holds %d bytes, want the %d-byte image", len(got), len(image))
 	}
+	// The audit trail: every state change, in order, with its actor.
+	code, audit := call(t, "GET", sys.control.URL()+"/api/v1/audit?task="+id, nil)
+	entries, _ := audit["entries"].([]any)
+	var trail []string
+	for i := len(entries) - 1; i >= 0; i-- { // the API lists newest first
+		e := entries[i].(map[string]any)
+		trail = append(trail, fmt.Sprint(e["action"], " by ", e["actor"]))
+		if e["action"] == "task.approve" {
+			if d := e["detail"].(map[string]any); d["plan_digest"] != plan.Digest || d["disk_serial"] != "V1" || d["image_sha256"] != plan.Image.SHA256 {
+				t.Errorf("approval audit detail = %v", d)
+			}
+		}
+	}
+	want := []string{"task.create by anonymous", "task.report by agent:00:1a:2b:3c:4d:5e", "task.approve by anonymous",
+		"task.start by agent:" + id, "task.complete by agent:" + id}
+	if code != 200 || strings.Join(trail, "; ") != strings.Join(want, "; ") {
+		t.Errorf("audit trail:\n got  %v\n want %v", trail, want)
+	}
 	logs := sys.logs["dc1"].String()
 	for _, line := range []string{
 		"[dc1] New task assigned: " + id,

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/store"
 )
 
 // tendInterval is how often the appliance looks after its region's open tasks.
@@ -27,6 +28,7 @@ func (a *Appliance) tend(ctx context.Context) {
 		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, tendInterval)
+		rctx = store.WithActor(rctx, store.Actor{Kind: store.ActorSystem, Name: "appliance-" + a.cfg.Label})
 		if cat := a.heartbeat().Images; !slices.Equal(cat, published) {
 			if err := a.hb.Beat(rctx); err != nil {
 				a.log.Warn("could not publish the image catalog", "err", err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
@@ -21,11 +23,48 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
 	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
 	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))
+	mux.HandleFunc("GET /api/v1/audit", h(s.listAudit))
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
 	s.pageRoutes(mux)
-	return mux
+	return s.identify(mux)
+}
+
+// identify puts who is asking into the request's context, where the store takes every
+// actor field (approved_by, the audit trail) from. Until operators log in, everyone is
+// "anonymous" from their address.
+func (s *Server) identify(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := store.Actor{Kind: store.ActorUser, Name: "anonymous", Source: r.RemoteAddr}
+		next.ServeHTTP(w, r.WithContext(store.WithActor(r.Context(), a)))
+	})
+}
+
+// listAudit is GET /api/v1/audit?region=&task=&user=&action=&since=RFC3339&limit=.
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.AuditFilter{Region: q.Get("region"), TaskID: q.Get("task"), Actor: q.Get("user"), Action: q.Get("action")}
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return &store.ValidationError{Field: "since", Message: fmt.Sprintf("%q is not an RFC 3339 time like 2026-12-01T10:00:00Z", v)}
+		}
+		f.Since = t
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return &store.ValidationError{Field: "limit", Message: fmt.Sprintf("%q is not 1-1000", v)}
+		}
+		f.Limit = n
+	}
+	entries, err := s.store.ListAudit(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries)})
+	return nil
 }
 
 func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
@@ -110,9 +149,8 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// actionBody is the optional body of approve/cancel.
+// actionBody is the optional body of cancel.
 type actionBody struct {
-	By     string `json:"by,omitempty"`
 	Reason string `json:"reason,omitempty"`
 }
 
@@ -123,10 +161,10 @@ func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
 	return httpjson.Decode(w, r, v)
 }
 
-// approveBody is POST /api/v1/tasks/{id}/approve: the digest of the plan approved.
+// approveBody is POST /api/v1/tasks/{id}/approve: the digest of the plan approved. Who
+// approves is the request's identity, never a field of the body.
 type approveBody struct {
 	PlanDigest string `json:"plan_digest"`
-	By         string `json:"by,omitempty"`
 }
 
 func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
@@ -134,7 +172,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeOptional(w, r, &b); err != nil {
 		return err
 	}
-	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.By, b.PlanDigest)
+	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.PlanDigest)
 	if err != nil {
 		return err
 	}

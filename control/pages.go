@@ -325,7 +325,7 @@ func (s *Server) approveSubmit(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	// The digest the page showed: if the plan changed since, the store refuses.
-	t, err := s.store.ApproveTask(r.Context(), id, "web UI", r.PostForm.Get("plan_digest"))
+	t, err := s.store.ApproveTask(r.Context(), id, r.PostForm.Get("plan_digest"))
 	if err != nil {
 		return s.actionError(w, r, id, err)
 	}

@@ -52,7 +52,7 @@ var ErrPlanChanged = fmt.Errorf("%w: the hardware changed, review again", ErrCon
 // the person saw). A missing or stale digest, a task without a plan, or a plan that
 // cannot be carried out is refused and nothing is written. The guarded transaction
 // makes a report that lands between the read and the write fail the approval too.
-func (s *Store) ApproveTask(ctx context.Context, id, by, digest string) (Task, error) {
+func (s *Store) ApproveTask(ctx context.Context, id, digest string) (Task, error) {
 	region, err := s.regionOf(ctx, id)
 	if err != nil {
 		return Task{}, err
@@ -74,9 +74,12 @@ func (s *Store) ApproveTask(ctx context.Context, id, by, digest string) (Task, e
 		}
 		now := s.now()
 		t.ApprovedAt, t.Review = &now, ""
-		return change{to: StatusApproved, approval: &Approval{
-			Status: "approved", ApprovedBy: by, ApprovedAt: now, PlanDigest: p.Digest,
+		a := &Approval{
+			Status: "approved", ApprovedBy: ActorFrom(ctx).String(), ApprovedAt: now, PlanDigest: p.Digest,
 			DiskPath: p.Disk.Path, DiskSerial: p.Disk.Serial, DiskWWN: p.Disk.WWN, ImageSHA256: p.Image.SHA256,
+		}
+		return change{to: StatusApproved, approval: a, action: AuditTaskApprove, detail: map[string]string{
+			"plan_digest": a.PlanDigest, "disk_path": a.DiskPath, "disk_serial": a.DiskSerial, "disk_wwn": a.DiskWWN, "image_sha256": a.ImageSHA256,
 		}}, nil
 	})
 }
@@ -116,7 +119,8 @@ func (s *Store) Replan(ctx context.Context, region string) (int, error) {
 			}
 			now := s.now()
 			t.PlannedAt = &now
-			return change{to: StatusPendingApproval, plan: p}, nil
+			return change{to: StatusPendingApproval, plan: p, action: AuditTaskReplan,
+				detail: map[string]string{"plan_digest": p.Digest, "refused": p.Refused}}, nil
 		})
 		switch {
 		case err == nil:
@@ -150,7 +154,7 @@ func (s *Store) FailOverdue(ctx context.Context, region string, timeout time.Dur
 				now := s.now()
 				t.FinishedAt = &now
 				t.Error = fmt.Sprintf("deploy timeout: not completed within %s of approval (was %s; a completion the agent sent may not have been acknowledged)", timeout, t.Status)
-				return change{to: StatusFailed}, nil
+				return change{to: StatusFailed, action: AuditTaskTimeout, detail: map[string]string{"reason": t.Error}}, nil
 			})
 			switch {
 			case err == nil:

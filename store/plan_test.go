@@ -67,7 +67,7 @@ func TestPlanUsesTheRealImageSize(t *testing.T) {
 	if err := json.Unmarshal([]byte(stored), &fromEtcd); err != nil || fromEtcd.Digest != p.Digest {
 		t.Fatalf("stored plan %q", stored)
 	}
-	ok, err := e.Store.ApproveTask(ctxT(t), task.TaskID, "alice", p.Digest)
+	ok, err := e.Store.ApproveTask(as(ctxT(t), "alice"), task.TaskID, p.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,13 +92,13 @@ func TestApprovalBindsToThePlanDigest(t *testing.T) {
 	}
 	before := e.Dump(t, "/os/")
 	for _, digest := range []string{seen, "", "not-a-digest"} {
-		_, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", digest)
+		_, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, digest)
 		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrInvalid) {
 			t.Fatalf("approve with digest %q: %v", digest, err)
 		}
 		storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 	}
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", seen); !errors.Is(err, store.ErrPlanChanged) {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, seen); !errors.Is(err, store.ErrPlanChanged) {
 		t.Fatalf("stale digest: want ErrPlanChanged, got %v", err)
 	}
 
@@ -108,7 +108,7 @@ func TestApprovalBindsToThePlanDigest(t *testing.T) {
 		t.Fatalf("plan for a too-small disk = %+v", small.Plan)
 	}
 	before = e.Dump(t, "/os/")
-	if _, err := e.Store.ApproveTask(ctx, small.TaskID, "alice", small.Plan.Digest); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "too small") {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), small.TaskID, small.Plan.Digest); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "too small") {
 		t.Fatalf("approve a refused plan: %v", err)
 	}
 	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
@@ -123,7 +123,7 @@ func TestReportAfterApproval(t *testing.T) {
 	ctx := ctxT(t)
 	mac := "52:54:00:00:10:04"
 	task := reportedTask(t, e, mac, satadomAndRaid)
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", task.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, task.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	before := e.Dump(t, "/os/")
@@ -141,7 +141,7 @@ func TestReportAfterApproval(t *testing.T) {
 	if _, ok := e.Get(t, "/os/install/task/dc1/"+task.TaskID+"/approval"); ok {
 		t.Fatal("the approval key survived a changed report")
 	}
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", got.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, got.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Store.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: mac, TaskID: task.TaskID, Progress: contract.Progress{Stage: "writing", Percentage: 40}}); err != nil {
@@ -181,10 +181,10 @@ func TestReplanWhenTheCatalogChanges(t *testing.T) {
 	if err != nil || !got.Plan.Approvable() || got.Plan.Digest == task.Plan.Digest {
 		t.Fatalf("replanned: %+v %v", got.Plan, err)
 	}
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", task.Plan.Digest); !errors.Is(err, store.ErrConflict) {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, task.Plan.Digest); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("the old plan's digest approved: %v", err)
 	}
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", got.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, got.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -220,12 +220,12 @@ func TestFailOverdue(t *testing.T) {
 	start := time.Now().UTC()
 	e.Store.SetClock(func() time.Time { return start })
 	old := reportedTask(t, e, "52:54:00:00:10:07", oneDisk)
-	if _, err := e.Store.ApproveTask(ctx, old.TaskID, "alice", old.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), old.TaskID, old.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	e.Store.SetClock(func() time.Time { return start.Add(50 * time.Minute) })
 	fresh := reportedTask(t, e, "52:54:00:00:10:08", oneDisk)
-	if _, err := e.Store.ApproveTask(ctx, fresh.TaskID, "alice", fresh.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), fresh.TaskID, fresh.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	e.Store.SetClock(func() time.Time { return start.Add(61 * time.Minute) })
@@ -246,7 +246,7 @@ func TestCancelDuringInstall(t *testing.T) {
 	ctx := ctxT(t)
 	mac := "52:54:00:00:10:09"
 	task := reportedTask(t, e, mac, oneDisk)
-	if _, err := e.Store.ApproveTask(ctx, task.TaskID, "alice", task.Plan.Digest); err != nil {
+	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, task.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Store.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: mac, TaskID: task.TaskID, Progress: contract.Progress{Stage: "writing", Percentage: 3}}); err != nil {
@@ -264,4 +264,9 @@ func TestCancelDuringInstall(t *testing.T) {
 	if _, err := e.Store.RecordProgress(ctx, abort); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("another MAC's abort record: %v", err)
 	}
+}
+
+// as is ctx with a person acting: what the control plane's authentication does.
+func as(ctx context.Context, user string) context.Context {
+	return store.WithActor(ctx, store.Actor{Kind: store.ActorUser, Name: user, Source: "192.0.2.10:51000"})
 }

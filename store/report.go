@@ -76,18 +76,22 @@ func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessag
 		}
 		p := planFor(t, hw, catalog)
 		now := s.now()
+		action := AuditTaskReport
 		switch t.Status {
 		case StatusApproved:
 			if t.Approval != nil && t.Approval.PlanDigest == p.Digest {
 				return change{}, errUnchanged // the approval holds: the agent carries on
 			}
 			t.Review = "the hardware report changed after approval: review the new plan"
+			action = AuditTaskReview
 		case StatusInstalling:
+			action = AuditTaskReview
 			t.Review = "the machine reported again during its install (it restarted): the disk may be partially written; approve again to rewrite it"
 			t.StartedAt = nil
 		}
 		t.ReportedAt, t.PlannedAt, t.ApprovedAt = &now, &now, nil
-		return change{to: StatusPendingApproval, hardware: hw, plan: p, clearApproval: from.Approved()}, nil
+		return change{to: StatusPendingApproval, hardware: hw, plan: p, clearApproval: from.Approved(), action: action,
+			detail: map[string]string{"plan_digest": p.Digest, "refused": p.Refused, "review": t.Review}}, nil
 	})
 	switch {
 	case errors.Is(err, errUnchanged):
@@ -241,7 +245,9 @@ func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRe
 		}
 		at, now := r.ReceivedAt, s.now()
 		t.ReportedAt, t.PlannedAt = &at, &now
-		return change{to: StatusPendingApproval, hardware: r.Hardware, plan: planFor(t, r.Hardware, catalog), extra: []clientv3.Op{
+		p := planFor(t, r.Hardware, catalog)
+		return change{to: StatusPendingApproval, hardware: r.Hardware, plan: p, action: AuditTaskMatch,
+			detail: map[string]string{"report": r.ID, "plan_digest": p.Digest}, extra: []clientv3.Op{
 			clientv3.OpDelete(unmatchedKey(region, r.ID)),
 			clientv3.OpDelete(unmatchedIndexKey(region, r.MACAddress)),
 		}}, nil

@@ -125,6 +125,11 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 				clientv3.OpPut(taskKey(region, t.TaskID, fieldHardware), string(report.Hardware)),
 				clientv3.OpPut(taskKey(region, t.TaskID, fieldPlan), string(plan)))
 		}
+		audit := newAudit(ctx, s.now(), AuditTaskCreate, region, t.TaskID).with("mac", mac).with("os", t.OSRef.String())
+		if t.Plan != nil {
+			audit.with("auto_matched", report.ID).with("plan_digest", t.Plan.Digest)
+		}
+		ops = append(ops, audit.op())
 		meta, _ := json.Marshal(t.Metadata)
 		ops = append(ops,
 			clientv3.OpPut(taskKey(region, t.TaskID, fieldMetadata), string(meta)),
@@ -290,6 +295,16 @@ type change struct {
 	// clearApproval deletes the approval: the task goes back to a person.
 	clearApproval bool
 	extra         []clientv3.Op
+	// action names the audit entry written with the change; "" derives it from a
+	// status change (start, complete, fail, cancel), and no status change writes none.
+	action string
+	detail map[string]string
+}
+
+// statusAction is the audit action of a status change nobody named.
+var statusAction = map[Status]string{
+	StatusInstalling: AuditTaskStart, StatusCompleted: AuditTaskComplete, StatusFailed: AuditTaskFail,
+	StatusCancelled: AuditTaskCancel, StatusPendingApproval: AuditTaskReport, StatusApproved: AuditTaskApprove,
 }
 
 // update reads the task, lets fn decide the change (mutating t's metadata), checks the
@@ -347,6 +362,20 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 			b, _ := json.Marshal(ch.plan)
 			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldPlan), string(b)))
 		}
+		action := ch.action
+		if action == "" && from != ch.to {
+			action = statusAction[ch.to]
+		}
+		if action != "" {
+			e := newAudit(ctx, s.now(), action, region, id)
+			for k, v := range ch.detail {
+				e.with(k, v)
+			}
+			if from != ch.to {
+				e.with("from", string(from)).with("to", string(ch.to))
+			}
+			ops = append(ops, e.op())
+		}
 		resp, err := s.c.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldStatus)), "=", snap.statusRev),
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldMetadata)), "=", snap.metaRev),
@@ -378,7 +407,7 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error)
 			// stays: say so where the operator looks.
 			t.Error += " (cancelled during the install: the disk is partially written)"
 		}
-		return change{to: StatusCancelled}, nil
+		return change{to: StatusCancelled, detail: map[string]string{"reason": reason}}, nil
 	})
 }
 
@@ -469,9 +498,10 @@ func (s *Store) recordAbort(ctx context.Context, u ProgressUpdate, mac string) (
 	p := u.Progress
 	p.UpdatedAt = s.now()
 	b, _ := json.Marshal(p)
+	audit := newAudit(ctx, p.UpdatedAt, AuditTaskAbortNote, u.Region, u.TaskID).with("bytes_written", fmt.Sprint(p.BytesDone))
 	resp, err := s.c.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(taskKey(u.Region, u.TaskID, fieldStatus)), "=", snap.statusRev),
-	).Then(clientv3.OpPut(taskKey(u.Region, u.TaskID, fieldProgress), string(b))).Commit()
+	).Then(clientv3.OpPut(taskKey(u.Region, u.TaskID, fieldProgress), string(b)), audit.op()).Commit()
 	if err != nil {
 		return Task{}, fmt.Errorf("record abort of %s: %w", u.TaskID, err)
 	}

@@ -83,7 +83,7 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
 
 	// Illegal transition: approve before any report.
-	if _, err := s.ApproveTask(ctx, task.TaskID, "test", "x"); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.ApproveTask(as(ctx, "test"), task.TaskID, "x"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("approve pending: want ErrConflict, got %v", err)
 	}
 	storetest.AssertSame(t, before, e.Dump(t, "/os/"))
@@ -92,7 +92,7 @@ func TestTaskLifecycleAndMACIndex(t *testing.T) {
 	if err != nil || !res.Matched || res.Task.Status != store.StatusPendingApproval || !res.Task.Plan.Approvable() {
 		t.Fatalf("report: %+v %v", res, err)
 	}
-	if _, err := s.ApproveTask(ctx, task.TaskID, "alice", res.Task.Plan.Digest); err != nil {
+	if _, err := s.ApproveTask(as(ctx, "alice"), task.TaskID, res.Task.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 	// Only an install in progress completes.

@@ -35,7 +35,7 @@ func TestListTaskSummaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.ApproveTask(ctx, approved.TaskID, "test", res.Task.Plan.Digest); err != nil {
+	if _, err := s.ApproveTask(as(ctx, "test"), approved.TaskID, res.Task.Plan.Digest); err != nil {
 		t.Fatal(err)
 	}
 

@@ -1,0 +1,187 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Actor is who does something: a person (a user of the control plane), an agent (the
+// one of a task, or an unauthenticated reporter on the boot network) or the system
+// itself (the appliance's deploy timeout, replanning). It travels in the request's
+// context (WithActor), set by the layer that authenticated the request, so no store
+// caller can write an identity of its choosing into an approval or the audit trail.
+type Actor struct {
+	Kind   ActorKind `json:"kind"`
+	Name   string    `json:"name"`             // user name, task id, or component
+	Source string    `json:"source,omitempty"` // remote address, when over the network
+}
+
+// ActorKind says what sort of actor an Actor is.
+type ActorKind string
+
+const (
+	ActorUser   ActorKind = "user"
+	ActorAgent  ActorKind = "agent"
+	ActorSystem ActorKind = "system"
+)
+
+// String is the actor as the audit trail and the timeline name it: "alice",
+// "agent:<task>", "system:<component>".
+func (a Actor) String() string {
+	switch {
+	case a.Kind == ActorUser:
+		return a.Name
+	case a.Name == "":
+		return string(a.Kind)
+	}
+	return string(a.Kind) + ":" + a.Name
+}
+
+type actorKey struct{}
+
+// WithActor returns ctx carrying who is acting.
+func WithActor(ctx context.Context, a Actor) context.Context {
+	return context.WithValue(ctx, actorKey{}, a)
+}
+
+// ActorFrom is the actor in ctx; without one, the system.
+func ActorFrom(ctx context.Context) Actor {
+	if a, ok := ctx.Value(actorKey{}).(Actor); ok {
+		return a
+	}
+	return Actor{Kind: ActorSystem}
+}
+
+// AuditEntry is one line of the audit trail at /os/audit/{scope}/{id}: who did what to
+// what, when and from where. Entries are written in the same etcd transaction as the
+// change they record and are never edited or deleted by LPMOS.
+type AuditEntry struct {
+	ID     string            `json:"id"`
+	Time   time.Time         `json:"time"`
+	Actor  string            `json:"actor"` // Actor.String()
+	Kind   ActorKind         `json:"actor_kind"`
+	Source string            `json:"source,omitempty"`
+	Action string            `json:"action"` // task.create, task.approve, login.failure, ...
+	Region string            `json:"region,omitempty"`
+	TaskID string            `json:"task_id,omitempty"`
+	Target string            `json:"target,omitempty"` // what else the action was on: a user, a token id, a MAC
+	Detail map[string]string `json:"detail,omitempty"` // plan digest, disk serial/WWN, image sha256, reasons
+}
+
+// Audit actions.
+const (
+	AuditTaskCreate    = "task.create"
+	AuditTaskReport    = "task.report" // hardware (and a new plan) stored on a task
+	AuditTaskMatch     = "task.match"
+	AuditTaskApprove   = "task.approve"
+	AuditTaskReview    = "task.review" // back to pending_approval after an approval
+	AuditTaskReplan    = "task.replan"
+	AuditTaskStart     = "task.start"
+	AuditTaskComplete  = "task.complete"
+	AuditTaskFail      = "task.fail"
+	AuditTaskCancel    = "task.cancel"
+	AuditTaskTimeout   = "task.timeout"
+	AuditTaskAbortNote = "task.abort_recorded"
+)
+
+// controlScope holds audit entries of no region (logins, users, tokens). Region labels
+// cannot contain "_", so it never collides with one.
+const controlScope = "_control"
+
+func auditPrefix(scope string) string { return "/os/audit/" + scope + "/" }
+
+// newAudit fills an entry for ctx's actor at now. The id sorts by time.
+func newAudit(ctx context.Context, now time.Time, action, region, taskID string) *AuditEntry {
+	a := ActorFrom(ctx)
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	return &AuditEntry{
+		ID: now.UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(rnd[:]), Time: now,
+		Actor: a.String(), Kind: a.Kind, Source: a.Source, Action: action, Region: region, TaskID: taskID,
+	}
+}
+
+func (e *AuditEntry) with(k, v string) *AuditEntry {
+	if v == "" {
+		return e
+	}
+	if e.Detail == nil {
+		e.Detail = map[string]string{}
+	}
+	e.Detail[k] = v
+	return e
+}
+
+// op is the etcd write of e, for the transaction of the change it records.
+func (e *AuditEntry) op() clientv3.Op {
+	scope := e.Region
+	if scope == "" {
+		scope = controlScope
+	}
+	b, _ := json.Marshal(e)
+	return clientv3.OpPut(auditPrefix(scope)+e.ID, string(b))
+}
+
+// Audit appends an entry that goes with no other change (a login, a refused agent
+// token): action by ctx's actor, about region (may be "") and target.
+func (s *Store) Audit(ctx context.Context, action, region, target string, detail map[string]string) error {
+	e := newAudit(ctx, s.now(), action, region, "")
+	e.Target, e.Detail = target, detail
+	if _, err := s.c.Txn(ctx).Then(e.op()).Commit(); err != nil {
+		return fmt.Errorf("audit %s: %w", action, err)
+	}
+	return nil
+}
+
+// AuditFilter selects audit entries; empty fields match everything.
+type AuditFilter struct {
+	Region, TaskID, Actor, Action string
+	Since                         time.Time
+	Limit                         int // newest first; default and maximum 1000
+}
+
+// ListAudit returns entries matching f, newest first.
+func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error) {
+	prefix := "/os/audit/"
+	if f.Region != "" {
+		if err := ValidateRegion(f.Region); err != nil {
+			return nil, err
+		}
+		prefix = auditPrefix(f.Region)
+	}
+	if f.Limit <= 0 || f.Limit > 1000 {
+		f.Limit = 1000
+	}
+	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	out := []AuditEntry{}
+	for _, kv := range resp.Kvs {
+		var e AuditEntry
+		if json.Unmarshal(kv.Value, &e) != nil {
+			continue
+		}
+		switch {
+		case f.TaskID != "" && e.TaskID != f.TaskID,
+			f.Actor != "" && e.Actor != f.Actor,
+			f.Action != "" && e.Action != f.Action && !strings.HasPrefix(e.Action, f.Action+"."),
+			!f.Since.IsZero() && e.Time.Before(f.Since):
+			continue
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
+	if len(out) > f.Limit {
+		out = out[:f.Limit]
+	}
+	return out, nil
+}
