@@ -89,7 +89,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 		"/?status=completed":         {"No tasks match."},
 		"/?region=Bad!&status=nope":  {"unknown region", "unknown status", "00:1a:2b:3c:4d:5e"},
 		"/tasks/create?region=dc1":   {`<option value="dc1" selected>`, `<option value="os_type=ubuntu&amp;os_version=22.04">`},
-		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by web UI", "MT27800"},
+		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by anonymous", "MT27800"},
 		"/regions/dc1":               {"http://dc1.example:8081", "ubuntu 22.04", "first seen online"},
 		"/unmatched":                 {"No unmatched reports"},
 		"/static/ui.js":              {"new WebSocket"},
