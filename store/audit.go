@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -60,8 +61,11 @@ func ActorFrom(ctx context.Context) Actor {
 	return Actor{Kind: ActorSystem}
 }
 
-// AuditEntry is one line of the audit trail at /os/audit/{scope}/{id}: who did what to
-// what, when and from where. Entries are written in the same etcd transaction as the
+// AuditEntry is one line of the audit trail at /os/audit/{region}/{task_id}/{id} (a
+// task's events: its page reads one prefix), /os/audit/{region}/_/{id} (a region's other
+// events) or /os/audit/_control/_/{id} (logins, users, tokens): who did what to what,
+// when and from where. The region comes first so a region's etcd role can name its
+// entries. Ids sort by time. Entries are written in the same etcd transaction as the
 // change they record and are never edited or deleted by LPMOS.
 type AuditEntry struct {
 	ID     string            `json:"id"`
@@ -92,11 +96,24 @@ const (
 	AuditTaskAbortNote = "task.abort_recorded"
 )
 
-// controlScope holds audit entries of no region (logins, users, tokens). Region labels
-// cannot contain "_", so it never collides with one.
-const controlScope = "_control"
+// controlScope holds audit entries of no region (logins, users, tokens), and noTask
+// those of no task. Region labels and task ids cannot contain "_", so neither collides.
+const (
+	controlScope = "_control"
+	noTask       = "_"
+)
 
 func auditPrefix(scope string) string { return "/os/audit/" + scope + "/" }
+
+func auditKey(region, taskID, id string) string {
+	if region == "" {
+		region = controlScope
+	}
+	if taskID == "" {
+		taskID = noTask
+	}
+	return auditPrefix(region) + taskID + "/" + id
+}
 
 // newAudit fills an entry for ctx's actor at now. The id sorts by time.
 func newAudit(ctx context.Context, now time.Time, action, region, taskID string) *AuditEntry {
@@ -122,12 +139,8 @@ func (e *AuditEntry) with(k, v string) *AuditEntry {
 
 // op is the etcd write of e, for the transaction of the change it records.
 func (e *AuditEntry) op() clientv3.Op {
-	scope := e.Region
-	if scope == "" {
-		scope = controlScope
-	}
 	b, _ := json.Marshal(e)
-	return clientv3.OpPut(auditPrefix(scope)+e.ID, string(b))
+	return clientv3.OpPut(auditKey(e.Region, e.TaskID, e.ID), string(b))
 }
 
 // Audit appends an entry that goes with no other change (a login, a refused agent
@@ -148,7 +161,8 @@ type AuditFilter struct {
 	Limit                         int // newest first; default and maximum 1000
 }
 
-// ListAudit returns entries matching f, newest first.
+// ListAudit returns entries matching f, newest first. A task's entries are one range
+// read (its region is found through the task index when f.Region is empty).
 func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error) {
 	prefix := "/os/audit/"
 	if f.Region != "" {
@@ -156,6 +170,20 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, err
 			return nil, err
 		}
 		prefix = auditPrefix(f.Region)
+	}
+	if f.TaskID != "" {
+		region := f.Region
+		if region == "" {
+			r, err := s.regionOf(ctx, f.TaskID)
+			if errors.Is(err, ErrNotFound) {
+				return []AuditEntry{}, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			region = r
+		}
+		prefix = auditPrefix(region) + f.TaskID + "/"
 	}
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 1000
