@@ -240,31 +240,52 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 	d := taskPageData{Task: t, View: s.overview.task(t), HW: parseHardware(t.Hardware, t.TargetMAC),
 		Image: t.OSRef.String()}
 	d.Target, d.PlanImage, d.DiskRefused = planText(&d.HW, t.Plan)
-	d.Timeline = timeline(t)
+	trail, err := s.store.ListAudit(ctx, store.AuditFilter{Region: t.RegionID, TaskID: t.TaskID})
+	if err != nil {
+		return taskPageData{}, err
+	}
+	d.Timeline = timeline(t, trail)
 	if t.Status == store.StatusPending || t.Status == store.StatusPendingApproval {
 		d.ImageWarning = s.catalogWarning(ctx, t) // the same check as the API's
 	}
 	return d, nil
 }
 
-func timeline(t store.Task) []timelineStep {
+// timeline is the task's steps, each named with its actor from the audit trail (newest
+// entry of each kind wins: a task approved twice shows the approval that stands).
+func timeline(t store.Task, trail []store.AuditEntry) []timelineStep {
+	by := map[string]string{}
+	for i := len(trail) - 1; i >= 0; i-- { // oldest first, so the newest overwrites
+		by[trail[i].Action] = trail[i].Actor
+	}
+	named := func(label string, actions ...string) string {
+		for _, a := range actions {
+			if who := by[a]; who != "" {
+				return label + " by " + who
+			}
+		}
+		return label
+	}
 	steps := []timelineStep{
-		{Label: "Created", At: &t.CreatedAt},
-		{Label: "Hardware reported", At: t.ReportedAt, Note: "waiting for the machine to PXE-boot"},
+		{Label: named("Created", store.AuditTaskCreate), At: &t.CreatedAt},
+		{Label: named("Hardware reported", store.AuditTaskReport, store.AuditTaskReview, store.AuditTaskMatch), At: t.ReportedAt, Note: "waiting for the machine to PXE-boot"},
 	}
 	approve := timelineStep{Label: "Approved", At: t.ApprovedAt, Note: "waiting for an operator"}
 	if t.Approval != nil && t.Approval.ApprovedBy != "" {
 		approve.Label = "Approved by " + t.Approval.ApprovedBy
 	}
-	steps = append(steps, approve, timelineStep{Label: "Install started", At: t.StartedAt})
+	if t.Review != "" {
+		approve.Note = "back for review: " + t.Review
+	}
+	steps = append(steps, approve, timelineStep{Label: named("Install started", store.AuditTaskStart), At: t.StartedAt})
 	end := timelineStep{Label: "Finished", At: t.FinishedAt}
 	switch t.Status {
 	case store.StatusCompleted:
-		end.Label = "Completed"
+		end.Label = named("Completed", store.AuditTaskComplete)
 	case store.StatusFailed:
-		end.Label, end.Note, end.Bad = "Failed", t.Error, true
+		end.Label, end.Note, end.Bad = named("Failed", store.AuditTaskTimeout, store.AuditTaskFail), t.Error, true
 	case store.StatusCancelled:
-		end.Label, end.Note, end.Bad = "Cancelled", t.Error, true
+		end.Label, end.Note, end.Bad = named("Cancelled", store.AuditTaskCancel), t.Error, true
 	}
 	steps = append(steps, end)
 	for i := range steps {

@@ -26,7 +26,7 @@ var staticFS embed.FS
 
 // pages holds every page's template, parsed once at start: a broken template fails
 // the build's tests, not an operator's request.
-var pages = parsePages("dashboard", "task", "create", "confirm", "unmatched", "region", "error")
+var pages = parsePages("dashboard", "task", "create", "confirm", "unmatched", "region", "error", "audit")
 
 func parsePages(names ...string) map[string]*template.Template {
 	funcs := template.FuncMap{
@@ -88,6 +88,7 @@ func (s *Server) pageRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /unmatched", s.pageHandler(s.unmatchedPage))
 	mux.Handle("POST /unmatched/{region}/{id}/match", post(s.matchSubmit))
 	mux.Handle("GET /regions/{name}", s.pageHandler(s.regionPage))
+	mux.Handle("GET /audit", s.pageHandler(s.auditPage))
 }
 
 func noCache(h http.Handler) http.Handler {

@@ -116,9 +116,19 @@ func TestHumanUnits(t *testing.T) {
 
 func TestTimeline(t *testing.T) {
 	now := time.Now()
-	steps := timeline(store.Task{Metadata: store.Metadata{CreatedAt: now, FinishedAt: &now, Error: "wrong rack"}, Status: store.StatusCancelled})
+	steps := timeline(store.Task{Metadata: store.Metadata{CreatedAt: now, FinishedAt: &now, Error: "wrong rack"}, Status: store.StatusCancelled}, nil)
 	last := steps[len(steps)-1]
 	if last.Label != "Cancelled" || last.Note != "wrong rack" || !last.Bad || steps[1].Note != "skipped" {
+		t.Fatalf("%+v", steps)
+	}
+	// Each step names its actor from the audit trail (newest first, as ListAudit gives it).
+	trail := []store.AuditEntry{
+		{Action: store.AuditTaskCancel, Actor: "bob"},
+		{Action: store.AuditTaskReport, Actor: "agent:52:54:00:00:00:01"},
+		{Action: store.AuditTaskCreate, Actor: "alice"},
+	}
+	steps = timeline(store.Task{Metadata: store.Metadata{CreatedAt: now, ReportedAt: &now, FinishedAt: &now}, Status: store.StatusCancelled}, trail)
+	if steps[0].Label != "Created by alice" || steps[1].Label != "Hardware reported by agent:52:54:00:00:00:01" || steps[len(steps)-1].Label != "Cancelled by bob" {
 		t.Fatalf("%+v", steps)
 	}
 }
