@@ -52,6 +52,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clientURLs, clientURLs
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peerURLs, peerURLs
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	// Every progress post writes a revision: without compaction the history of a busy
+	// region grows until the backend quota's NOSPACE alarm stops all writes. Keep one
+	// hour of history (watchers that fall further behind resync) and etcd's 2 GiB quota.
+	cfg.AutoCompactionMode, cfg.AutoCompactionRetention = "periodic", "1h"
+	cfg.QuotaBackendBytes = 2 << 30
 	if c.Quiet {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	} else {
