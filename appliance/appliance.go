@@ -20,6 +20,7 @@ import (
 	"lpmos.dev/lpmos/appliance/applog"
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
+	"lpmos.dev/lpmos/internal/connlimit"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
 )
@@ -36,9 +37,12 @@ type Appliance struct {
 	store  *store.Store
 	etcdEP []string // the endpoints dialled
 	hb     *store.Heartbeater
-	ln     net.Listener
-	srv    *http.Server
-	images *images.Catalog
+
+	refusedMu     sync.Mutex
+	refusedLogged map[string]time.Time // when a refused connection was last logged, per cap
+	ln            net.Listener
+	srv           *http.Server
+	images        *images.Catalog
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
@@ -184,7 +188,9 @@ func (a *Appliance) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
 	}
-	a.ln = ln
+	limited := connlimit.New(ln, cfg.MaxConns, cfg.MaxConnsPerSource)
+	limited.Refused = a.connRefused
+	a.ln = limited
 	a.closers.add(func() { ln.Close() })
 	if err := a.step(stepListen); err != nil {
 		return err
@@ -193,7 +199,11 @@ func (a *Appliance) open(ctx context.Context) error {
 	if a.servers, err = a.startBoot(startCtx, mux, ln.Addr().(*net.TCPAddr).Port); err != nil {
 		return err
 	}
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	// Timeouts bound what a slow or idle client holds: headers and bodies (reports are
+	// small) must arrive in time, idle keep-alives are dropped. No write timeout: image
+	// streams take minutes and long polls 60 s; the connection caps bound those.
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 90 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	hb, err := a.store.StartHeartbeat(startCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
 	if err != nil {
 		return fmt.Errorf("--label=%s: region heartbeat (--heartbeat-ttl=%s): %w", cfg.Label, cfg.HeartbeatTTL, err)
@@ -338,4 +348,22 @@ func parseLevel(s string) slog.Level {
 		return slog.LevelInfo
 	}
 	return l
+}
+
+// connRefused logs a connection closed for being over a cap, at most once a minute per
+// kind (a flood must not flood the log too).
+func (a *Appliance) connRefused(source string, perSource bool) {
+	kind, limit := "total", a.cfg.MaxConns
+	if perSource {
+		kind, limit = "per-source", a.cfg.MaxConnsPerSource
+	}
+	a.refusedMu.Lock()
+	defer a.refusedMu.Unlock()
+	if now := time.Now(); now.Sub(a.refusedLogged[kind]) >= time.Minute {
+		if a.refusedLogged == nil {
+			a.refusedLogged = map[string]time.Time{}
+		}
+		a.refusedLogged[kind] = now
+		a.log.Warn("connection refused: over the "+kind+" cap (logged once a minute)", "source", source, "cap", limit)
+	}
 }

@@ -34,7 +34,9 @@ type Config struct {
 	DeployTimeout time.Duration
 	ImagesDir     string
 	ImageRate     int64 // bytes per second per image stream; 0: unlimited
-	LogLevel      string
+	// MaxConns and MaxConnsPerSource cap the API's open connections; 0: no cap.
+	MaxConns, MaxConnsPerSource int
+	LogLevel                    string
 
 	Boot BootConfig
 }
@@ -81,6 +83,8 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
+	fs.IntVar(&c.MaxConns, "max-conns", 4096, "open connections the regional API holds in all (0: no cap)")
+	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections the regional API holds from one address (0: no cap)")
 	fs.Int64Var(&c.ImageRate, "image-rate", 0, "bytes per second per image stream (0: unlimited; 125000000 is 1 Gbit/s)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	b := &c.Boot
@@ -136,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.DeployTimeout != 0 && c.DeployTimeout < time.Minute {
 		return fmt.Errorf("--deploy-timeout: %s is below 1m (an install takes minutes)", c.DeployTimeout)
+	}
+	if c.MaxConns < 0 || c.MaxConnsPerSource < 0 {
+		return fmt.Errorf("--max-conns, --max-conns-per-source: must be >= 0")
 	}
 	if c.ImageRate < 0 {
 		return fmt.Errorf("--image-rate: %d is negative", c.ImageRate)
