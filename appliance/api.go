@@ -18,7 +18,7 @@ import (
 // download. Authentication can wrap this handler later.
 func (a *Appliance) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(a.log, f) }
+	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(a.log, withDeadline(f)) }
 	mux.HandleFunc("POST /api/report", h(a.handleReport))
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
@@ -28,6 +28,21 @@ func (a *Appliance) routes() *http.ServeMux {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
 	return mux
+}
+
+// withDeadline gives a request httpjson.RequestDeadline for its store calls (plus the
+// wait of a long poll): with etcd unreachable it answers 503 with retry_after in
+// seconds, never holds the agent.
+func withDeadline(f httpjson.HandlerFunc) httpjson.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		d := httpjson.RequestDeadline
+		if wait, err := waitParam(r); err == nil {
+			d += wait
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		return f(w, r.WithContext(ctx))
+	}
 }
 
 // asAgent is ctx with the agent acting: named by its task when the request names one,

@@ -210,7 +210,9 @@ func (a *Appliance) open(ctx context.Context) error {
 	}
 	a.hb = hb
 	a.stopHeartbeat = sync.OnceFunc(func() {
-		shCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// etcd answers in milliseconds; an unreachable one must not hold a stop for
+		// long (the lease runs out within the TTL anyway).
+		shCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		if err := hb.Stop(shCtx); err != nil {
 			a.log.Warn("could not mark region offline", "err", err)

@@ -18,6 +18,7 @@ import (
 	"lpmos.dev/lpmos/netboot/ipxe"
 	"lpmos.dev/lpmos/netboot/tftpd"
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
 )
 
 // Names under which the HTTP boot handler serves --kernel and --initramfs.
@@ -74,6 +75,10 @@ func (b BootConfig) validate() error {
 // fails at once, so the firmware moves on to the disk by itself; iPXE gets the
 // local-disk script.)
 func (a *Appliance) Boot(ctx context.Context, m netboot.Machine) (*netboot.Plan, error) {
+	// A DHCP client retransmits after a few seconds, and an iPXE script request must
+	// not hang on an unreachable etcd.
+	ctx, cancel := context.WithTimeout(ctx, httpjson.RequestDeadline)
+	defer cancel()
 	mac := m.MAC.String()
 	t, err := a.store.LatestTaskForMAC(ctx, a.cfg.Label, mac)
 	switch {

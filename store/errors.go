@@ -1,8 +1,13 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"lpmos.dev/lpmos/contract"
 )
@@ -36,3 +41,22 @@ func (e *TransitionError) Error() string {
 	return fmt.Sprintf("task %s is %s: cannot become %s", e.TaskID, e.From, e.To)
 }
 func (e *TransitionError) Unwrap() error { return ErrConflict }
+
+// Unavailable reports whether err means etcd could not be reached or did not answer in
+// time (no leader, a timeout, the request's deadline): the callers' cue to answer 503
+// with a retry_after, not 500.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if st, ok := status.FromError(e); ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) {
+			return true
+		}
+	}
+	return false
+}

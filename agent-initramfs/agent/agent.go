@@ -238,7 +238,10 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 		case errors.As(err, &se) && se.Code/100 == 4:
 			return "", fmt.Errorf("report refused: %w", err) // our request is wrong: retrying cannot help
 		default:
-			log.Warn("report failed", "attempt", attempt, "max_attempts", cfg.MaxAttempts, "err", err)
+			if se != nil && se.Body.RetryAfter > 0 { // 503: the appliance's store is away
+				wait = se.Body.RetryAfter
+			}
+			log.Warn("report failed", "attempt", attempt, "max_attempts", cfg.MaxAttempts, "retry_after", wait, "err", err)
 		}
 		if attempt == cfg.MaxAttempts {
 			break

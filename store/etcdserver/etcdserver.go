@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -27,7 +28,8 @@ type Config struct {
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd *embed.Etcd
+	etcd  *embed.Etcd
+	close sync.Once
 }
 
 // Start starts etcd and waits until it serves (or ctx ends). Port 0 in a URL picks a free
@@ -93,8 +95,8 @@ func (s *Server) Endpoints() []string {
 // Err reports a fatal serving error.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
 
-// Close stops etcd; safe to call once.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops etcd; later calls do nothing (a test may stop etcd before its cleanup).
+func (s *Server) Close() { s.close.Do(s.etcd.Close) }
 
 func parseURLs(s, def string) ([]url.URL, error) {
 	if strings.TrimSpace(s) == "" {

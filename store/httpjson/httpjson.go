@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"lpmos.dev/lpmos/store"
 )
@@ -75,6 +76,13 @@ func Write(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
+// RetryAfterUnavailable is the retry_after (seconds) of a 503 for an unreachable store.
+const RetryAfterUnavailable = 5
+
+// RequestDeadline bounds a request's store calls: an unreachable etcd answers 503 within
+// it instead of holding the client (and a connection) for as long as etcd retries.
+const RequestDeadline = 2 * time.Second
+
 // StatusFor maps an error to its HTTP status.
 func StatusFor(err error) int {
 	var he *Error
@@ -87,6 +95,8 @@ func StatusFor(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict
+	case store.Unavailable(err):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }
@@ -96,6 +106,12 @@ func StatusFor(err error) int {
 func WriteError(w http.ResponseWriter, log *slog.Logger, r *http.Request, err error) {
 	code := StatusFor(err)
 	body := map[string]any{"status": "error"}
+	if code == http.StatusServiceUnavailable && !errors.As(err, new(*Error)) {
+		// etcd is unreachable: say so, and when to try again, instead of a 500.
+		log.Warn("store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		Write(w, code, map[string]any{"status": "error", "message": "store unavailable: etcd does not answer; try again later", "retry_after": RetryAfterUnavailable})
+		return
+	}
 	if code == http.StatusInternalServerError && r.Context().Err() != nil {
 		// The client went away (an agent's long poll ended by the agent): nobody
 		// reads the answer and nothing failed on our side.
