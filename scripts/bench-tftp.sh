@@ -41,7 +41,7 @@ ip -n $srv link set tb0 up; ip -n $cli link set tb1 up
 
 ip netns exec $srv in.tftpd --foreground --listen --address 10.81.0.1:69 --secure "$work/files" &
 pids+=($!)
-ip netns exec $srv "$work/netboot-lab" --tftp-addr 10.81.0.1:6969 --ipxe-dir "$work/files" --log-level warn &
+ip netns exec $srv "$work/netboot-lab" --tftp-addr 10.81.0.1:6969 --tftp-max-per-source 1000 --ipxe-dir "$work/files" --log-level warn &
 pids+=($!)
 
 # Wait until both answer (bounded).

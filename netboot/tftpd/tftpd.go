@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pin/tftp/v3"
@@ -31,6 +32,11 @@ type Config struct {
 	// Timeout per retransmission; zero: 2 s. Retries; zero: 5.
 	Timeout time.Duration
 	Retries int
+	// MaxTransfers caps transfers running at once (each holds a socket until it ends
+	// or times out); zero: 512. MaxPerSource caps those of one client address (a
+	// machine needs one; a client retransmitting its request may hold a few); zero: 8.
+	// A request over a cap gets a TFTP error at once: the firmware retries later.
+	MaxTransfers, MaxPerSource int
 }
 
 // Server is a read-only TFTP server; run it with Serve.
@@ -38,7 +44,16 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 	srv *tftp.Server
+
+	mu       sync.Mutex
+	running  int
+	bySource map[string]int
+	refused  time.Time // when a refusal over a cap was last logged
+	counts   Counts
 }
+
+// Counts are the read requests a Server admitted and refused over its caps.
+type Counts struct{ Admitted, Refused int }
 
 // ErrRefused is the error a refused request gets (sent to the client as a
 // TFTP error).
@@ -49,7 +64,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Files == nil {
 		return nil, errors.New("tftpd: config needs Files")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	if cfg.MaxTransfers == 0 {
+		cfg.MaxTransfers = 512
+	}
+	if cfg.MaxPerSource == 0 {
+		cfg.MaxPerSource = 8
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, bySource: map[string]int{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -129,6 +150,11 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 		client = ra.String()
 	}
 	log := s.log.With("client", client, "file", filename)
+	source, _, _ := net.SplitHostPort(client)
+	if !s.admit(source) {
+		return fmt.Errorf("%w: server busy, retry later", ErrRefused)
+	}
+	defer s.release(source)
 	name, err := clean(filename)
 	if err != nil {
 		log.Warn("TFTP: request refused", "err", err)
@@ -162,4 +188,47 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	}
 	log.Info("TFTP: transfer done", "bytes", n, "duration", d.Round(time.Millisecond))
 	return nil
+}
+
+// admit counts a transfer in if it fits the caps; a refusal is logged at most once a
+// second (a flood must not flood the log).
+func (s *Server) admit(source string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running >= s.cfg.MaxTransfers || s.bySource[source] >= s.cfg.MaxPerSource {
+		if now := time.Now(); now.Sub(s.refused) >= time.Second {
+			s.refused = now
+			s.log.Warn("TFTP: request refused: over the transfer caps (logged once a second)", "client", source,
+				"running", s.running, "from_client", s.bySource[source], "max", s.cfg.MaxTransfers, "max_per_client", s.cfg.MaxPerSource)
+		}
+		s.counts.Refused++
+		return false
+	}
+	s.counts.Admitted++
+	s.running++
+	s.bySource[source]++
+	return true
+}
+
+func (s *Server) release(source string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running--
+	if s.bySource[source]--; s.bySource[source] <= 0 {
+		delete(s.bySource, source)
+	}
+}
+
+// Counted is what the caps decided so far.
+func (s *Server) Counted() Counts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.counts
+}
+
+// Running reports the transfers in progress, in all and from source.
+func (s *Server) Running(source string) (total, fromSource int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running, s.bySource[source]
 }

@@ -35,6 +35,7 @@ func Run(ctx context.Context, args []string) error {
 	router := fs.String("dhcp-router", "", "full mode: router (option 3)")
 	serverIP := fs.String("boot-server-ip", "", "address advertised to clients (default: the receiving interface's)")
 	tftpAddr := fs.String("tftp-addr", "", "TFTP listen address, e.g. :69 (empty: off)")
+	tftpPerSource := fs.Int("tftp-max-per-source", 0, "TFTP transfers at once from one address (0: tftpd's default, 8; benchmarks from one host raise it)")
 	httpAddr := fs.String("http-addr", "", "HTTP boot listen address, e.g. :8081 (empty: off)")
 	kernel := fs.String("kernel", "", "kernel file served as vmlinuz")
 	initrd := fs.String("initramfs", "", "initramfs file served under its base name")
@@ -92,7 +93,7 @@ func Run(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		s, err := tftpd.New(tftpd.Config{Files: bins, Logger: log})
+		s, err := tftpd.New(tftpd.Config{Files: bins, Logger: log, MaxPerSource: *tftpPerSource})
 		if err != nil {
 			return err
 		}
