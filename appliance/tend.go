@@ -41,6 +41,11 @@ func (a *Appliance) tend(ctx context.Context) {
 		} else if n > 0 {
 			a.log.Info("Install plans updated", "tasks", n)
 		}
+		if n, err := a.store.ExpireUnmatched(rctx, a.cfg.Label); err != nil {
+			a.log.Warn("unmatched report expiry failed", "err", err)
+		} else if n > 0 {
+			a.log.Info("Unmatched reports expired", "reports", n, "older_than", store.UnmatchedTTL)
+		}
 		failed, err := a.store.FailOverdue(rctx, a.cfg.Label, a.cfg.deployTimeout())
 		if err != nil {
 			a.log.Warn("deploy timeout check failed", "err", err)

@@ -112,6 +112,11 @@ func (s *Store) storeUnmatched(ctx context.Context, region, mac string, hw json.
 	if err != nil {
 		return nil, err
 	}
+	if old == nil { // a new MAC: make room under UnmatchedMax
+		if err := s.evictUnmatched(ctx, region); err != nil {
+			return nil, err
+		}
+	}
 	r := &UnmatchedReport{
 		MACAddress: mac, Region: region, Hardware: hw, ReceivedAt: s.now(),
 		Error: "No task found for this MAC in region " + region,
