@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 )
 
 // Config is the control plane's configuration. Flags win over environment variables.
@@ -35,17 +34,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if endpoints == "" {
-		endpoints = getenv("ETCD_ENDPOINTS")
-	}
-	if endpoints == "" {
-		endpoints = "127.0.0.1:2379"
-	}
-	for _, p := range strings.Split(endpoints, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			c.EtcdEndpoints = append(c.EtcdEndpoints, p)
-		}
-	}
+	c.EtcdEndpoints = splitEndpoints(endpoints, getenv)
 	return c, c.Validate()
 }
 
