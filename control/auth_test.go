@@ -194,10 +194,22 @@ func TestCrossSiteRefused(t *testing.T) {
 	if code, _ := do(t, "GET", base+"/login", "", http.Header{"Host": {"evil.example"}}); code != 421 {
 		t.Errorf("login page for a foreign Host: HTTP %d, want 421", code)
 	}
-	// A page without a session leads to the login page; the API answers 401.
+	// A page without a session leads to the login page.
 	code, _ := do(t, "GET", base+"/tasks/create?region=dc1", "", nil)
 	if code != http.StatusSeeOther {
 		t.Errorf("a page logged out: HTTP %d, want 303 to /login", code)
+	}
+	// Pages take a bearer token too (monitoring), and never set a cookie for it.
+	req, _ := http.NewRequest("GET", base+"/", nil)
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(resp.Cookies()) != 0 || !strings.Contains(string(b), `id="who-name">adam<`) {
+		t.Errorf("dashboard with a bearer token: HTTP %d, cookies %v", resp.StatusCode, resp.Cookies())
 	}
 }
 
