@@ -28,17 +28,9 @@ func (s *Server) routes() http.Handler {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
 	s.pageRoutes(mux)
-	return s.identify(mux)
-}
-
-// identify puts who is asking into the request's context, where the store takes every
-// actor field (approved_by, the audit trail) from. Until operators log in, everyone is
-// "anonymous" from their address.
-func (s *Server) identify(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := store.Actor{Kind: store.ActorUser, Name: "anonymous", Source: r.RemoteAddr}
-		next.ServeHTTP(w, r.WithContext(store.WithActor(r.Context(), a)))
-	})
+	// guard (auth.go) puts who is asking into the request's context, where the store
+	// takes every actor field (approved_by, the audit trail) from.
+	return s.guard(mux)
 }
 
 // listAudit is GET /api/v1/audit?region=&task=&user=&action=&since=RFC3339&limit=.

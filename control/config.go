@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Config is the control plane's configuration. Flags win over environment variables.
@@ -17,6 +19,46 @@ type Config struct {
 	Host           string
 	EtcdEndpoints  []string
 	UnmatchedAlert int // unmatched reports per region above which the dashboard alerts
+	// AllowedHosts are the Host header values (without port) served; others get 421
+	// (DNS rebinding). localhost, 127.0.0.1, ::1 and Host are always allowed; "*"
+	// allows any (behind a proxy that checks Host itself).
+	AllowedHosts []string
+	// SessionIdle and SessionMax end a web session after that long without a request,
+	// and that long after the login.
+	SessionIdle, SessionMax time.Duration
+	// Clock, when set, replaces the store's clock (tests of expiry without sleeping).
+	Clock func() time.Time
+}
+
+// Session defaults.
+const (
+	DefaultSessionIdle = 30 * time.Minute
+	DefaultSessionMax  = 12 * time.Hour
+)
+
+// withDefaults fills what a Config literal (a test's) leaves zero: listen on loopback
+// only, the default session limits, and the always-allowed host names.
+func (c Config) withDefaults() Config {
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+	}
+	if c.SessionIdle == 0 {
+		c.SessionIdle = DefaultSessionIdle
+	}
+	if c.SessionMax == 0 {
+		c.SessionMax = DefaultSessionMax
+	}
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if ip := net.ParseIP(c.Host); ip == nil || !ip.IsUnspecified() {
+		hosts = append(hosts, strings.ToLower(strings.Trim(c.Host, "[]")))
+	}
+	for _, h := range c.AllowedHosts {
+		if h = strings.ToLower(strings.TrimSpace(h)); h != "" {
+			hosts = append(hosts, strings.Trim(h, "[]"))
+		}
+	}
+	c.AllowedHosts = hosts
+	return c
 }
 
 // ParseConfig reads args (without the program name) and the environment.
@@ -26,7 +68,11 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs := flag.NewFlagSet("lpmos-control", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.Port, "port", 8080, "HTTP port of the web UI and REST API")
-	fs.StringVar(&c.Host, "host", "", "address to listen on (default: all interfaces)")
+	var allowed string
+	fs.StringVar(&c.Host, "host", "127.0.0.1", "address to listen on (0.0.0.0: all interfaces; then name the host's DNS names in --allowed-hosts)")
+	fs.StringVar(&allowed, "allowed-hosts", "", "comma-separated Host header names served besides localhost, 127.0.0.1, ::1 and --host (DNS rebinding protection; * allows any)")
+	fs.DurationVar(&c.SessionIdle, "session-idle", DefaultSessionIdle, "a web session ends after this long without a request")
+	fs.DurationVar(&c.SessionMax, "session-max", DefaultSessionMax, "a web session ends this long after the login")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379, an appliance's embedded etcd on this host)")
 	fs.IntVar(&c.UnmatchedAlert, "unmatched-alert", 5, "alert on the dashboard when a region has more unmatched reports than this")
 	if err := fs.Parse(args); err != nil {
@@ -35,16 +81,9 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if endpoints == "" {
-		endpoints = getenv("ETCD_ENDPOINTS")
-	}
-	if endpoints == "" {
-		endpoints = "127.0.0.1:2379"
-	}
-	for _, p := range strings.Split(endpoints, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			c.EtcdEndpoints = append(c.EtcdEndpoints, p)
-		}
+	c.EtcdEndpoints = splitEndpoints(endpoints, getenv)
+	if allowed != "" {
+		c.AllowedHosts = strings.Split(allowed, ",")
 	}
 	return c, c.Validate()
 }
@@ -53,6 +92,9 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 func (c Config) Validate() error {
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("--port: %d is not a port", c.Port)
+	}
+	if c.SessionIdle < 0 || c.SessionMax < 0 {
+		return fmt.Errorf("--session-idle, --session-max: must be positive")
 	}
 	if len(c.EtcdEndpoints) == 0 {
 		return fmt.Errorf("--etcd-endpoints: at least one endpoint is required")

@@ -46,12 +46,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	// A signal during startup stops the server after it started, through the normal path.
 	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancelStart()
 	st, err := store.Open(startCtx, cfg.EtcdEndpoints)
 	if err != nil {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
+	}
+	if cfg.Clock != nil {
+		st.SetClock(cfg.Clock)
 	}
 	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
 	s.overview = newOverview(st, cfg.UnmatchedAlert)

@@ -295,7 +295,12 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	// Accept checks that Origin matches Host: another site cannot read our push.
+	// Only this site's own pages may read the push: Origin is required and must name
+	// this host (Accept alone lets a request without Origin through).
+	if !sameOrigin(r) {
+		http.Error(w, "the live push needs a same-origin Origin header", http.StatusForbidden)
+		return
+	}
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept has answered

@@ -62,18 +62,31 @@ func TestLivePush(t *testing.T) {
 	}
 	t.Cleanup(func() { cp.Stop() })
 	wsURL := "ws" + strings.TrimPrefix(cp.URL(), "http") + "/live"
+	_, token := makeUser(t, st, "viewer", store.RoleViewer)
+	bearer := "Bearer " + token
 
-	// Another origin may not read the push.
-	_, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"http://evil.example"}}})
-	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("cross-origin dial: %v %v", resp, err)
+	// Another origin may not read the push, nor a client that names no origin, nor
+	// anybody without a session or token.
+	for _, c := range []struct {
+		h    http.Header
+		want int
+	}{
+		{http.Header{"Origin": {"http://evil.example"}, "Authorization": {bearer}}, http.StatusForbidden},
+		{http.Header{"Authorization": {bearer}}, http.StatusForbidden},
+		{http.Header{"Origin": {cp.URL()}}, http.StatusUnauthorized},
+		{http.Header{"Origin": {cp.URL()}, "Authorization": {"Bearer lpmos_0123456789abcdef_nope"}}, http.StatusUnauthorized},
+	} {
+		_, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: c.h})
+		if err == nil || resp == nil || resp.StatusCode != c.want {
+			t.Fatalf("dial with %v: %v %v, want %d", c.h, resp, err, c.want)
+		}
 	}
 
 	first, err := st.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:00:00:00:00:01", OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _, err := websocket.Dial(ctx, wsURL, nil)
+	c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {cp.URL()}, "Authorization": {bearer}}})
 	if err != nil {
 		t.Fatal(err)
 	}

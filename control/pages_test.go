@@ -89,7 +89,7 @@ func TestPagesWithoutJavaScript(t *testing.T) {
 		"/?status=completed":         {"No tasks match."},
 		"/?region=Bad!&status=nope":  {"unknown region", "unknown status", "00:1a:2b:3c:4d:5e"},
 		"/tasks/create?region=dc1":   {`<option value="dc1" selected>`, `<option value="os_type=ubuntu&amp;os_version=22.04">`},
-		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by anonymous", "MT27800", "Created by anonymous"},
+		"/tasks/" + id:               {"Intel Xeon Silver 4310", "/dev/nvme0n1", "Approved by admin", "MT27800", "Created by admin"},
 		"/audit?task=" + id:          {"task.create", "task.report", "task.approve", "plan_digest"},
 		"/audit?action=task.cancel":  {"No entries match."},
 		"/regions/dc1":               {"http://dc1.example:8081", "ubuntu 22.04", "first seen online"},
@@ -187,6 +187,7 @@ func form(t *testing.T, u string, v url.Values, header map[string]string) (int, 
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(v.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	authorize(req)
 	for k, val := range header {
 		req.Header.Set(k, val)
 	}
@@ -204,6 +205,7 @@ func get(t *testing.T, u string) (int, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	authorize(req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", u, err)
@@ -243,8 +245,11 @@ func TestOSNameWithSpace(t *testing.T) {
 	if err != nil || task.OSRef != rocky {
 		t.Fatalf("task OS = %+v, %v; want %+v", task.OSRef, err, rocky)
 	}
-	resp, err := http.Post(cp.URL()+"/api/v1/tasks", "application/json",
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, cp.URL()+"/api/v1/tasks",
 		strings.NewReader(`{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:02","os_type":"rocky linux","os_version":"9.4"}`))
+	req.Header.Set("Content-Type", "application/json")
+	authorize(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +275,7 @@ func startControl(t *testing.T, hb store.Heartbeat) (context.Context, *control.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cp.Stop() })
+	withAdmin(t, etcd.Store, cp.URL())
 	beat, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat { return hb }, 10*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -26,7 +26,7 @@ var staticFS embed.FS
 
 // pages holds every page's template, parsed once at start: a broken template fails
 // the build's tests, not an operator's request.
-var pages = parsePages("dashboard", "task", "create", "confirm", "unmatched", "region", "error", "audit")
+var pages = parsePages("dashboard", "task", "create", "confirm", "unmatched", "region", "error", "audit", "login")
 
 func parsePages(names ...string) map[string]*template.Template {
 	funcs := template.FuncMap{
@@ -58,7 +58,12 @@ type page struct {
 	Flash     string
 	Filter    listFilter // what the live script applies to task lists
 	TaskID    string     // on a task page: the task the live script follows
-	Data      any
+	// Who is looking: their name and role, whether they may act (operator or admin),
+	// and their session's anti-CSRF token for the forms ("" with a bearer token).
+	User, Role string
+	CanOperate bool
+	CSRF       string
+	Data       any
 }
 
 type listFilter struct{ Region, Status string }
@@ -71,14 +76,24 @@ func (s *Server) pageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /live", s.serveLive)
 
 	// Forms post to the pages; CrossOriginProtection (Sec-Fetch-Site / Origin) stops
-	// another site from submitting them in an operator's browser.
+	// another site from submitting them in an operator's browser, and a form posted
+	// with the session cookie must carry the session's anti-CSRF token.
 	cop := http.NewCrossOriginProtection()
 	post := func(f func(http.ResponseWriter, *http.Request) error) http.Handler {
 		return cop.Handler(s.pageHandler(func(w http.ResponseWriter, r *http.Request) error {
 			r.Body = http.MaxBytesReader(w, r.Body, maxForm) // our forms are a few fields
+			if err := checkFormCSRF(r); err != nil {
+				return err
+			}
 			return f(w, r)
 		}))
 	}
+	mux.Handle("GET /login", s.pageHandler(s.loginPage))
+	mux.Handle("POST /login", cop.Handler(s.pageHandler(func(w http.ResponseWriter, r *http.Request) error {
+		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+		return s.loginSubmit(w, r)
+	})))
+	mux.Handle("POST /logout", post(s.logoutSubmit))
 	mux.Handle("GET /{$}", s.pageHandler(s.dashboardPage))
 	mux.Handle("GET /tasks/create", s.pageHandler(s.createPage))
 	mux.Handle("POST /tasks/create", post(s.createSubmit))
@@ -124,6 +139,12 @@ func (s *Server) pageHandler(f func(http.ResponseWriter, *http.Request) error) h
 // render executes into a buffer first, so a template error never sends half a page.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name string, p page, data any) {
 	p.Alert = s.cfg.UnmatchedAlert
+	if id := identityFrom(r.Context()); id != nil {
+		p.User, p.Role, p.CanOperate = id.User.Name, string(id.User.Role), id.User.Role.AtLeast(store.RoleOperator)
+		if id.Session != nil {
+			p.CSRF = id.Session.CSRF
+		}
+	}
 	if !p.counted {
 		// A page that did not read the regions shows the total the hub last observed;
 		// only before the hub's first observation is it read here.

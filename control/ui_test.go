@@ -88,6 +88,8 @@ func TestWebUI(t *testing.T) {
 	}
 
 	b := newBrowser(t, testCtx)
+	password, _ := withAdmin(t, etcd.Store, base)
+	b.login(base, "admin", password)
 	const mac = "52:54:00:12:34:56"
 
 	// --- Add task: a bad MAC is refused by the browser, then (pattern removed) by the
@@ -440,6 +442,7 @@ func post(t *testing.T, u, body string) int {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	authorize(req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", u, err)

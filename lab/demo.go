@@ -85,11 +85,12 @@ func Demo(ctx context.Context, c DemoConfig, out io.Writer) error {
 	fmt.Fprintf(out, `
   LPMOS lab is up.
     Control plane UI:  http://%s/   (approve the machine there once its hardware shows)
+    Log in as:         admin, password in %s/admin-password (API token: %s/admin-token)
     Machine:           %s (%s), %s
     Logs:              %s/{appliance,control,dnsmasq}.log, serial console %s
   The machine's console lines with LPMOS in them are shown below. Ctrl-C tears it all down.
 
-`, c.UI, c.MAC, c.Firmware, taskMsg, c.Dir, vm.Serial)
+`, c.UI, c.Dir, c.Dir, c.MAC, c.Firmware, taskMsg, c.Dir, vm.Serial)
 	go followSerial(ctx, vm.Serial, out)
 	select {
 	case <-ctx.Done():

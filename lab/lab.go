@@ -55,6 +55,7 @@ type Lab struct {
 	mu    sync.Mutex
 	procs []*proc.Proc
 	taps  int
+	token string // the control plane's admin API token, once StartControl bootstrapped it
 }
 
 // New creates the namespaces, the bridge and the site DHCP server.

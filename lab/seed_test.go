@@ -75,8 +75,21 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 		case <-tick.C:
 		}
 	}
+	// make run bootstrapped the admin before starting the control plane: README's
+	// control calls carry its token.
+	tok, err := os.ReadFile(runDir + "/admin-token")
+	if err != nil {
+		t.Fatalf("make run left no admin token: %v", err)
+	}
+	if fi, _ := os.Stat(runDir + "/admin-token"); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin-token has mode %v", fi.Mode().Perm())
+	}
+	auth := "Authorization: Bearer " + strings.TrimSpace(string(tok))
+	if pw, err := os.ReadFile(runDir + "/admin-password"); err != nil || !strings.Contains(out.String(), strings.TrimSpace(string(pw))) {
+		t.Fatalf("make run did not print the admin password it wrote: %v", err)
+	}
 	for {
-		b, _ := exec.Command("ip", "netns", "exec", ns, "curl", "-s", "http://localhost:8080/api/v1/regions").Output()
+		b, _ := exec.Command("ip", "netns", "exec", ns, "curl", "-s", "-H", auth, "http://localhost:8080/api/v1/regions").Output()
 		if strings.Contains(string(b), `"regions"`) {
 			break
 		}
@@ -100,14 +113,18 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if b, err := exec.Command("../bin/lpmos-image", "add", "--dir", runDir+"/images", "--os-type", "ubuntu", "--os-version", "22.04", img).CombinedOutput(); err != nil {
 		t.Fatalf("lpmos-image add: %v\n%s", err, b)
 	}
-	for !strings.Contains(fmt.Sprint(curl("http://localhost:8080/api/v1/regions")), "ubuntu") {
+	// Without the token the control plane answers 401.
+	if m := curl("http://localhost:8080/api/v1/regions"); m["status"] != "error" {
+		t.Fatalf("control plane without a token: %v", m)
+	}
+	for !strings.Contains(fmt.Sprint(curl("-H", auth, "http://localhost:8080/api/v1/regions")), "ubuntu") {
 		select {
 		case <-ctx.Done():
 			t.Fatal("the region never advertised the image")
 		case <-tick.C:
 		}
 	}
-	task := curl("-X", "POST", "http://localhost:8080/api/v1/tasks", "-H", "Content-Type: application/json",
+	task := curl("-X", "POST", "http://localhost:8080/api/v1/tasks", "-H", auth, "-H", "Content-Type: application/json",
 		"-d", `{"region_id":"dc1","target_mac":"00:1a:2b:3c:4d:5e","os_type":"ubuntu","os_version":"22.04"}`)
 	id, _ := task["task_id"].(string)
 	if id == "" || task["status"] != "pending" {
@@ -121,11 +138,11 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if a := curl("http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != false || a["task_status"] != "pending_approval" {
 		t.Fatalf("approval before approve: %v", a)
 	}
-	plan, _ := curl("http://localhost:8080/api/v1/tasks/" + id)["plan"].(map[string]any)
+	plan, _ := curl("-H", auth, "http://localhost:8080/api/v1/tasks/"+id)["plan"].(map[string]any)
 	if plan == nil || plan["disk"].(map[string]any)["serial"] != "S1" {
 		t.Fatalf("plan: %v", plan)
 	}
-	if a := curl("-X", "POST", "http://localhost:8080/api/v1/tasks/"+id+"/approve", "-H", "Content-Type: application/json",
+	if a := curl("-X", "POST", "http://localhost:8080/api/v1/tasks/"+id+"/approve", "-H", auth, "-H", "Content-Type: application/json",
 		"-d", `{"plan_digest":"`+plan["digest"].(string)+`"}`); a["status"] != "approved" {
 		t.Fatalf("approve: %v", a)
 	}
@@ -137,7 +154,7 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if p["status"] != "ok" {
 		t.Fatalf("progress: %v", p)
 	}
-	got := curl("http://localhost:8080/api/v1/tasks/" + id)
+	got := curl("-H", auth, "http://localhost:8080/api/v1/tasks/"+id)
 	if got["status"] != "installing" || got["progress"].(map[string]any)["percentage"] != 45.0 {
 		t.Fatalf("task after progress: %v", got)
 	}
@@ -147,7 +164,7 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if um["status"] != "error" || um["message"] != "No task found for MAC fe:b7:02:c0:95:e0 in region dc1" || um["retry_after"] != 10.0 {
 		t.Fatalf("unmatched report: %v", um)
 	}
-	if l := curl("http://localhost:8080/api/v1/unmatched?region=dc1"); l["count"] != 1.0 {
+	if l := curl("-H", auth, "http://localhost:8080/api/v1/unmatched?region=dc1"); l["count"] != 1.0 {
 		t.Fatalf("unmatched list: %v", l)
 	}
 	if !strings.Contains(out.String(), "[dc1] Failed to find task for MAC fe:b7:02:c0:95:e0: no task found") {

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"lpmos.dev/lpmos/internal/proc"
@@ -42,14 +44,36 @@ func (l *Lab) StartAppliance(ctx context.Context, c ApplianceConfig) (*proc.Proc
 	return p, nil
 }
 
-// StartControl runs the control plane on the appliance's etcd.
+// StartControl runs the control plane on the appliance's etcd, after bootstrapping its
+// first user (admin: password and API token in <Dir>/admin-password and
+// <Dir>/admin-token; API uses the token).
 func (l *Lab) StartControl(ctx context.Context, args ...string) (*proc.Proc, error) {
+	boot, err := l.StartIn(l.AppNS, "control-bootstrap", filepath.Join(l.cfg.Bin, "lpmos-control"), "bootstrap",
+		"--out-dir="+l.cfg.Dir, "--etcd-endpoints="+EtcdEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-boot.Done():
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := boot.Err(); err != nil {
+		return nil, fmt.Errorf("control bootstrap: %w\n%s", err, boot.Log())
+	}
+	tok, err := os.ReadFile(filepath.Join(l.cfg.Dir, "admin-token"))
+	if err != nil {
+		return nil, fmt.Errorf("control bootstrap: %w", err)
+	}
+	l.mu.Lock()
+	l.token = strings.TrimSpace(string(tok))
+	l.mu.Unlock()
 	p, err := l.StartIn(l.AppNS, "control", append([]string{filepath.Join(l.cfg.Bin, "lpmos-control"),
 		"--port=" + strconv.Itoa(ControlPort), "--etcd-endpoints=" + EtcdEndpoint}, args...)...)
 	if err != nil {
 		return nil, err
 	}
-	if err := l.waitHTTP(ctx, p, fmt.Sprintf("http://127.0.0.1:%d/api/v1/regions", ControlPort)); err != nil {
+	if err := l.waitHTTP(ctx, p, fmt.Sprintf("http://127.0.0.1:%d/login", ControlPort)); err != nil {
 		return nil, fmt.Errorf("control: %w\n%s", err, p.Log())
 	}
 	return p, nil
@@ -80,7 +104,7 @@ func (l *Lab) waitHTTP(ctx context.Context, p *proc.Proc, url string) error {
 	}
 }
 
-// API calls the control plane (or the regional API) inside the namespace.
+// API calls the control plane (as admin) or the regional API inside the namespace.
 func (l *Lab) API(ctx context.Context, method, url string, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
@@ -95,6 +119,12 @@ func (l *Lab) API(ctx context.Context, method, url string, body, out any) (int, 
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	l.mu.Lock()
+	tok := l.token
+	l.mu.Unlock()
+	if tok != "" && strings.HasPrefix(url, ControlURL()+"/") {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := l.HTTPClient().Do(req)
 	if err != nil {
 		return 0, err

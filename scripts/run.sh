@@ -26,6 +26,10 @@ for _ in $(seq 1 100); do
   kill -0 "$appliance" 2>/dev/null || { echo "run: the appliance exited" >&2; exit 1; }
   sleep 0.2
 done
+# First start (no user in etcd): create "admin" with a random password and an API
+# token, print both once and keep them in $RUN_DIR/admin-password and admin-token
+# (0600). Later starts: nothing to do.
+bin/lpmos-control bootstrap --out-dir="$RUN_DIR" --etcd-endpoints=127.0.0.1:2379
 bin/lpmos-control --port="$PORT" --etcd-endpoints=127.0.0.1:2379 &
 control=$!
 
@@ -33,6 +37,8 @@ cat <<MSG
 
   LPMOS is running.
     Control plane (web UI + REST API): http://localhost:$PORT/
+      log in as admin, password in $RUN_DIR/admin-password
+      API: curl -H "Authorization: Bearer \$(cat $RUN_DIR/admin-token)" http://localhost:$PORT/api/v1/tasks
     Add a task:                        http://localhost:$PORT/tasks/create
     Regional API dc1 (agents):         http://localhost:$API_PORT/api/health
     etcd (embedded in the appliance):  127.0.0.1:2379   (etcdctl get --prefix /os/)

@@ -50,7 +50,18 @@ func lastMACIndexKey(region, mac string) string { return indexRoot + "mac-last/"
 func unmatchedIndexKey(region, mac string) string {
 	return indexRoot + "unmatched/" + region + "/" + mac
 }
-func taskRegionIndexKey(id string) string    { return indexRoot + "task/" + id }
+func taskRegionIndexKey(id string) string { return indexRoot + "task/" + id }
+
+// The control plane's identities, under /os/auth/ (no appliance reads them): users,
+// API tokens by id (the secret is stored only as its sha256) and web sessions by the
+// sha256 of the cookie.
+const authRoot = "/os/auth/"
+
+func userPrefix() string                     { return authRoot + "users/" }
+func userKey(name string) string             { return userPrefix() + name }
+func tokenPrefix() string                    { return authRoot + "tokens/" }
+func tokenKey(id string) string              { return tokenPrefix() + id }
+func sessionKey(hash string) string          { return authRoot + "sessions/" + hash }
 func statusIndexPrefix(region string) string { return indexRoot + "status/" + region + "/" }
 func statusIndexKey(region string, st Status, id string) string {
 	return statusIndexPrefix(region) + string(st) + "/" + id

@@ -1,4 +1,5 @@
-// Command lpmos-control is the control plane. See package control.
+// Command lpmos-control is the control plane, and its administration commands (users,
+// tokens, bootstrap). See package control.
 package main
 
 import (
@@ -16,7 +17,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := control.Run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+	if err := control.Main(ctx, os.Args[1:], control.OSEnv()); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
