@@ -22,6 +22,7 @@ import (
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/images"
+	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
@@ -40,6 +41,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 type system struct {
+	token     string // an admin's API token for the control plane
 	etcd      *storetest.Etcd
 	control   *control.Server
 	regions   map[string]*appliance.Appliance
@@ -64,6 +66,15 @@ func startSystemWith(t *testing.T, adjust func(*appliance.Config), regions ...st
 	}
 	t.Cleanup(func() { c.Stop() })
 	sys.control = c
+	if _, err := sys.etcd.Store.AddUser(ctx, "admin", store.RoleAdmin, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	_, tok, err := sys.etcd.Store.CreateToken(ctx, "admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys.token = tok
+	controlTokens.Store(c.URL(), tok)
 	for _, r := range regions {
 		logs := &syncBuffer{}
 		cfg := appliance.Config{
@@ -101,6 +112,13 @@ func call(t *testing.T, method, url string, body any) (int, map[string]any) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, method, url, rd)
 	req.Header.Set("Content-Type", "application/json")
+	// Calls to a control plane of a test system carry its admin's token.
+	controlTokens.Range(func(base, tok any) bool {
+		if strings.HasPrefix(url, base.(string)+"/") {
+			req.Header.Set("Authorization", "Bearer "+tok.(string))
+		}
+		return true
+	})
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -122,6 +140,9 @@ func getJSON(t *testing.T, s string) map[string]any {
 	}
 	return m
 }
+
+// controlTokens maps a test control plane's URL to its admin token, for call.
+var controlTokens sync.Map
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -208,7 +229,7 @@ func TestNormalFlow(t *testing.T) {
 			}
 		}
 	}
-	want := []string{"task.create by anonymous", "task.report by agent:00:1a:2b:3c:4d:5e", "task.approve by anonymous",
+	want := []string{"task.create by admin", "task.report by agent:00:1a:2b:3c:4d:5e", "task.approve by admin",
 		"task.start by agent:" + id, "task.complete by agent:" + id}
 	if code != 200 || strings.Join(trail, "; ") != strings.Join(want, "; ") {
 		t.Errorf("audit trail:\n got  %v\n want %v", trail, want)
