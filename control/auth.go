@@ -110,6 +110,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			s.refuse(w, r, http.StatusMisdirectedRequest, "host "+r.Host+" is not served here (see --allowed-hosts)")
 			return
 		}
+		if r.URL.Path != "/live" { // a WebSocket lives on; every other request is bounded
+			ctx, cancel := context.WithTimeout(r.Context(), httpjson.RequestDeadline)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
 		public, min := rt.classify(r)
 		anon := store.Actor{Kind: store.ActorUser, Name: "anonymous", Source: r.RemoteAddr}
 		if public {
@@ -120,7 +125,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		if err != nil {
 			if !errors.Is(err, store.ErrUnauthorized) {
 				s.log.Error("authenticate", "err", err)
-				s.refuse(w, r, http.StatusServiceUnavailable, "cannot check credentials: is etcd reachable?")
+				s.refuse(w, r, http.StatusServiceUnavailable, "store unavailable: cannot check credentials (is etcd reachable?)")
 				return
 			}
 			s.log.Info("refused: not authenticated", "method", r.Method, "path", r.URL.Path, "from", r.RemoteAddr, "why", err)
@@ -154,8 +159,7 @@ func safeMethod(m string) bool {
 // authenticate finds who r is: a bearer token first, else (pages and /live only) the
 // session cookie. No credentials at all is an ErrUnauthorized too.
 func (s *Server) authenticate(r *http.Request) (*identity, error) {
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
+	ctx := r.Context() // bounded by guard's request deadline
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, _ := strings.Cut(h, " ")
 		if !strings.EqualFold(scheme, "Bearer") || tok == "" {
@@ -210,7 +214,11 @@ func (s *Server) unauthenticated(w http.ResponseWriter, r *http.Request, err err
 // refuse answers with code: JSON on the API, a page elsewhere.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	if isAPI(r) {
-		httpjson.Write(w, code, map[string]any{"status": "error", "message": msg})
+		body := map[string]any{"status": "error", "message": msg}
+		if code == http.StatusServiceUnavailable {
+			body["retry_after"] = httpjson.RetryAfterUnavailable
+		}
+		httpjson.Write(w, code, body)
 		return
 	}
 	if r.URL.Path == "/live" || code == http.StatusMisdirectedRequest {

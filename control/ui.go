@@ -128,7 +128,11 @@ func (s *Server) pageHandler(f func(http.ResponseWriter, *http.Request) error) h
 		}
 		code := httpjson.StatusFor(err)
 		msg := err.Error()
-		if code >= 500 {
+		switch {
+		case code == http.StatusServiceUnavailable:
+			s.log.Warn("page: store unavailable", "path", r.URL.Path, "err", err)
+			msg = "store unavailable: etcd does not answer. What you see elsewhere may be stale; try again in a few seconds."
+		case code >= 500:
 			s.log.Error("page", "path", r.URL.Path, "err", err)
 			msg = "internal error (logged on the control plane); is etcd reachable?"
 		}
