@@ -34,6 +34,10 @@ type Config struct {
 	DeployTimeout time.Duration
 	ImagesDir     string
 	ImageRate     int64 // bytes per second per image stream; 0: unlimited
+	// AgentTokenKey is the file of the region key agent tokens derive from (created
+	// on first start, mode 0600). "": <label>.agent-token.key beside the embedded
+	// etcd's data dir, or beside ImagesDir with an external etcd.
+	AgentTokenKey string
 	LogLevel      string
 
 	Boot BootConfig
@@ -81,6 +85,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
+	fs.StringVar(&c.AgentTokenKey, "agent-token-key", "", "file of the region key agent tokens derive from, created on first start (default <label>.agent-token.key beside --etcd-data-dir, or beside --images-dir with --etcd-endpoints); every appliance of a region needs the same file")
 	fs.Int64Var(&c.ImageRate, "image-rate", 0, "bytes per second per image stream (0: unlimited; 125000000 is 1 Gbit/s)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	b := &c.Boot
