@@ -117,8 +117,14 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	if tok == "" {
-		httpjson.Write(w, http.StatusOK, contract.ApprovalResponse{Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
-			Message: "agent token required: the plan is given only to the task's agent"})
+		// Only what the boot script shows anyone anyway: never the plan, image or disk.
+		httpjson.Write(w, http.StatusOK, struct {
+			Status     string `json:"status"`
+			TaskID     string `json:"task_id"`
+			TaskStatus string `json:"task_status"`
+			Approved   bool   `json:"approved"`
+			Message    string `json:"message"`
+		}{"ok", t.TaskID, string(t.Status), false, "agent token required: the plan is given only to the task's agent"})
 		return nil
 	}
 	if aerr := authorize(&t, tok); aerr != nil {
