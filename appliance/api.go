@@ -67,7 +67,7 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 		return &store.ValidationError{Field: "hardware", Message: "is required and must be a JSON object"}
 	}
 	a.log.Info("Received hardware report from agent: " + mac)
-	res, err := a.store.Report(asAgent(r, mac), a.cfg.Label, mac, req.Hardware)
+	res, err := a.store.ReportIssuing(asAgent(r, mac), a.cfg.Label, mac, req.Hardware, a.mintToken)
 	if err != nil {
 		return err
 	}
@@ -81,10 +81,16 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info(fmt.Sprintf("Found matching task %s for MAC %s", res.Task.TaskID, mac))
 	a.log.Info("Hardware report stored for task " + res.Task.TaskID)
-	httpjson.Write(w, http.StatusOK, contract.Response{Status: "ok", TaskID: res.Task.TaskID})
+	if res.AgentToken != "" {
+		a.log.Info("Agent token issued for task "+res.Task.TaskID, "generation", res.Task.AgentToken.Generation)
+	}
+	httpjson.Write(w, http.StatusOK, contract.Response{Status: "ok", TaskID: res.Task.TaskID, AgentToken: res.AgentToken})
 	return nil
 }
 
+// handleApproval answers an agent's approval poll. Without a token it says only the
+// task's id and status, never approved (no plan, image or disk); a token that is not
+// the open task's is refused (401, logged, audited).
 func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error {
 	mac, err := store.NormalizeMAC(r.PathValue("mac"))
 	if err != nil {
@@ -100,7 +106,13 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 	if heldWhile != "" && !heldWhile.Valid() {
 		return &store.ValidationError{Field: "status", Message: fmt.Sprintf("%q is not a task status", heldWhile)}
 	}
+	tok := bearer(r)
 	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+	if err == nil && tok != "" {
+		if aerr := authorize(&t, tok); aerr != nil {
+			return a.reject(w, r, t.TaskID, mac, aerr.(*errBadToken).reason)
+		}
+	}
 	hold := heldWhile == t.Status || (heldWhile == "" && !t.Status.Approved())
 	if err == nil && wait > 0 && hold {
 		// Long poll: answer as soon as the status changes (approval, cancel), or
@@ -118,6 +130,21 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 			return httpjson.Errorf(http.StatusNotFound, "No open task for MAC %s in region %s", mac, a.cfg.Label)
 		}
 		return err
+	}
+	if tok == "" {
+		// Only what the boot script shows anyone anyway: never the plan, image or disk.
+		httpjson.Write(w, http.StatusOK, struct {
+			Status     string `json:"status"`
+			TaskID     string `json:"task_id"`
+			TaskStatus string `json:"task_status"`
+			Approved   bool   `json:"approved"`
+			Message    string `json:"message"`
+		}{"ok", t.TaskID, string(t.Status), false, "agent token required: the plan is given only to the task's agent"})
+		return nil
+	}
+	if aerr := authorize(&t, tok); aerr != nil {
+		// Reset (or replaced) during the long poll.
+		return a.reject(w, r, t.TaskID, mac, aerr.(*errBadToken).reason)
 	}
 	resp := contract.ApprovalResponse{
 		Status: "ok", TaskID: t.TaskID, TaskStatus: string(t.Status),
@@ -171,8 +198,12 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	}
 	t, err := a.store.RecordProgress(asAgent(r, req.TaskID), store.ProgressUpdate{
 		Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
-		Progress: req.Progress,
+		Progress: req.Progress, Authorize: progressAuth(bearer(r), req.Stage),
 	})
+	var bad *errBadToken
+	if errors.As(err, &bad) {
+		return a.reject(w, r, req.TaskID, req.MACAddress, bad.reason)
+	}
 	if err != nil {
 		return err
 	}
@@ -186,6 +217,24 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	}
 	httpjson.Write(w, http.StatusOK, contract.Response{Status: "ok", TaskID: t.TaskID})
 	return nil
+}
+
+// progressAuth checks a progress post's token against the task inside the store's
+// guarded update. A task that ended takes its token only for what an agent sends after
+// the end: a repeated completed (acknowledged, nothing written) and the account of a
+// cancelled install (stage cancelled); anything else is refused.
+func progressAuth(tok string, stage contract.Stage) func(*store.Task) error {
+	return func(t *store.Task) error {
+		if err := authorize(t, tok); err != nil {
+			return err
+		}
+		afterEnd := (stage == contract.StageCompleted && t.Status == store.StatusCompleted) ||
+			(stage == contract.StageCancelled && t.Status == store.StatusCancelled)
+		if t.Status.Final() && !afterEnd {
+			return &errBadToken{fmt.Sprintf("the task is %s: its agent token ended with it", t.Status)}
+		}
+		return nil
+	}
 }
 
 func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {

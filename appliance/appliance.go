@@ -44,6 +44,9 @@ type Appliance struct {
 	srv           *http.Server
 	images        *images.Catalog
 
+	tokenKey    []byte  // the region key agent tokens derive from (--agent-token-key)
+	rejectAudit *bucket // rate limit of agent_token.reject audit entries
+
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
 	servers    []func(context.Context) error
@@ -183,6 +186,10 @@ func (a *Appliance) open(ctx context.Context) error {
 	if a.images, err = images.OpenCatalog(cfg.ImagesDir); err != nil {
 		return fmt.Errorf("--images-dir: %w", err)
 	}
+	if a.tokenKey, err = loadAgentTokenKey(cfg.agentTokenKeyPath()); err != nil {
+		return fmt.Errorf("--agent-token-key: %w", err)
+	}
+	a.rejectAudit = newBucket(60, time.Second)
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {

@@ -13,7 +13,8 @@ func TestBadInput(t *testing.T) {
 	ctl, dc1 := sys.control.URL(), sys.regions["dc1"].URL()
 	// One task waiting for approval, one pending, so the state-dependent cases have targets.
 	_, pa := call(t, "POST", ctl+"/api/v1/tasks", map[string]string{"region_id": "dc1", "target_mac": "52:54:00:00:00:01", "os_type": "ubuntu", "os_version": "22.04"})
-	call(t, "POST", dc1+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:01", "hardware": map[string]any{}})
+	_, rep := call(t, "POST", dc1+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:01", "hardware": map[string]any{}})
+	paToken := rep["agent_token"].(string)
 	_, pend := call(t, "POST", ctl+"/api/v1/tasks", map[string]string{"region_id": "dc1", "target_mac": "52:54:00:00:00:02", "os_type": "ubuntu", "os_version": "22.04"})
 	paID, pendID := pa["task_id"].(string), pend["task_id"].(string)
 	huge := `{"region_id":"dc1","target_mac":"52:54:00:00:00:09","os_type":"` + strings.Repeat("a", 1<<20) + `","os_version":"1"}`
@@ -64,7 +65,11 @@ func TestBadInput(t *testing.T) {
 	delete(before, "/os/region/dc1/heartbeat") // refreshed by the appliance meanwhile
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			code, body := call(t, c.method, c.url, c.body)
+			tok := ""
+			if strings.HasSuffix(c.url, "/api/progress") {
+				tok = paToken // the task's agent: its input is what is wrong
+			}
+			code, body := callAuth(t, c.method, c.url, tok, c.body)
 			msg, _ := body["message"].(string)
 			if code != c.code || body["status"] != "error" || !strings.Contains(msg, c.msg) {
 				t.Fatalf("got %d %v, want %d with message containing %q", code, body, c.code, c.msg)

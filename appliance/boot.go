@@ -85,7 +85,11 @@ func (a *Appliance) Boot(ctx context.Context, m netboot.Machine) (*netboot.Plan,
 	case err == nil && t.Status == store.StatusCompleted:
 		return &netboot.Plan{LocalDisk: true, TaskID: t.TaskID}, nil
 	case err == nil && t.Status.Open():
-		return a.agentPlan(t.TaskID), nil
+		p := a.agentPlan(t.TaskID)
+		if m.Stage == netboot.StageScript {
+			p.AgentToken = a.bootToken(t)
+		}
+		return p, nil
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, err
 	}

@@ -73,11 +73,23 @@ func TestBootScriptFollowsTask(t *testing.T) {
 			t.Fatalf("initramfs range: %d %q", resp.StatusCode, b)
 		}
 		// Complete the task through the regional API: the machine now boots its disk.
-		call(t, "POST", base+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:99",
+		_, rep := call(t, "POST", base+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:99",
 			"hardware": map[string]any{"disks": []map[string]any{{"name": "vda", "path": "/dev/vda", "size_bytes": 1 << 30}}}})
+		tok := rep["agent_token"].(string)
+		// Waiting for approval: the script carries no token.
+		if _, body := getText(t, base+"/boot/52-54-00-00-00-99.ipxe"); strings.Contains(body, "lpmos.token=") {
+			t.Fatalf("script of a task waiting for approval carries a token:\n%s", body)
+		}
 		approve(t, sys.control.URL(), id)
-		call(t, "POST", base+"/api/progress", map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "writing", "percentage": 50})
-		call(t, "POST", base+"/api/progress", map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "completed", "percentage": 100})
+		// Approved: the script carries the token the report issued (derived again).
+		if _, body := getText(t, base+"/boot/52-54-00-00-00-99.ipxe"); !strings.Contains(body, " lpmos.token="+tok+" ") {
+			t.Fatalf("script of an approved task lacks the issued token %s:\n%s", tok, body)
+		}
+		callAuth(t, "POST", base+"/api/progress", tok, map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "writing", "percentage": 50})
+		if _, body := getText(t, base+"/boot/52-54-00-00-00-99.ipxe"); !strings.Contains(body, " lpmos.token="+tok+" ") {
+			t.Fatalf("script of an installing task lacks the token:\n%s", body)
+		}
+		callAuth(t, "POST", base+"/api/progress", tok, map[string]any{"mac_address": "52:54:00:00:00:99", "task_id": id, "stage": "completed", "percentage": 100})
 		code, body = getText(t, base+"/boot/52-54-00-00-00-99.ipxe")
 		if code != 200 || !strings.Contains(body, "booting from local disk") || strings.Contains(body, "kernel ") {
 			t.Fatalf("completed machine: %d\n%s", code, body)

@@ -36,7 +36,11 @@ type Config struct {
 	ImageRate     int64 // bytes per second per image stream; 0: unlimited
 	// MaxConns and MaxConnsPerSource cap the API's open connections; 0: no cap.
 	MaxConns, MaxConnsPerSource int
-	LogLevel                    string
+	// AgentTokenKey is the file of the region key agent tokens derive from (created
+	// on first start, mode 0600). "": <label>.agent-token.key beside the embedded
+	// etcd's data dir, or beside ImagesDir with an external etcd.
+	AgentTokenKey string
+	LogLevel      string
 
 	Boot BootConfig
 }
@@ -85,6 +89,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
 	fs.IntVar(&c.MaxConns, "max-conns", 4096, "open connections the regional API holds in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections the regional API holds from one address (0: no cap)")
+	fs.StringVar(&c.AgentTokenKey, "agent-token-key", "", "file of the region key agent tokens derive from, created on first start (default <label>.agent-token.key beside --etcd-data-dir, or beside --images-dir with --etcd-endpoints); every appliance of a region needs the same file")
 	fs.Int64Var(&c.ImageRate, "image-rate", 0, "bytes per second per image stream (0: unlimited; 125000000 is 1 Gbit/s)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	b := &c.Boot

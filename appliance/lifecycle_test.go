@@ -97,6 +97,12 @@ func startSystemWith(t *testing.T, adjust func(*appliance.Config), regions ...st
 // call does one JSON request and decodes the reply.
 func call(t *testing.T, method, url string, body any) (int, map[string]any) {
 	t.Helper()
+	return callAuth(t, method, url, "", body)
+}
+
+// callAuth is call with an agent token (Authorization: Bearer), when not "".
+func callAuth(t *testing.T, method, url, token string, body any) (int, map[string]any) {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -112,13 +118,17 @@ func call(t *testing.T, method, url string, body any) (int, map[string]any) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, method, url, rd)
 	req.Header.Set("Content-Type", "application/json")
-	// Calls to a control plane of a test system carry its admin's token.
-	controlTokens.Range(func(base, tok any) bool {
-		if strings.HasPrefix(url, base.(string)+"/") {
-			req.Header.Set("Authorization", "Bearer "+tok.(string))
-		}
-		return true
-	})
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	} else {
+		// Calls to a control plane of a test system carry its admin's token.
+		controlTokens.Range(func(base, tok any) bool {
+			if strings.HasPrefix(url, base.(string)+"/") {
+				req.Header.Set("Authorization", "Bearer "+tok.(string))
+			}
+			return true
+		})
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -325,11 +335,12 @@ func TestCorruptImageFailsTask(t *testing.T) {
 func TestApprovalLongPoll(t *testing.T) {
 	sys := startSystemWith(t, func(c *appliance.Config) { addImage(t, c.ImagesDir, "ubuntu", "22.04") }, "dc1")
 	id := createTask(t, sys.control.URL(), "52:54:00:00:00:44")
-	call(t, "POST", sys.regions["dc1"].URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:44",
+	_, rep := call(t, "POST", sys.regions["dc1"].URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:00:44",
 		"hardware": map[string]any{"disks": []map[string]any{{"name": "vda", "path": "/dev/vda", "size_bytes": 1 << 30}}}})
+	tok, _ := rep["agent_token"].(string)
 	// Nothing changes: the poll is held for its whole wait.
 	start := time.Now()
-	if code, body := call(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=1", nil); code != 200 || body["approved"] != false || time.Since(start) < 900*time.Millisecond {
+	if code, body := callAuth(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=1", tok, nil); code != 200 || body["approved"] != false || time.Since(start) < 900*time.Millisecond {
 		t.Fatalf("held poll: %d %v after %s", code, body, time.Since(start))
 	}
 	type result struct {
@@ -340,7 +351,7 @@ func TestApprovalLongPoll(t *testing.T) {
 	res := make(chan result, 1)
 	go func() {
 		start := time.Now()
-		code, body := call(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=30", nil)
+		code, body := callAuth(t, "GET", sys.regions["dc1"].URL()+"/api/approval/52:54:00:00:00:44?wait=30", tok, nil)
 		res <- result{code, body, time.Since(start)}
 	}()
 	// Approve once the poll is being held: its watch is registered when the

@@ -17,6 +17,9 @@ import (
 type Client struct {
 	BaseURL string // e.g. http://10.0.0.1:8081
 	HTTP    *http.Client
+	// Token is the task's agent token, sent as "Authorization: Bearer <Token>" on
+	// every request while set (the agent sets it after its report).
+	Token string
 }
 
 // StatusError is a non-2xx answer, with the API's JSON body when it had one.
@@ -54,6 +57,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {

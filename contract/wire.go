@@ -22,6 +22,10 @@ type Response struct {
 	RetryAfter int    `json:"retry_after,omitempty"`
 	// Warning is set when the request succeeded but something needs attention.
 	Warning string `json:"warning,omitempty"`
+	// AgentToken is the task's agent token, in the answer to the first matched
+	// POST /api/report of the task only (and the first after a reset). The agent
+	// sends it as "Authorization: Bearer <token>" on every call after the report.
+	AgentToken string `json:"agent_token,omitempty"`
 }
 
 // ApprovalResponse is GET /api/approval/{mac}.

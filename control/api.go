@@ -20,6 +20,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/tasks/{id}", h(s.getTask))
 	mux.HandleFunc("POST /api/v1/tasks/{id}/approve", h(s.approveTask))
 	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", h(s.cancelTask))
+	mux.HandleFunc("POST /api/v1/tasks/{id}/reset-agent-token", h(s.resetAgentToken))
 	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
 	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
 	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))

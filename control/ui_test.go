@@ -436,6 +436,10 @@ func (b *browser) shotViewport(name string) {
 	}
 }
 
+// agentTokens keeps the agent token each task's first report was given (task id ->
+// token): progress posts carry it, as the agent does.
+var agentTokens = map[string]string{}
+
 func post(t *testing.T, u, body string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -443,12 +447,21 @@ func post(t *testing.T, u, body string) int {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	authorize(req)
+	var reply struct {
+		TaskID     string `json:"task_id"`
+		AgentToken string `json:"agent_token"`
+	}
+	if err := json.Unmarshal([]byte(body), &reply); err == nil && agentTokens[reply.TaskID] != "" {
+		req.Header.Set("Authorization", "Bearer "+agentTokens[reply.TaskID])
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", u, err)
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
+	if json.NewDecoder(resp.Body).Decode(&reply) == nil && reply.AgentToken != "" {
+		agentTokens[reply.TaskID] = reply.AgentToken
+	}
 	return resp.StatusCode
 }
 

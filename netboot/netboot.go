@@ -56,6 +56,10 @@ type Plan struct {
 	// lpmos.task= for the agent.
 	RegionalURL string
 	TaskID      string
+	// AgentToken goes on the kernel command line as lpmos.token=: the task's agent
+	// token, for an agent that restarted after its first report. Only set at
+	// StageScript (the DHCP stages never render the plan).
+	AgentToken string
 	// Args are extra kernel arguments, each "key" or "key=value".
 	Args []string
 }

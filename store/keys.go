@@ -24,6 +24,9 @@ const (
 	PartProgress TaskPart = "progress"
 	PartApproval TaskPart = "approval"
 	PartPlan     TaskPart = "plan" // ours, beside the v2.1 keys
+	// PartAgentToken is ours too: the task's agent token, hashed (sha256), with its
+	// generation. Under the task's own (per-region) prefix like every task key.
+	PartAgentToken TaskPart = "agent_token"
 )
 
 // The same names as key fields, for key building in this package.
@@ -34,6 +37,7 @@ const (
 	fieldProgress = string(PartProgress)
 	fieldApproval = string(PartApproval)
 	fieldPlan     = string(PartPlan)
+	fieldToken    = string(PartAgentToken)
 )
 
 func taskDir(region, id string) string          { return taskRoot + region + "/" + id + "/" }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,6 +18,9 @@ type ReportResult struct {
 	Matched   bool
 	Task      Task             // when matched
 	Unmatched *UnmatchedReport // when not
+	// AgentToken is the task's agent token when this report issued it (the first
+	// matched report of the task's generation); "" otherwise.
+	AgentToken string
 }
 
 // Report matches an agent's hardware report against the region's open task for mac
@@ -30,6 +34,14 @@ type ReportResult struct {
 // Without an open task the report is stored as unmatched: one report per (region, MAC),
 // the newest replacing the older, so an agent's retries do not pile up entries.
 func (s *Store) Report(ctx context.Context, region, mac string, hardware json.RawMessage) (ReportResult, error) {
+	return s.ReportIssuing(ctx, region, mac, hardware, nil)
+}
+
+// ReportIssuing is Report that also issues the task's agent token with mint, in the
+// same transaction as the match, when the task has none issued: the first matched
+// report of a task (or the first after ResetAgentToken) gets it in
+// ReportResult.AgentToken, a second report gets none. Only its sha256 is stored.
+func (s *Store) ReportIssuing(ctx context.Context, region, mac string, hardware json.RawMessage, mint TokenMinter) (ReportResult, error) {
 	if err := ValidateRegion(region); err != nil {
 		return ReportResult{}, err
 	}
@@ -44,11 +56,11 @@ func (s *Store) Report(ctx context.Context, region, mac string, hardware json.Ra
 		snap, err := s.openSnap(ctx, region, mac)
 		switch {
 		case err == nil:
-			t, err := s.matchOpen(ctx, snap, hardware)
+			t, token, err := s.matchOpen(ctx, snap, hardware, mint)
 			if errors.Is(err, errRetry) {
 				continue
 			}
-			return ReportResult{Matched: true, Task: t}, err
+			return ReportResult{Matched: true, Task: t, AgentToken: token}, err
 		case errors.Is(err, ErrNotFound):
 			r, err := s.storeUnmatched(ctx, region, mac, hardware)
 			if errors.Is(err, errRetry) {
@@ -64,23 +76,31 @@ func (s *Store) Report(ctx context.Context, region, mac string, hardware json.Ra
 
 var errRetry = errors.New("retry")
 
-func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessage) (Task, error) {
+func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessage, mint TokenMinter) (Task, string, error) {
 	catalog, err := s.regionCatalog(ctx, snap.task.RegionID)
 	if err != nil {
-		return Task{}, err
+		return Task{}, "", err
 	}
 	from := snap.task.Status
+	var token string
 	updated, err := s.update(ctx, snap.task.RegionID, snap.task.TaskID, func(t *Task) (change, error) {
 		if t.Status != from {
 			return change{}, errRetry // moved on meanwhile: look again
 		}
 		p := planFor(t, hw, catalog)
 		now := s.now()
+		var rec *AgentToken
+		token, rec = issueToken(t, mint, now)
 		action := AuditTaskReport
 		switch t.Status {
 		case StatusApproved:
 			if t.Approval != nil && t.Approval.PlanDigest == p.Digest {
-				return change{}, errUnchanged // the approval holds: the agent carries on
+				// The approval holds: the agent carries on.
+				if rec == nil {
+					return change{}, errUnchanged
+				}
+				return change{to: t.Status, keepStatus: true, agentToken: rec, action: AuditAgentTokenIssue,
+					detail: map[string]string{"agent_token_generation": strconv.FormatInt(rec.Generation, 10)}}, nil
 			}
 			t.Review = "the hardware report changed after approval: review the new plan"
 			action = AuditTaskReview
@@ -90,16 +110,22 @@ func (s *Store) matchOpen(ctx context.Context, snap *taskSnap, hw json.RawMessag
 			t.StartedAt = nil
 		}
 		t.ReportedAt, t.PlannedAt, t.ApprovedAt = &now, &now, nil
+		detail := map[string]string{"plan_digest": p.Digest, "refused": p.Refused, "review": t.Review}
+		if rec != nil {
+			detail["agent_token_generation"] = strconv.FormatInt(rec.Generation, 10)
+		}
 		return change{to: StatusPendingApproval, hardware: hw, plan: p, clearApproval: from.Approved(), action: action,
-			detail: map[string]string{"plan_digest": p.Digest, "refused": p.Refused, "review": t.Review}}, nil
+			agentToken: rec, detail: detail}, nil
 	})
 	switch {
 	case errors.Is(err, errUnchanged):
-		return snap.task, nil
+		return snap.task, "", nil
 	case errors.Is(err, ErrNotFound):
-		return Task{}, errRetry
+		return Task{}, "", errRetry
+	case err != nil:
+		return Task{}, "", err
 	}
-	return updated, err
+	return updated, token, nil
 }
 
 // unmatchedID is the seed's {timestamp}-{mac} with a UTC timestamp like 20260130100009.
@@ -253,8 +279,8 @@ func (s *Store) MatchUnmatched(ctx context.Context, region, id string, m MatchRe
 		p := planFor(t, r.Hardware, catalog)
 		return change{to: StatusPendingApproval, hardware: r.Hardware, plan: p, action: AuditTaskMatch,
 			detail: map[string]string{"report": r.ID, "plan_digest": p.Digest}, extra: []clientv3.Op{
-			clientv3.OpDelete(unmatchedKey(region, r.ID)),
-			clientv3.OpDelete(unmatchedIndexKey(region, r.MACAddress)),
-		}}, nil
+				clientv3.OpDelete(unmatchedKey(region, r.ID)),
+				clientv3.OpDelete(unmatchedIndexKey(region, r.MACAddress)),
+			}}, nil
 	})
 }

@@ -239,6 +239,7 @@ type taskSnap struct {
 	task      Task
 	statusRev int64
 	metaRev   int64
+	tokenRev  int64 // 0: no agent token key
 }
 
 func (sn *taskSnap) apply(field string, v []byte, rev int64) error {
@@ -260,6 +261,10 @@ func (sn *taskSnap) apply(field string, v []byte, rev int64) error {
 	case fieldPlan:
 		sn.task.Plan = new(contract.Plan)
 		return json.Unmarshal(v, sn.task.Plan)
+	case fieldToken:
+		sn.tokenRev = rev
+		sn.task.AgentToken = new(AgentToken)
+		return sn.task.AgentToken.load(v)
 	}
 	return nil
 }
@@ -294,7 +299,12 @@ type change struct {
 	plan     *contract.Plan
 	// clearApproval deletes the approval: the task goes back to a person.
 	clearApproval bool
-	extra         []clientv3.Op
+	// agentToken is written to the task's agent_token key (issued or reset).
+	agentToken *AgentToken
+	// keepStatus writes beside the status without moving it (an agent token issued
+	// to an approved task, a reset): to must equal the status, no transition is checked.
+	keepStatus bool
+	extra      []clientv3.Op
 	// action names the audit entry written with the change; "" derives it from a
 	// status change (start, complete, fail, cancel), and no status change writes none.
 	action string
@@ -321,7 +331,7 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 		if err != nil {
 			return Task{}, err
 		}
-		if !CanTransition(from, ch.to) {
+		if !CanTransition(from, ch.to) && !(ch.keepStatus && ch.to == from) {
 			return Task{}, &TransitionError{TaskID: id, From: from, To: ch.to}
 		}
 		t.Status = ch.to
@@ -357,6 +367,10 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 			t.Approval = nil
 			ops = append(ops, clientv3.OpDelete(taskKey(region, id, fieldApproval)))
 		}
+		if ch.agentToken != nil {
+			t.AgentToken = ch.agentToken
+			ops = append(ops, clientv3.OpPut(taskKey(region, id, fieldToken), ch.agentToken.stored()))
+		}
 		if ch.plan != nil {
 			t.Plan = ch.plan
 			b, _ := json.Marshal(ch.plan)
@@ -376,9 +390,11 @@ func (s *Store) update(ctx context.Context, region, id string, fn func(t *Task) 
 			}
 			ops = append(ops, e.op())
 		}
+		// The agent token's revision too: a reset and an issue never cross.
 		resp, err := s.c.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldStatus)), "=", snap.statusRev),
 			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldMetadata)), "=", snap.metaRev),
+			clientv3.Compare(clientv3.ModRevision(taskKey(region, id, fieldToken)), "=", snap.tokenRev),
 		).Then(ops...).Commit()
 		if err != nil {
 			return Task{}, fmt.Errorf("update task %s: %w", id, err)
@@ -415,6 +431,11 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (Task, error)
 type ProgressUpdate struct {
 	Region, MAC, TaskID string
 	contract.Progress
+	// Authorize, when set, checks the caller against the task as read inside the
+	// guarded update (the agent token): its error is returned and nothing is written.
+	// The transaction is guarded on the token's revision, so a reset between the
+	// check and the write makes it read and check again.
+	Authorize func(t *Task) error
 }
 
 // RecordProgress stores progress from the agent of mac. The first update moves an
@@ -444,6 +465,11 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		return s.recordAbort(ctx, u, mac)
 	}
 	t, err := s.update(ctx, u.Region, u.TaskID, func(t *Task) (change, error) {
+		if u.Authorize != nil {
+			if err := u.Authorize(t); err != nil {
+				return change{}, err
+			}
+		}
 		if t.TargetMAC != mac {
 			return change{}, fmt.Errorf("%w: task %s belongs to MAC %s, not %s", ErrConflict, t.TaskID, t.TargetMAC, mac)
 		}
@@ -489,6 +515,11 @@ func (s *Store) recordAbort(ctx context.Context, u ProgressUpdate, mac string) (
 		return Task{}, err
 	}
 	t := snap.task
+	if u.Authorize != nil {
+		if err := u.Authorize(&t); err != nil {
+			return Task{}, err
+		}
+	}
 	if t.TargetMAC != mac {
 		return Task{}, fmt.Errorf("%w: task %s belongs to MAC %s, not %s", ErrConflict, t.TaskID, t.TargetMAC, mac)
 	}
@@ -501,6 +532,7 @@ func (s *Store) recordAbort(ctx context.Context, u ProgressUpdate, mac string) (
 	audit := newAudit(ctx, p.UpdatedAt, AuditTaskAbortNote, u.Region, u.TaskID).with("bytes_written", fmt.Sprint(p.BytesDone))
 	resp, err := s.c.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(taskKey(u.Region, u.TaskID, fieldStatus)), "=", snap.statusRev),
+		clientv3.Compare(clientv3.ModRevision(taskKey(u.Region, u.TaskID, fieldToken)), "=", snap.tokenRev),
 	).Then(clientv3.OpPut(taskKey(u.Region, u.TaskID, fieldProgress), string(b)), audit.op()).Commit()
 	if err != nil {
 		return Task{}, fmt.Errorf("record abort of %s: %w", u.TaskID, err)

@@ -42,6 +42,8 @@ type Task struct {
 	// Plan is the install decided from Hardware (contract.MakePlan), kept at
 	// .../{task_id}/plan beside the v2.1 keys.
 	Plan *contract.Plan `json:"plan,omitempty"`
+	// AgentToken is the task's agent token record (its hash stays inside store).
+	AgentToken *AgentToken `json:"agent_token,omitempty"`
 }
 
 // Approval is the value of .../approval: who approved what, exactly. The plan's digest,

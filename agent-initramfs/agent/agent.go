@@ -21,6 +21,10 @@ type Config struct {
 	RegionalURL string
 	// MAC to report as; empty picks the primary NIC's.
 	MAC string
+	// AgentToken is the task's agent token from the boot path (lpmos.token=, or
+	// --agent-token on a host): used when the report's answer carries none (only the
+	// first matched report of a task gets it; an agent that restarted gets none).
+	AgentToken string
 	// Target redirects the write into this file or device (host mode, development):
 	// the approved disk must still be found in the inventory, but its bytes are left
 	// alone. Empty writes the approved disk itself.
@@ -85,6 +89,12 @@ func (c *Config) defaults() {
 var (
 	// ErrNoTask is returned when every report attempt found no task for this machine.
 	ErrNoTask = errors.New("no task for this machine")
+	// ErrNoToken is an approved task this agent cannot carry out: it holds no agent
+	// token (it restarted after the first report and booted without lpmos.token=).
+	ErrNoToken = errors.New("no agent token")
+	// ErrTokenRefused is the appliance refusing this agent's token (reset by an
+	// operator, or another task's) when a new report brought no new one.
+	ErrTokenRefused = errors.New("agent token refused")
 	// ErrCancelled is an install stopped because its task was cancelled (or lost its
 	// approval) while it ran: the disk is partially written.
 	ErrCancelled = errors.New("the task was cancelled during the install")
@@ -110,13 +120,31 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Log.With("mac", mac)
 
-	taskID, err := report(ctx, cfg, api, log, mac, hw)
+	resp, err := report(ctx, cfg, api, log, mac, hw)
 	if err != nil {
 		return err
 	}
-	log.Info("hardware report accepted", "task", taskID)
+	taskID := resp.TaskID
+	// Every call after the report carries the task's agent token: the report's, else
+	// the boot path's (an agent that restarted gets none from its second report).
+	api.Token = resp.AgentToken
+	if api.Token == "" {
+		api.Token = cfg.AgentToken
+	}
+	log.Info("hardware report accepted", "task", taskID, "agent_token", tokenSource(resp.AgentToken, cfg.AgentToken))
 
-	appr, err := waitApproval(ctx, cfg, api, log, mac, taskID)
+	// reissue reports again after a refused token: a reset's new token comes with the
+	// next matched report.
+	reissue := func() bool {
+		r, err := api.Report(ctx, contract.ReportRequest{MACAddress: mac, Hardware: mustJSON(hw)})
+		if err != nil || r.AgentToken == "" || r.TaskID != taskID {
+			return false
+		}
+		log.Info("agent token reissued", "task", taskID)
+		api.Token = r.AgentToken
+		return true
+	}
+	appr, err := waitApproval(ctx, cfg, api, log, mac, taskID, reissue)
 	if err != nil {
 		return err
 	}
@@ -196,7 +224,7 @@ func watchTask(ctx context.Context, api *contract.Client, log *slog.Logger, mac,
 		switch {
 		case ctx.Err() != nil:
 			return
-		case errors.As(err, &se) && se.Code == http.StatusNotFound:
+		case errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusUnauthorized):
 			stop(fmt.Errorf("%w: %s", ErrCancelled, se.Body.Message))
 			return
 		case err == nil && (a.TaskID != taskID || !a.Approved):
@@ -215,16 +243,16 @@ func watchTask(ctx context.Context, api *contract.Client, log *slog.Logger, mac,
 
 // report posts the hardware until a task matches, honouring the appliance's
 // retry_after, at most MaxAttempts times.
-func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac string, hw contract.Hardware) (string, error) {
+func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac string, hw contract.Hardware) (contract.Response, error) {
 	body, err := json.Marshal(hw)
 	if err != nil {
-		return "", err
+		return contract.Response{}, err
 	}
 	var last error
 	for attempt := 1; attempt <= cfg.MaxAttempts; attempt++ {
 		resp, err := api.Report(ctx, contract.ReportRequest{MACAddress: mac, Hardware: body})
 		if err == nil {
-			return resp.TaskID, nil
+			return resp, nil
 		}
 		last = err
 		wait := 10
@@ -236,7 +264,7 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 			}
 			log.Warn("no task yet", "attempt", attempt, "max_attempts", cfg.MaxAttempts, "retry_after", wait, "message", se.Body.Message)
 		case errors.As(err, &se) && se.Code/100 == 4:
-			return "", fmt.Errorf("report refused: %w", err) // our request is wrong: retrying cannot help
+			return contract.Response{}, fmt.Errorf("report refused: %w", err) // our request is wrong: retrying cannot help
 		default:
 			if se != nil && se.Body.RetryAfter > 0 { // 503: the appliance's store is away
 				wait = se.Body.RetryAfter
@@ -247,18 +275,18 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 			break
 		}
 		if err := sleep(ctx, time.Duration(wait)*cfg.RetryUnit); err != nil {
-			return "", err
+			return contract.Response{}, err
 		}
 	}
-	return "", fmt.Errorf("%w: giving up after %d attempts (MAC %s): %v", ErrNoTask, cfg.MaxAttempts, mac, last)
+	return contract.Response{}, fmt.Errorf("%w: giving up after %d attempts (MAC %s): %v", ErrNoTask, cfg.MaxAttempts, mac, last)
 }
 
 // approvalWait is how long the appliance may hold an approval poll (long poll): the
 // agent learns of an approval at once. It stays below the HTTP client's timeout.
 const approvalWait = 20 * time.Second
 
-func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac, taskID string) (contract.ApprovalResponse, error) {
-	logged := false
+func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *slog.Logger, mac, taskID string, reissue func() bool) (contract.ApprovalResponse, error) {
+	logged, reissued := false, false
 	for {
 		start := time.Now()
 		a, err := api.Approval(ctx, mac, approvalWait)
@@ -269,6 +297,16 @@ func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *sl
 			return a, fmt.Errorf("the open task for %s is %s, not %s (the one reported for): report again", mac, a.TaskID, taskID)
 		case err == nil && a.Approved:
 			return a, nil
+		case err == nil && api.Token == "" && (a.TaskStatus == "approved" || a.TaskStatus == "installing"):
+			// Without a token the appliance never hands out the plan. The boot script
+			// carries the token while the task is approved: a reboot fetches it.
+			return a, fmt.Errorf("%w: task %s is %s, but this agent restarted after its first report and booted without lpmos.token=: reboot it (the boot script now carries the token) or reset the task's agent token", ErrNoToken, taskID, a.TaskStatus)
+		case errors.As(err, &se) && se.Code == http.StatusUnauthorized:
+			if !reissued && reissue() {
+				reissued = true
+				continue
+			}
+			return a, fmt.Errorf("%w for task %s: %w (an operator reset it, or it belongs to another task; reset the task's agent token and let the machine report again)", ErrTokenRefused, taskID, err)
 		case err == nil:
 			if !logged {
 				log.Info("waiting for approval", "task", a.TaskID, "status", a.TaskStatus)
@@ -285,6 +323,22 @@ func waitApproval(ctx context.Context, cfg Config, api *contract.Client, log *sl
 			return a, err
 		}
 	}
+}
+
+// tokenSource says where the agent's token came from, for the log (never the token).
+func tokenSource(fromReport, fromBoot string) string {
+	switch {
+	case fromReport != "":
+		return "issued by the report"
+	case fromBoot != "":
+		return "from the boot path"
+	}
+	return "none"
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

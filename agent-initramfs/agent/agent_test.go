@@ -27,6 +27,10 @@ type fakeAPI struct {
 	progress  func(p contract.ProgressRequest) (int, any)
 	posted    []contract.ProgressRequest
 	approvals []string // the query of each approval poll
+	// token is the agent token approval and progress require (as the appliance
+	// does): set by a report answer that carries one, or by the test.
+	token   string
+	refused int // calls answered 401
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -40,6 +44,13 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n := f.reports
 		f.mu.Unlock()
 		code, body = f.report(n)
+		if m, ok := body.(map[string]any); ok && m["agent_token"] != nil {
+			f.mu.Lock()
+			f.token = m["agent_token"].(string)
+			f.mu.Unlock()
+		}
+	case f.badToken(r):
+		code, body = 401, map[string]any{"status": "error", "message": "agent token missing or invalid for this task"}
 	case strings.HasPrefix(r.URL.Path, "/api/approval/"):
 		f.mu.Lock()
 		f.approvals = append(f.approvals, r.URL.RawQuery)
@@ -58,6 +69,17 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(body)
+}
+
+// badToken is a call after the report without the required token.
+func (f *fakeAPI) badToken(r *http.Request) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.URL.Path == "/api/report" || r.Header.Get("Authorization") == "Bearer "+f.token {
+		return false
+	}
+	f.refused++
+	return true
 }
 
 func (f *fakeAPI) stages() []contract.Stage {
@@ -81,8 +103,14 @@ func testConfig(url string) Config {
 	}
 }
 
+// ok matches the report to taskID; the first report gets the task's agent token.
 func ok(taskID string) func(int) (int, any) {
-	return func(int) (int, any) { return 200, map[string]any{"status": "ok", "task_id": taskID} }
+	return func(n int) (int, any) {
+		if n > 1 {
+			return 200, map[string]any{"status": "ok", "task_id": taskID}
+		}
+		return 200, map[string]any{"status": "ok", "task_id": taskID, "agent_token": "token-of-" + taskID}
+	}
 }
 
 func approvedPlan(taskID string) contract.ApprovalResponse {
@@ -114,7 +142,9 @@ func TestReportRetriesOn404(t *testing.T) {
 
 // Another 4xx is our request's fault: no retry. A 5xx or a dead appliance is retried.
 func TestReportErrorClasses(t *testing.T) {
-	f := &fakeAPI{report: func(int) (int, any) { return 400, map[string]any{"status": "error", "message": "hardware: is required"} }}
+	f := &fakeAPI{report: func(int) (int, any) {
+		return 400, map[string]any{"status": "error", "message": "hardware: is required"}
+	}}
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	if err := Run(t.Context(), testConfig(srv.URL)); err == nil || !strings.Contains(err.Error(), "report refused") || f.reports != 1 {
@@ -148,7 +178,7 @@ func TestApprovalPoll(t *testing.T) {
 		t.Fatalf("approval poll query %q, want a long poll", f.approvals[0])
 	}
 	f.approval = func(*http.Request) (int, any) { return 200, approvedPlan("t2") }
-	f.posted = nil
+	f.posted, f.reports = nil, 0 // a new task: its first report gets a token
 	if err := Run(t.Context(), testConfig(srv.URL)); err == nil || !strings.Contains(err.Error(), "not t1") || len(f.stages()) != 0 {
 		t.Fatalf("approval of another task: %v, posted %v", err, f.stages())
 	}
@@ -215,7 +245,7 @@ func TestCompletionRetriedAndRefusalStops(t *testing.T) {
 		t.Fatalf("posted %v, job %+v", st, job)
 	}
 
-	f.posted, down = nil, 0
+	f.posted, down, f.reports = nil, 0, 0
 	f.progress = func(p contract.ProgressRequest) (int, any) {
 		if p.Stage == contract.StageCancelled {
 			return 200, map[string]any{"status": "ok"}
@@ -232,4 +262,103 @@ func TestCompletionRetriedAndRefusalStops(t *testing.T) {
 	if !errors.Is(err, ErrCancelled) || st[len(st)-1] != contract.StageCancelled || f.posted[len(f.posted)-1].BytesDone != 4096 {
 		t.Fatalf("refused progress: %v, posted %v", err, st)
 	}
+}
+
+// The token: the report's, else the boot path's (an agent that restarted gets none
+// from its second report); without any, an approved task is not carried out (the
+// appliance would not hand out the plan); a refused token is renewed by reporting
+// again once (a reset), else the agent stops.
+func TestAgentToken(t *testing.T) {
+	secondReport := func(int) (int, any) { return 200, map[string]any{"status": "ok", "task_id": "t1"} }
+	approved := func(*http.Request) (int, any) { return 200, approvedPlan("t1") }
+	acked := func(contract.ProgressRequest) (int, any) { return 200, map[string]any{"status": "ok"} }
+	noInstall := func(ctx context.Context, j Job, p *Progress) error { return nil }
+
+	t.Run("from the boot path", func(t *testing.T) {
+		f := &fakeAPI{report: secondReport, approval: approved, progress: acked, token: "from-cmdline"}
+		srv := httptest.NewServer(f)
+		defer srv.Close()
+		cfg := testConfig(srv.URL)
+		cfg.AgentToken, cfg.Install = "from-cmdline", noInstall
+		if err := Run(t.Context(), cfg); err != nil || f.refused != 0 {
+			t.Fatalf("agent: %v, %d refused", err, f.refused)
+		}
+	})
+	t.Run("the report's wins", func(t *testing.T) {
+		f := &fakeAPI{report: ok("t1"), approval: approved, progress: acked}
+		srv := httptest.NewServer(f)
+		defer srv.Close()
+		cfg := testConfig(srv.URL)
+		cfg.AgentToken, cfg.Install = "stale-from-cmdline", noInstall
+		if err := Run(t.Context(), cfg); err != nil || f.refused != 0 {
+			t.Fatalf("agent: %v, %d refused", err, f.refused)
+		}
+	})
+	t.Run("none and approved", func(t *testing.T) {
+		// The limited answer an appliance gives without a token.
+		f := &fakeAPI{report: secondReport, token: "unknown-to-the-agent", approval: func(*http.Request) (int, any) {
+			return 200, map[string]any{"status": "ok", "task_id": "t1", "task_status": "approved", "approved": false}
+		}, progress: acked}
+		srv := httptest.NewServer(tokenless{f})
+		defer srv.Close()
+		cfg := testConfig(srv.URL)
+		cfg.Install = noInstall
+		if err := Run(t.Context(), cfg); !errors.Is(err, ErrNoToken) || len(f.stages()) != 0 {
+			t.Fatalf("agent: %v, posted %v", err, f.stages())
+		}
+	})
+	t.Run("refused, renewed by a new report", func(t *testing.T) {
+		f := &fakeAPI{approval: approved, progress: acked}
+		f.report = func(n int) (int, any) {
+			if n == 1 {
+				// Reset before the agent's first poll: the token it got is dead.
+				return 200, map[string]any{"status": "ok", "task_id": "t1", "agent_token": "generation-1"}
+			}
+			return 200, map[string]any{"status": "ok", "task_id": "t1", "agent_token": "generation-2"}
+		}
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f.ServeHTTP(w, r)
+			f.mu.Lock()
+			if r.URL.Path == "/api/report" && f.reports == 1 {
+				f.token = "generation-2" // what the appliance holds after the reset
+			}
+			f.mu.Unlock()
+		}))
+		defer srv.Close()
+		cfg := testConfig(srv.URL)
+		cfg.Install = noInstall
+		if err := Run(t.Context(), cfg); err != nil || f.refused != 1 || f.reports != 2 {
+			t.Fatalf("agent: %v, %d refused, %d reports", err, f.refused, f.reports)
+		}
+	})
+	t.Run("refused for good", func(t *testing.T) {
+		f := &fakeAPI{report: ok("t1"), approval: approved, progress: acked}
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f.ServeHTTP(w, r)
+			f.mu.Lock()
+			f.token = "someone-else"
+			f.mu.Unlock()
+		}))
+		defer srv.Close()
+		cfg := testConfig(srv.URL)
+		cfg.Install = noInstall
+		if err := Run(t.Context(), cfg); !errors.Is(err, ErrTokenRefused) || len(f.stages()) != 0 {
+			t.Fatalf("agent: %v, posted %v", err, f.stages())
+		}
+	})
+}
+
+// tokenless lets approval polls through without a token (the appliance's limited
+// answer) and requires it elsewhere.
+type tokenless struct{ f *fakeAPI }
+
+func (t tokenless) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/api/approval/") && r.Header.Get("Authorization") == "" {
+		code, body := t.f.approval(r)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(body)
+		return
+	}
+	t.f.ServeHTTP(w, r)
 }

@@ -23,8 +23,9 @@ type Progress struct {
 	taskID   string
 	log      *slog.Logger
 	finalFor time.Duration
-	// onRefused is called when the appliance refuses an update with 409: the task is
-	// no longer approved or installing (cancelled), so the install must stop.
+	// onRefused is called when the appliance refuses an update with 409 (the task is
+	// no longer approved or installing: cancelled) or 401 (the agent token was reset),
+	// so the install must stop.
 	onRefused func(error)
 
 	mu    sync.Mutex
@@ -58,7 +59,7 @@ func (p *Progress) Update(ctx context.Context, r contract.Progress, force bool) 
 	var se *contract.StatusError
 	switch {
 	case err == nil:
-	case errors.As(err, &se) && se.Code == http.StatusConflict && p.onRefused != nil:
+	case errors.As(err, &se) && (se.Code == http.StatusConflict || se.Code == http.StatusUnauthorized) && p.onRefused != nil:
 		p.onRefused(err)
 	default:
 		p.log.Warn("progress update failed", "stage", r.Stage, "err", err)

@@ -18,6 +18,7 @@ import (
 const (
 	ParamURL         = "lpmos.url"
 	ParamTask        = "lpmos.task"
+	ParamToken       = "lpmos.token"
 	ParamRebootDelay = "lpmos.reboot_delay"
 	ParamDebug       = "lpmos.debug"
 	ParamBootIF      = "BOOTIF"
@@ -35,6 +36,7 @@ var ErrNoURL = errors.New(ParamURL + "= missing from the kernel command line")
 type Settings struct {
 	RegionalURL string        // lpmos.url=
 	TaskID      string        // lpmos.task=, "" when the appliance did not say
+	AgentToken  string        // lpmos.token=: the task's agent token (approved or installing tasks only)
 	MAC         string        // the boot NIC's MAC, aa:bb:cc:dd:ee:ff
 	Interface   string        // the boot NIC's name, eth0
 	RebootDelay time.Duration // after a fatal error (DefaultRebootDelay unless set); 0 halts
@@ -60,6 +62,8 @@ func ParseCmdline(r io.Reader) (Settings, error) {
 			s.RegionalURL = v
 		case ParamTask:
 			s.TaskID = v
+		case ParamToken:
+			s.AgentToken = v
 		case ParamRebootDelay:
 			d, err := parseDelay(v)
 			if err != nil {

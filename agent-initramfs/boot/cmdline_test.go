@@ -16,8 +16,8 @@ func TestParseCmdline(t *testing.T) {
 	}{
 		{
 			name:    "all",
-			cmdline: "BOOT_IMAGE=vmlinuz console=ttyS0 lpmos.url=http://10.0.2.2:8081 lpmos.task=550e8400 BOOTIF=01-52-54-00-AB-cd-01 lpmos.reboot_delay=90\n",
-			want:    Settings{RegionalURL: "http://10.0.2.2:8081", TaskID: "550e8400", MAC: "52:54:00:ab:cd:01", RebootDelay: 90 * time.Second},
+			cmdline: "BOOT_IMAGE=vmlinuz console=ttyS0 lpmos.url=http://10.0.2.2:8081 lpmos.task=550e8400 lpmos.token=c0ffee BOOTIF=01-52-54-00-AB-cd-01 lpmos.reboot_delay=90\n",
+			want:    Settings{RegionalURL: "http://10.0.2.2:8081", TaskID: "550e8400", AgentToken: "c0ffee", MAC: "52:54:00:ab:cd:01", RebootDelay: 90 * time.Second},
 		},
 		{
 			name:    "quoted and duration",

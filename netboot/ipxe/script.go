@@ -153,6 +153,12 @@ func RenderPlan(w io.Writer, base string, mac net.HardwareAddr, p *netboot.Plan)
 	if p.TaskID != "" {
 		d.Args = append(d.Args, "lpmos.task="+p.TaskID)
 	}
+	if p.AgentToken != "" {
+		if err := checkWord("agent token", p.AgentToken); err != nil {
+			return err
+		}
+		d.Args = append(d.Args, "lpmos.token="+p.AgentToken)
+	}
 	// BOOTIF (pxelinux convention) tells the agent which NIC booted.
 	d.Args = append(d.Args, "BOOTIF="+netboot.BootIF(mac))
 	for i, a := range p.Args {

@@ -55,6 +55,8 @@ func TestGoldenScripts(t *testing.T) {
 		plan *netboot.Plan
 	}{
 		{"install", install},
+		{"install-token", &netboot.Plan{Kernel: "vmlinuz", Initrds: []string{"initramfs.cpio.gz"}, RegionalURL: "http://10.77.0.1:8081",
+			TaskID: "550e8400-e29b-41d4-a716-446655440000", AgentToken: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},
 		{"install-unknown-machine", &netboot.Plan{Kernel: "vmlinuz", Initrds: []string{"initramfs.cpio.gz"}, RegionalURL: "http://10.77.0.1:8081"}},
 		{"install-urls", &netboot.Plan{Kernel: "https://mirror.example/k/vmlinuz", Initrds: []string{"https://mirror.example/i/a.img", "extra.cpio"}, TaskID: "t1"}},
 		{"localdisk", &netboot.Plan{LocalDisk: true, TaskID: "550e8400-e29b-41d4-a716-446655440000"}},
@@ -98,6 +100,9 @@ func TestRenderRefusesInjection(t *testing.T) {
 		"URL with space":      func(p *netboot.Plan) { p.Kernel = "http://h/a b" },
 		"URL with no host":    func(p *netboot.Plan) { p.Kernel = "http:///vmlinuz" },
 		"backslash in initrd": func(p *netboot.Plan) { p.Initrds = []string{`a\b`} },
+		"space in token":      func(p *netboot.Plan) { p.AgentToken = "abc def" },
+		"newline in token":    func(p *netboot.Plan) { p.AgentToken = "abc\nshell" },
+		"expansion in token":  func(p *netboot.Plan) { p.AgentToken = "${x}" },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -23,6 +23,7 @@ func runInitramfs() {
 		return agent.Run(ctx, agent.Config{
 			RegionalURL: s.RegionalURL,
 			MAC:         s.MAC,
+			AgentToken:  s.AgentToken,
 			Inventory:   func() (contract.Hardware, error) { return bootInventory(s) },
 			Log:         log,
 		})

@@ -41,6 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs := flag.NewFlagSet("lpmos-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.RegionalURL, "regional-url", "", "regional appliance URL, e.g. http://localhost:8081 (env REGIONAL_CLIENT_URL)")
+	fs.StringVar(&cfg.AgentToken, "agent-token", "", "the task's agent token, for an agent that restarts after its first report (env LPMOS_AGENT_TOKEN; the first report issues it)")
 	fs.StringVar(&cfg.MAC, "mac", "", "report as this MAC (default: the primary NIC's)")
 	fs.StringVar(&cfg.Target, "target", "", "file (host mode) or block device to install the image into")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 10, "report attempts while no task matches")
@@ -50,6 +51,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	if cfg.RegionalURL == "" {
 		cfg.RegionalURL = getenv("REGIONAL_CLIENT_URL")
+	}
+	if cfg.AgentToken == "" {
+		cfg.AgentToken = getenv("LPMOS_AGENT_TOKEN")
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(stderr, nil))
 	return agent.Run(ctx, cfg)
