@@ -132,12 +132,12 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	}
 	rep := curl("-X", "POST", "http://localhost:8081/api/report", "-H", "Content-Type: application/json",
 		"-d", `{"mac_address":"00:1A:2B:3C:4D:5E","hardware":{"cpu":{"cores":4},"memory":{"total_bytes":8589934592},"disks":[{"name":"sda","path":"/dev/sda","size_bytes":480000000000,"serial":"S1"}]}}`)
-	tok, _ := rep["agent_token"].(string)
-	if rep["status"] != "ok" || rep["task_id"] != id || tok == "" {
+	agentTok, _ := rep["agent_token"].(string)
+	if rep["status"] != "ok" || rep["task_id"] != id || agentTok == "" {
 		t.Fatalf("report: %v", rep)
 	}
-	auth := "Authorization: Bearer " + tok // every agent call after the report
-	if a := curl("-H", auth, "http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != false || a["task_status"] != "pending_approval" {
+	agentAuth := "Authorization: Bearer " + agentTok // every agent call after the report
+	if a := curl("-H", agentAuth, "http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != false || a["task_status"] != "pending_approval" {
 		t.Fatalf("approval before approve: %v", a)
 	}
 	plan, _ := curl("-H", auth, "http://localhost:8080/api/v1/tasks/"+id)["plan"].(map[string]any)
@@ -148,10 +148,10 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 		"-d", `{"plan_digest":"`+plan["digest"].(string)+`"}`); a["status"] != "approved" {
 		t.Fatalf("approve: %v", a)
 	}
-	if a := curl("-H", auth, "http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != true {
+	if a := curl("-H", agentAuth, "http://localhost:8081/api/approval/00:1a:2b:3c:4d:5e"); a["approved"] != true {
 		t.Fatalf("approval: %v", a)
 	}
-	p := curl("-X", "POST", "http://localhost:8081/api/progress", "-H", "Content-Type: application/json", "-H", auth,
+	p := curl("-X", "POST", "http://localhost:8081/api/progress", "-H", "Content-Type: application/json", "-H", agentAuth,
 		"-d", `{"mac_address":"00:1a:2b:3c:4d:5e","task_id":"`+id+`","stage":"downloading","percentage":45,"message":"Downloaded 450 MB / 1000 MB"}`)
 	if p["status"] != "ok" {
 		t.Fatalf("progress: %v", p)
