@@ -44,8 +44,9 @@ type Appliance struct {
 	srv           *http.Server
 	images        *images.Catalog
 
-	tokenKey    []byte  // the region key agent tokens derive from (--agent-token-key)
-	rejectAudit *bucket // rate limit of agent_token.reject audit entries
+	tokenKey    []byte         // the region key agent tokens derive from (--agent-token-key)
+	rejectAudit *bucket        // rate limit of agent_token.reject audit entries
+	reports     *reportLimiter // rate limits of POST /api/report
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
@@ -190,6 +191,7 @@ func (a *Appliance) open(ctx context.Context) error {
 		return fmt.Errorf("--agent-token-key: %w", err)
 	}
 	a.rejectAudit = newBucket(60, time.Second)
+	a.reports = newReportLimiter(cfg.ReportBurstPerSource, cfg.ReportBurstPerMAC)
 
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {

@@ -36,6 +36,9 @@ type Config struct {
 	ImageRate     int64 // bytes per second per image stream; 0: unlimited
 	// MaxConns and MaxConnsPerSource cap the API's open connections; 0: no cap.
 	MaxConns, MaxConnsPerSource int
+	// ReportBurstPerSource and ReportBurstPerMAC rate-limit POST /api/report (bursts,
+	// refilled at 10/s per address and one per 2 s per MAC); 0: no limit.
+	ReportBurstPerSource, ReportBurstPerMAC int
 	// AgentTokenKey is the file of the region key agent tokens derive from (created
 	// on first start, mode 0600). "": <label>.agent-token.key beside the embedded
 	// etcd's data dir, or beside ImagesDir with an external etcd.
@@ -87,6 +90,8 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
+	fs.IntVar(&c.ReportBurstPerSource, "report-burst-per-source", 20, "reports one address may send at once (then 10/s); 0: no limit")
+	fs.IntVar(&c.ReportBurstPerMAC, "report-burst-per-mac", 5, "reports for one MAC at once (then one per 2 s); 0: no limit")
 	fs.IntVar(&c.MaxConns, "max-conns", 4096, "open connections the regional API holds in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections the regional API holds from one address (0: no cap)")
 	fs.StringVar(&c.AgentTokenKey, "agent-token-key", "", "file of the region key agent tokens derive from, created on first start (default <label>.agent-token.key beside --etcd-data-dir, or beside --images-dir with --etcd-endpoints); every appliance of a region needs the same file")

@@ -1,6 +1,7 @@
 package appliance_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,4 +67,64 @@ func TestHalfSentPostFloodFromOneSource(t *testing.T) {
 		t.Fatalf("unmatched reports after the flood: %v", um)
 	}
 	t.Logf("%d half-sent POSTs from one source: %d closed at once, %d held (cap %d)", flood, closed, flood-closed, perSource)
+}
+
+// POST /api/report is open, so it is rate-limited per address and per MAC, and a
+// report's size is capped: a flood of invented MACs from one host stores a bounded
+// number of unmatched reports, one MAC cannot be re-reported in a loop, and another
+// machine is served meanwhile.
+func TestReportFloodsAreLimited(t *testing.T) {
+	sys := startSystemWith(t, func(c *appliance.Config) { c.ReportBurstPerSource, c.ReportBurstPerMAC = 20, 5 }, "dc1")
+	base := sys.regions["dc1"].URL()
+	from := func(ip string) *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
+	}
+	report := func(c *http.Client, mac, hw string) (int, map[string]any) {
+		resp, err := c.Post(base+"/api/report", "application/json", strings.NewReader(`{"mac_address":"`+mac+`","hardware":`+hw+`}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	// 200 invented MACs from one address, as fast as it can.
+	flooder, limited := from("127.0.0.1"), 0
+	for i := range 200 {
+		code, body := report(flooder, fmt.Sprintf("02:00:00:00:01:%02x", i), `{}`)
+		if code == http.StatusTooManyRequests {
+			limited++
+			if body["retry_after"] == nil {
+				t.Fatalf("429 without retry_after: %v", body)
+			}
+		}
+	}
+	stored := len(sys.etcd.Dump(t, "/os/unmatched_reports/dc1/"))
+	if limited < 150 || stored > 50 {
+		t.Fatalf("flood of 200 reports: %d limited, %d stored", limited, stored)
+	}
+	// One MAC in a loop from another address: 5 at once, then 429.
+	looper, perMAC := from("127.0.0.2"), 0
+	for range 10 {
+		if code, _ := report(looper, "02:00:00:00:02:01", `{}`); code == http.StatusTooManyRequests {
+			perMAC++
+		}
+	}
+	if perMAC != 5 {
+		t.Fatalf("10 reports of one MAC: %d limited, want 5", perMAC)
+	}
+	// An oversized report is refused, nothing stored.
+	before := sys.etcd.Dump(t, "/os/unmatched_reports/")
+	big := `{"cpu":{"model":"` + strings.Repeat("x", 300<<10) + `"}}`
+	if code, body := report(from("127.0.0.3"), "02:00:00:00:03:01", big); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a 300 KiB report: %d %v", code, body)
+	}
+	storetest.AssertSame(t, before, sys.etcd.Dump(t, "/os/unmatched_reports/"))
+	// A machine with a task, from yet another address, is served during all this.
+	id := createTask(t, sys.control.URL(), "02:00:00:00:04:01")
+	if code, body := report(from("127.0.0.4"), "02:00:00:00:04:01", `{"cpu":{"cores":2}}`); code != 200 || body["task_id"] != id {
+		t.Fatalf("a real agent during the flood: %d %v", code, body)
+	}
+	t.Logf("200 reports from one address: %d answered 429, %d stored; one MAC 10 times: %d answered 429", limited, stored, perMAC)
 }

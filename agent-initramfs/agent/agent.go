@@ -263,7 +263,7 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 				wait = se.Body.RetryAfter
 			}
 			log.Warn("no task yet", "attempt", attempt, "max_attempts", cfg.MaxAttempts, "retry_after", wait, "message", se.Body.Message)
-		case errors.As(err, &se) && se.Code/100 == 4:
+		case errors.As(err, &se) && se.Code/100 == 4 && se.Code != http.StatusTooManyRequests: // 429: wait retry_after
 			return contract.Response{}, fmt.Errorf("report refused: %w", err) // our request is wrong: retrying cannot help
 		default:
 			if se != nil && se.Body.RetryAfter > 0 { // 503: the appliance's store is away
