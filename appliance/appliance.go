@@ -40,7 +40,7 @@ type Appliance struct {
 
 	refusedMu     sync.Mutex
 	refusedLogged map[string]time.Time // when a refused connection was last logged, per cap
-	ln            net.Listener
+	lns           []net.Listener       // the regional API's, one per --api-host address
 	srv           *http.Server
 	images        *images.Catalog
 
@@ -193,19 +193,28 @@ func (a *Appliance) open(ctx context.Context) error {
 	a.rejectAudit = newBucket(60, time.Second)
 	a.reports = newReportLimiter(cfg.ReportBurstPerSource, cfg.ReportBurstPerMAC)
 
-	ln, err := net.Listen("tcp", cfg.Addr())
+	hosts, err := a.apiHosts()
 	if err != nil {
-		return fmt.Errorf("--api-port: listen on %s: %w", cfg.Addr(), err)
+		return err
 	}
-	limited := connlimit.New(ln, cfg.MaxConns, cfg.MaxConnsPerSource)
-	limited.Refused = a.connRefused
-	a.ln = limited
-	a.closers.add(func() { ln.Close() })
+	port := cfg.APIPort
+	for _, h := range hosts { // all on one port: the first listener picks it when 0
+		addr := net.JoinHostPort(h, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--api-host/--api-port: listen on %s: %w", addr, err)
+		}
+		a.closers.add(func() { ln.Close() })
+		port = ln.Addr().(*net.TCPAddr).Port
+		limited := connlimit.New(ln, cfg.MaxConns, cfg.MaxConnsPerSource)
+		limited.Refused = a.connRefused
+		a.lns = append(a.lns, limited)
+	}
 	if err := a.step(stepListen); err != nil {
 		return err
 	}
 	mux := a.routes()
-	if a.servers, err = a.startBoot(startCtx, mux, ln.Addr().(*net.TCPAddr).Port); err != nil {
+	if a.servers, err = a.startBoot(startCtx, mux, port); err != nil {
 		return err
 	}
 	// Timeouts bound what a slow or idle client holds: headers and bodies (reports are
@@ -239,11 +248,19 @@ func (a *Appliance) run(ctx context.Context, watchReady chan struct{}) {
 	defer close(a.done)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := a.srv.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := a.srv.Serve(a.lns[0]); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("regional API: %w", err)
 		}
 		return nil
 	})
+	for _, ln := range a.lns[1:] {
+		g.Go(func() error {
+			if err := a.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("regional API on %s: %w", ln.Addr(), err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error { return a.watch(gctx, watchReady) })
 	g.Go(func() error { a.tend(gctx); return nil })
 	for _, serve := range a.servers {
@@ -299,12 +316,33 @@ func (a *Appliance) Stop() error {
 
 // URL is the regional API's base URL as seen from this host.
 func (a *Appliance) URL() string {
-	addr := a.ln.Addr().(*net.TCPAddr)
-	host := a.cfg.APIHost
-	if host == "" || host == "0.0.0.0" || host == "::" {
+	addr := a.lns[0].Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
 		host = "127.0.0.1"
 	}
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+}
+
+// apiHosts are the addresses the regional API listens on: --api-host's list when given
+// (0.0.0.0 only when someone writes it); else this host's loopback and, when the
+// appliance serves a boot network, its address there. Never every interface silently:
+// the API hands out install plans and images.
+func (a *Appliance) apiHosts() ([]string, error) {
+	if a.cfg.APIHost != "" {
+		return splitList(a.cfg.APIHost), nil
+	}
+	hosts := []string{"127.0.0.1"}
+	if a.cfg.Boot.DHCPInterface != "" || a.cfg.Boot.BootServerIP != "" {
+		ip, err := a.bootServerIP()
+		if err != nil {
+			return nil, err
+		}
+		if ip.IsValid() && !ip.IsLoopback() {
+			hosts = append(hosts, ip.String())
+		}
+	}
+	return hosts, nil
 }
 
 // watch logs the region's task lifecycle. Only /os/install/task/{label}/ is watched:

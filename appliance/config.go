@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +18,7 @@ import (
 type Config struct {
 	Label         string
 	APIPort       int
-	APIHost       string // listen host; empty means all interfaces
+	APIHost       string // comma-separated listen addresses; empty: 127.0.0.1 and the boot network address
 	EtcdEndpoints []string
 
 	// Embedded etcd (used when EtcdEndpoints is empty), with etcd's own flag names.
@@ -81,7 +80,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Label, "label", "", "region label, e.g. dc1: [a-z0-9-]+ (env REGION_LABEL; required)")
 	fs.IntVar(&c.APIPort, "api-port", 8081, "regional API and HTTP boot port (env API_PORT)")
-	fs.StringVar(&c.APIHost, "api-host", "", "address to listen on (default: all interfaces)")
+	fs.StringVar(&c.APIHost, "api-host", "", "comma-separated addresses the regional API listens on (default: 127.0.0.1 and the boot network address; 0.0.0.0 for every interface)")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints; empty starts an embedded etcd (env ETCD_ENDPOINTS)")
 	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", "", "embedded etcd data directory (default ./<label>.etcd)")
 	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URLs (a control plane on this host dials these)")
@@ -180,6 +179,3 @@ func (c Config) deployTimeout() time.Duration {
 	}
 	return c.DeployTimeout
 }
-
-// Addr is the listen address of the API.
-func (c Config) Addr() string { return c.APIHost + ":" + strconv.Itoa(c.APIPort) }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -258,7 +259,7 @@ func TestRunningFailureStopsAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.WaitValue(t, "/os/region/dc1/status", "online", 10*time.Second)
-	a.ln.Close()
+	a.lns[0].Close()
 	waited := make(chan error, 1)
 	go func() { waited <- a.Wait() }()
 	select {
@@ -280,4 +281,42 @@ func TestRunningFailureStopsAll(t *testing.T) {
 		t.Errorf("log lacks shutdown then offline:\n%s", out)
 	}
 	assertLabelled(t, out)
+}
+
+// The regional API listens where its agents are, never on every interface unasked:
+// loopback, plus the boot network's address when the appliance serves one.
+func TestAPIListensOnlyWhereAsked(t *testing.T) {
+	for _, c := range []struct {
+		boot BootConfig
+		host string
+		want string
+	}{
+		{BootConfig{}, "", "127.0.0.1"},
+		{BootConfig{DHCPMode: "proxy", BootServerIP: "10.99.0.1"}, "", "127.0.0.1,10.99.0.1"},
+		{BootConfig{DHCPMode: "proxy", BootServerIP: "10.99.0.1"}, "192.0.2.7, 127.0.0.1", "192.0.2.7,127.0.0.1"},
+		{BootConfig{}, "0.0.0.0", "0.0.0.0"},
+	} {
+		a := &Appliance{cfg: Config{APIHost: c.host, Boot: c.boot}}
+		hosts, err := a.apiHosts()
+		if err != nil || strings.Join(hosts, ",") != c.want {
+			t.Errorf("api-host %q, boot %+v: %v %v, want %s", c.host, c.boot, hosts, err, c.want)
+		}
+	}
+	// By default nothing answers on another local address.
+	etcd := storetest.Start(t)
+	a, err := Start(t.Context(), Config{Label: "dc1", EtcdEndpoints: etcd.Endpoints, HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	port := strings.TrimPrefix(a.URL(), "http://127.0.0.1:")
+	if c, err := net.DialTimeout("tcp", "127.0.0.2:"+port, 2*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the API answers on 127.0.0.2:%s without --api-host", port)
+	}
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+port, 2*time.Second); err != nil {
+		t.Fatalf("the API does not answer on loopback: %v", err)
+	} else {
+		c.Close()
+	}
 }
