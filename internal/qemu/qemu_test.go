@@ -36,9 +36,9 @@ func TestAccel(t *testing.T) {
 	t.Logf("probed accelerator on this host: %s", Accel())
 	for in, want := range map[string]bool{
 		"processor\t: 0\nflags\t\t: fpu vme hypervisor lahf_lm\n": false, // docs/lab.md's machine
-		"flags\t\t: fpu vmx ept\n":                               true,
-		"flags\t\t: fpu svm npt\n":                               true,
-		"bugs\t\t: vmx\n":                                        false,
+		"flags\t\t: fpu vmx ept\n":                                true,
+		"flags\t\t: fpu svm npt\n":                                true,
+		"bugs\t\t: vmx\n":                                         false,
 	} {
 		if hardwareVirt([]byte(in)) != want {
 			t.Errorf("hardwareVirt(%q) = %v", in, !want)
