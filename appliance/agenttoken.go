@@ -136,6 +136,7 @@ func authorize(t *store.Task, tok string) error {
 // line is always written.
 func (a *Appliance) reject(w http.ResponseWriter, r *http.Request, taskID, mac, reason string) error {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="lpmos-agent"`)
+	a.metrics.tokenRejects.Inc()
 	a.log.Warn(fmt.Sprintf("rejected %s %s from %s: bad agent token", r.Method, r.URL.Path, r.RemoteAddr), "task", taskID, "mac", mac, "reason", reason)
 	if a.rejectAudit.allow(time.Now()) {
 		name := taskID

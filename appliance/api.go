@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/internal/metrics"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -19,11 +20,14 @@ import (
 func (a *Appliance) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(a.log, withDeadline(f)) }
-	mux.HandleFunc("POST /api/report", h(a.handleReport))
+	mux.HandleFunc("POST /api/report", h(a.metrics.countReport(a.handleReport)))
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
-	mux.Handle("GET /images/", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))
+	mux.Handle("GET /images/", a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate))))
+	// Prometheus scrapes without credentials, like the rest of the regional API; it
+	// listens on loopback and the boot network only (--api-host).
+	mux.Handle("GET /metrics", metrics.Handler(a.metrics.reg))
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
@@ -81,7 +85,9 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	a.log.Info("Received hardware report from agent: " + mac)
-	res, err := a.store.ReportIssuing(asAgent(r, mac), a.cfg.Label, mac, req.Hardware, a.mintToken)
+	res, err := timeStore(a.metrics, "report", func() (store.ReportResult, error) {
+		return a.store.ReportIssuing(asAgent(r, mac), a.cfg.Label, mac, req.Hardware, a.mintToken)
+	})
 	if err != nil {
 		return err
 	}
@@ -121,7 +127,7 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		return &store.ValidationError{Field: "status", Message: fmt.Sprintf("%q is not a task status", heldWhile)}
 	}
 	tok := bearer(r)
-	t, err := a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+	t, err := a.openTaskForMAC(r.Context(), mac)
 	if err == nil && tok != "" {
 		if aerr := authorize(&t, tok); aerr != nil {
 			return a.reject(w, r, t.TaskID, mac, aerr.(*errBadToken).reason)
@@ -137,7 +143,7 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		if werr != nil && ctx.Err() == nil {
 			return werr
 		}
-		t, err = a.store.OpenTaskForMAC(r.Context(), a.cfg.Label, mac)
+		t, err = a.openTaskForMAC(r.Context(), mac)
 	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -210,9 +216,11 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	if req.Stage == "" {
 		return &store.ValidationError{Field: "stage", Message: "is required"}
 	}
-	t, err := a.store.RecordProgress(asAgent(r, req.TaskID), store.ProgressUpdate{
-		Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
-		Progress: req.Progress, Authorize: progressAuth(bearer(r), req.Stage),
+	t, err := timeStore(a.metrics, "progress", func() (store.Task, error) {
+		return a.store.RecordProgress(asAgent(r, req.TaskID), store.ProgressUpdate{
+			Region: a.cfg.Label, MAC: req.MACAddress, TaskID: req.TaskID,
+			Progress: req.Progress, Authorize: progressAuth(bearer(r), req.Stage),
+		})
 	})
 	var bad *errBadToken
 	if errors.As(err, &bad) {
@@ -221,6 +229,7 @@ func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
+	a.metrics.progress(t.TaskID, req.Stage, time.Now())
 	switch t.Status {
 	case store.StatusCompleted:
 		a.log.Info("Task " + t.TaskID + " completed")
@@ -254,13 +263,19 @@ func progressAuth(tok string, stage contract.Stage) func(*store.Task) error {
 func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	h := contract.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: a.store.Ping(ctx) == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
+	_, perr := timeStore(a.metrics, "ping", func() (struct{}, error) { return struct{}{}, a.store.Ping(ctx) })
+	h := contract.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: perr == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
 	code := http.StatusOK
 	if !h.EtcdReachable {
 		h.Status, code = "degraded", http.StatusServiceUnavailable
 	}
 	httpjson.Write(w, code, h)
 	return nil
+}
+
+// openTaskForMAC is the store's, timed.
+func (a *Appliance) openTaskForMAC(ctx context.Context, mac string) (store.Task, error) {
+	return timeStore(a.metrics, "open_task", func() (store.Task, error) { return a.store.OpenTaskForMAC(ctx, a.cfg.Label, mac) })
 }
 
 // describeImages lists a catalog for a person ("nothing" when empty).

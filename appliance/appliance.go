@@ -43,6 +43,7 @@ type Appliance struct {
 	lns           []net.Listener       // the regional API's, one per --api-host address
 	srv           *http.Server
 	images        *images.Catalog
+	metrics       *applianceMetrics // its own registry: GET /metrics
 
 	tokenKey    []byte         // the region key agent tokens derive from (--agent-token-key)
 	rejectAudit *bucket        // rate limit of agent_token.reject audit entries
@@ -213,6 +214,7 @@ func (a *Appliance) open(ctx context.Context) error {
 	if err := a.step(stepListen); err != nil {
 		return err
 	}
+	a.metrics = newApplianceMetrics(a)
 	mux := a.routes()
 	if a.servers, err = a.startBoot(startCtx, mux, port); err != nil {
 		return err
@@ -220,7 +222,7 @@ func (a *Appliance) open(ctx context.Context) error {
 	// Timeouts bound what a slow or idle client holds: headers and bodies (reports are
 	// small) must arrive in time, idle keep-alives are dropped. No write timeout: image
 	// streams take minutes and long polls 60 s; the connection caps bound those.
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+	a.srv = &http.Server{Handler: a.metrics.http.Wrap(mux, mux), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 90 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 	hb, err := a.store.StartHeartbeat(startCtx, a.heartbeat, cfg.HeartbeatTTL, a.log)
 	if err != nil {

@@ -80,7 +80,7 @@ func (a *Appliance) Boot(ctx context.Context, m netboot.Machine) (*netboot.Plan,
 	ctx, cancel := context.WithTimeout(ctx, httpjson.RequestDeadline)
 	defer cancel()
 	mac := m.MAC.String()
-	t, err := a.store.LatestTaskForMAC(ctx, a.cfg.Label, mac)
+	t, err := timeStore(a.metrics, "latest_task", func() (store.Task, error) { return a.store.LatestTaskForMAC(ctx, a.cfg.Label, mac) })
 	switch {
 	case err == nil && t.Status == store.StatusCompleted:
 		return &netboot.Plan{LocalDisk: true, TaskID: t.TaskID}, nil
@@ -141,13 +141,14 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 	if err != nil {
 		return nil, fmt.Errorf("--boot-server-ip: HTTP boot: %w", err)
 	}
-	mux.Handle(ipxe.PathBootstrap, h)
-	mux.Handle("/boot/", h)
-	mux.Handle(ipxe.PathBinaries, h)
+	counted := a.metrics.countBytes("boot", h)
+	mux.Handle(ipxe.PathBootstrap, counted)
+	mux.Handle("/boot/", counted)
+	mux.Handle(ipxe.PathBinaries, counted)
 
 	var servers []func(context.Context) error
 	if mode := b.mode(); mode != "off" {
-		cfg := dhcpd.Config{Mode: dhcpd.Mode(mode), Booter: a, ServerIP: serverIP, HTTPPort: port, Binaries: bins, Logger: log}
+		cfg := dhcpd.Config{Mode: dhcpd.Mode(mode), Booter: a, ServerIP: serverIP, HTTPPort: port, Binaries: bins, Logger: log, Observe: a.metrics.dhcpObserve}
 		if mode == "full" {
 			start, end, _ := dhcpd.ParseRange(b.DHCPRange)
 			pool := &dhcpd.Pool{Start: start, End: end, LeaseTime: b.DHCPLeaseTime, Subnet: a.bootSubnet}
@@ -185,7 +186,7 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 		servers = append(servers, func(ctx context.Context) error { return srv.Serve(ctx, conns...) })
 	}
 	if b.TFTPAddr != "" {
-		t, err := tftpd.New(tftpd.Config{Files: bins, Logger: log})
+		t, err := tftpd.New(tftpd.Config{Files: bins, Logger: log, Observe: a.metrics.tftpObserve})
 		if err != nil {
 			return nil, fmt.Errorf("--tftp-addr: %w", err)
 		}

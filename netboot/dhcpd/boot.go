@@ -182,6 +182,7 @@ func (s *Server) bootOptions(ctx context.Context, log *slog.Logger, req request,
 	plan, err := s.cfg.Booter.Boot(ctx, m)
 	if err != nil {
 		log.Error("DHCP: booter failed, staying silent", "err", err)
+		req.fail()
 		return nil
 	}
 	if plan == nil {

@@ -30,6 +30,7 @@ func (s *Server) full(ctx context.Context, log *slog.Logger, req request, server
 		ip, err := s.leases.offer(ctx, mac, requested, now)
 		if err != nil {
 			log.Warn("DHCP: no address to offer", "err", err)
+			req.fail()
 			return nil
 		}
 		r := s.addressReply(ctx, log, req, dhcpv4.MessageTypeOffer, serverIP, ip)
@@ -43,6 +44,7 @@ func (s *Server) full(ctx context.Context, log *slog.Logger, req request, server
 		ip, _ := netip.AddrFromSlice(p.ClientIPAddr.To4())
 		if err := s.leases.release(ctx, mac, ip); err != nil && !errors.Is(err, errNoBinding) {
 			log.Error("DHCP: release", "err", err)
+			req.fail()
 		} else if err == nil {
 			log.Info("DHCP: lease released", "ip", ip)
 		}
@@ -52,6 +54,7 @@ func (s *Server) full(ctx context.Context, log *slog.Logger, req request, server
 		ip, _ := netip.AddrFromSlice(p.RequestedIPAddress().To4())
 		if err := s.leases.decline(ctx, mac, ip, now); err != nil {
 			log.Error("DHCP: decline", "err", err)
+			req.fail()
 		}
 		log.Warn("DHCP: client declined address (in use on the wire)", "ip", ip)
 		return nil
@@ -112,6 +115,7 @@ func (s *Server) fullRequest(ctx context.Context, log *slog.Logger, req request,
 		return s.nak(req, serverIP, err.Error())
 	case err != nil:
 		log.Error("DHCP: lease not stored, no ACK", "ip", ip, "err", err)
+		req.fail()
 		return nil
 	}
 	log.Info("DHCP: lease", "ip", lease.IP, "until", lease.Expiry.Format(time.RFC3339))

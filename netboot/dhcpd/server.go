@@ -61,6 +61,33 @@ type Config struct {
 	// ServerPort and ClientPort are where replies go: the relay's server
 	// port (RFC 1542) and the client's port for broadcasts. Zero: 67, 68.
 	ServerPort, ClientPort int
+	// Observe, if set, is told what became of every packet received: its DHCP
+	// message type (dhcpv4's name: "DISCOVER", "REQUEST", ...; "malformed" for a
+	// packet that does not parse) and the outcome. The appliance counts them
+	// (Prometheus); netboot knows nothing of metrics.
+	Observe func(msgType string, outcome Outcome)
+}
+
+// Outcome is what became of a received packet.
+type Outcome string
+
+const (
+	OutcomeAnswered Outcome = "answered" // a reply was sent
+	OutcomeIgnored  Outcome = "ignored"  // silence on purpose: not ours, not a boot client, malformed
+	OutcomeError    Outcome = "error"    // silence because something failed (Booter, lease store, send)
+)
+
+// packetObs gathers, while one packet is handled, what Config.Observe is told.
+type packetObs struct {
+	typ    string
+	failed bool
+}
+
+// fail marks the packet's handling as failed (nil-safe: tests call respond bare).
+func (r request) fail() {
+	if r.obs != nil {
+		r.obs.failed = true
+	}
 }
 
 // Server is a DHCP server; run it with Serve.
@@ -229,21 +256,32 @@ type request struct {
 	ifIndex int
 	dst     net.IP // destination address: broadcast or ours
 	src     *net.UDPAddr
+	obs     *packetObs // nil: nobody observes
 }
 
 func (s *Server) handle(ctx context.Context, pc *ipv4.PacketConn, b []byte, cm *ipv4.ControlMessage, src net.Addr) {
 	ua, _ := src.(*net.UDPAddr)
-	req := request{src: ua}
+	obs := &packetObs{typ: "malformed"}
+	req := request{src: ua, obs: obs}
 	if cm != nil {
 		req.ifIndex, req.dst = cm.IfIndex, cm.Dst
 	}
 	reply, dst, log := s.respond(ctx, b, req)
-	if reply == nil {
-		return
+	outcome := OutcomeIgnored
+	if reply != nil {
+		wcm := &ipv4.ControlMessage{IfIndex: req.ifIndex}
+		if _, err := pc.WriteTo(reply.ToBytes(), wcm, dst); err != nil {
+			log.Warn("DHCP reply not sent", "to", dst, "err", err)
+			obs.failed = true
+		} else {
+			outcome = OutcomeAnswered
+		}
 	}
-	wcm := &ipv4.ControlMessage{IfIndex: req.ifIndex}
-	if _, err := pc.WriteTo(reply.ToBytes(), wcm, dst); err != nil {
-		log.Warn("DHCP reply not sent", "to", dst, "err", err)
+	if obs.failed {
+		outcome = OutcomeError
+	}
+	if s.cfg.Observe != nil {
+		s.cfg.Observe(obs.typ, outcome)
 	}
 }
 
@@ -261,6 +299,9 @@ func (s *Server) respond(ctx context.Context, b []byte, req request) (*dhcpv4.DH
 		return nil, nil, log // only Ethernet clients boot from us
 	}
 	req.pkt = pkt
+	if req.obs != nil {
+		req.obs.typ = pkt.MessageType().String()
+	}
 	log = log.With("mac", pkt.ClientHWAddr.String(), "xid", pkt.TransactionID.String(), "type", pkt.MessageType().String())
 	if req.ifIndex != 0 {
 		log = log.With("iface", s.ifName(req.ifIndex))
@@ -271,6 +312,7 @@ func (s *Server) respond(ctx context.Context, b []byte, req request) (*dhcpv4.DH
 	serverIP, ok := s.serverIP(req)
 	if !ok {
 		log.Warn("DHCP: no IPv4 address on the receiving interface; set the boot server IP")
+		req.fail()
 		return nil, nil, log
 	}
 	var reply *dhcpv4.DHCPv4

@@ -37,7 +37,20 @@ type Config struct {
 	// machine needs one; a client retransmitting its request may hold a few); zero: 8.
 	// A request over a cap gets a TFTP error at once: the firmware retries later.
 	MaxTransfers, MaxPerSource int
+	// Observe, if set, is told how every read request ended and the bytes it sent
+	// (the appliance counts them for Prometheus; netboot knows nothing of metrics).
+	Observe func(outcome Outcome, bytes int64)
 }
+
+// Outcome is how a read request ended.
+type Outcome string
+
+const (
+	OutcomeDone     Outcome = "done"      // the file was sent
+	OutcomeFailed   Outcome = "failed"    // the transfer broke off (timeout, client error)
+	OutcomeRefused  Outcome = "refused"   // over the transfer caps
+	OutcomeNotFound Outcome = "not_found" // no such file, or a name that is not allowed
+)
 
 // Server is a read-only TFTP server; run it with Serve.
 type Server struct {
@@ -143,6 +156,14 @@ func clean(name string) (string, error) {
 }
 
 func (s *Server) read(filename string, rf io.ReaderFrom) error {
+	outcome, n, err := s.send(filename, rf)
+	if s.cfg.Observe != nil {
+		s.cfg.Observe(outcome, n)
+	}
+	return err
+}
+
+func (s *Server) send(filename string, rf io.ReaderFrom) (Outcome, int64, error) {
 	start := time.Now()
 	client := ""
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
@@ -152,13 +173,13 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	log := s.log.With("client", client, "file", filename)
 	source, _, _ := net.SplitHostPort(client)
 	if !s.admit(source) {
-		return fmt.Errorf("%w: server busy, retry later", ErrRefused)
+		return OutcomeRefused, 0, fmt.Errorf("%w: server busy, retry later", ErrRefused)
 	}
 	defer s.release(source)
 	name, err := clean(filename)
 	if err != nil {
 		log.Warn("TFTP: request refused", "err", err)
-		return err
+		return OutcomeNotFound, 0, err
 	}
 	f, err := s.cfg.Files.Open(name)
 	if err != nil {
@@ -167,13 +188,13 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 		} else {
 			log.Warn("TFTP: unknown file", "err", err)
 		}
-		return fmt.Errorf("%w: no such file %q", ErrRefused, name)
+		return OutcomeNotFound, 0, fmt.Errorf("%w: no such file %q", ErrRefused, name)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
 		log.Warn("TFTP: not a regular file")
-		return fmt.Errorf("%w: no such file %q", ErrRefused, name)
+		return OutcomeNotFound, 0, fmt.Errorf("%w: no such file %q", ErrRefused, name)
 	}
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(st.Size()) // RFC 2349 tsize in the OACK
@@ -184,10 +205,10 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	d := time.Since(start)
 	if err != nil {
 		log.Warn("TFTP: transfer failed", "bytes", n, "duration", d.Round(time.Millisecond), "err", err)
-		return fmt.Errorf("tftpd: send %s: %w", name, err)
+		return OutcomeFailed, n, fmt.Errorf("tftpd: send %s: %w", name, err)
 	}
 	log.Info("TFTP: transfer done", "bytes", n, "duration", d.Round(time.Millisecond))
-	return nil
+	return OutcomeDone, n, nil
 }
 
 // admit counts a transfer in if it fits the caps; a refusal is logged at most once a
