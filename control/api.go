@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/internal/metrics"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -28,10 +29,13 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpjson.Errorf(http.StatusNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
+	// Prometheus: a GET, so guard lets a viewer's bearer token (or session) in.
+	mux.Handle("GET /metrics", metrics.Handler(s.metrics.reg))
 	s.pageRoutes(mux)
 	// guard (auth.go) puts who is asking into the request's context, where the store
-	// takes every actor field (approved_by, the audit trail) from.
-	return s.guard(mux)
+	// takes every actor field (approved_by, the audit trail) from. Outside it, every
+	// answer is counted by route and code, refusals included.
+	return s.metrics.http.Wrap(mux, s.guard(mux))
 }
 
 // listAudit is GET /api/v1/audit?region=&task=&user=&action=&since=RFC3339&limit=.

@@ -26,6 +26,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	overview *overview // what the pages and the push show, and remember between reads
 	live     *hub      // the web UI's WebSocket push
+	metrics  *controlMetrics
 }
 
 // Run is the control plane's main.
@@ -60,6 +61,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
 	s.overview = newOverview(st, cfg.UnmatchedAlert)
 	s.live = newHub(st, log, s.overview)
+	s.metrics = newControlMetrics(s)
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
 		st.Close()
