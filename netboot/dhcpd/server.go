@@ -295,13 +295,13 @@ func (s *Server) respond(ctx context.Context, b []byte, req request) (*dhcpv4.DH
 		log.Debug("DHCP: dropping malformed packet", "from", req.src, "len", len(b), "err", err)
 		return nil, nil, log
 	}
+	if req.obs != nil {
+		req.obs.typ = pkt.MessageType().String()
+	}
 	if pkt.OpCode != dhcpv4.OpcodeBootRequest || len(pkt.ClientHWAddr) != 6 {
 		return nil, nil, log // only Ethernet clients boot from us
 	}
 	req.pkt = pkt
-	if req.obs != nil {
-		req.obs.typ = pkt.MessageType().String()
-	}
 	log = log.With("mac", pkt.ClientHWAddr.String(), "xid", pkt.TransactionID.String(), "type", pkt.MessageType().String())
 	if req.ifIndex != 0 {
 		log = log.With("iface", s.ifName(req.ifIndex))

@@ -337,7 +337,12 @@ func TestProxy(t *testing.T) {
 type fstestFS struct{ FS fstest.MapFS }
 
 func TestMalformedThenAnswered(t *testing.T) {
-	h := startServer(t, Config{Mode: ModeProxy, Booter: &testBooter{}})
+	type observed struct {
+		typ     string
+		outcome Outcome
+	}
+	seen := make(chan observed, 16)
+	h := startServer(t, Config{Mode: ModeProxy, Booter: &testBooter{}, Observe: func(typ string, o Outcome) { seen <- observed{typ, o} }})
 	good := packet(t, macKnown, dhcpv4.MessageTypeDiscover, pxe(iana.INTEL_X86PC)...)
 	raw := good.ToBytes()
 	bad := [][]byte{
@@ -361,6 +366,27 @@ func TestMalformedThenAnswered(t *testing.T) {
 	h.client.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, _, err := h.client.ReadFromUDP(make([]byte, 1500)); err == nil {
 		t.Fatalf("unexpected extra packet of %d bytes", n)
+	}
+	// Every packet was observed: the good DISCOVER answered, the rest ignored.
+	counts := map[observed]int{}
+	deadline := time.After(5 * time.Second)
+	for range len(bad) + 1 {
+		select {
+		case o := <-seen:
+			counts[o]++
+		case <-deadline:
+			t.Fatalf("observed only %v", counts)
+		}
+	}
+	answered := observed{dhcpv4.MessageTypeDiscover.String(), OutcomeAnswered}
+	ignored := 0
+	for o, n := range counts {
+		if o.outcome == OutcomeIgnored {
+			ignored += n
+		}
+	}
+	if counts[answered] != 1 || ignored != len(bad) || counts[observed{"malformed", OutcomeIgnored}] == 0 {
+		t.Fatalf("observed %v", counts)
 	}
 }
 

@@ -31,6 +31,12 @@ func testLogger() *slog.Logger {
 // start runs a Server over ipxe.Binaries() on a loopback port.
 func start(t *testing.T) (addr string, files map[string][]byte) {
 	t.Helper()
+	return startWith(t, nil)
+}
+
+// startWith is start with the config adjusted first.
+func startWith(t *testing.T, adjust func(*Config)) (addr string, files map[string][]byte) {
+	t.Helper()
 	fsys := ipxe.Binaries()
 	if !ipxe.HasBinary(fsys, ipxe.FileBIOS) {
 		t.Skip("SKIP: no embedded iPXE binaries: run scripts/fetch-ipxe.sh")
@@ -44,7 +50,11 @@ func start(t *testing.T) (addr string, files map[string][]byte) {
 		files[n], _ = io.ReadAll(f)
 		f.Close()
 	}
-	s, err := New(Config{Files: fsys, Logger: testLogger(), Timeout: time.Second})
+	cfg := Config{Files: fsys, Logger: testLogger(), Timeout: time.Second}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,4 +311,43 @@ func TestRequestFloodFromOneSource(t *testing.T) {
 		t.Fatalf("another client during the flood: %v, %s bytes", err, out)
 	}
 	t.Logf("1000 requests from one client: %d read (%d admitted, cap 8; %d refused at once); another client fetched %s bytes", c.Admitted+c.Refused, peak, c.Refused, out)
+}
+
+// Observe is told how each transfer ended and what it sent.
+func TestObserve(t *testing.T) {
+	type observed struct {
+		outcome Outcome
+		bytes   int64
+	}
+	seen := make(chan observed, 4)
+	addr, files := startWith(t, func(c *Config) { c.Observe = func(o Outcome, n int64) { seen <- observed{o, n} } })
+	c, err := tftp.NewClient(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetTimeout(2 * time.Second)
+	wt, err := c.Receive(ipxe.FileBIOS, "octet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wt.WriteTo(io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if wt, err := c.Receive("nope.efi", "octet"); err == nil {
+		if _, err := wt.WriteTo(io.Discard); err == nil {
+			t.Fatal("served a file that does not exist")
+		}
+	}
+	want := map[observed]bool{{OutcomeDone, int64(len(files[ipxe.FileBIOS]))}: true, {OutcomeNotFound, 0}: true}
+	for range 2 {
+		select {
+		case o := <-seen:
+			if !want[o] {
+				t.Fatalf("observed %+v, want one of %v", o, want)
+			}
+			delete(want, o)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not observed: %v", want)
+		}
+	}
 }
