@@ -1,15 +1,20 @@
 package appliance_test
 
 import (
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pin/tftp/v3"
+
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/internal/metrics/metricstest"
+	"lpmos.dev/lpmos/netboot/ipxe"
 )
 
 // The appliance's /metrics after a real flow (an unknown machine reports, a task is
@@ -90,5 +95,63 @@ func TestMetricsAfterAnInstall(t *testing.T) {
 	}
 	if got := m.Value("lpmos_install_stage_duration_seconds", "stage", string(contract.StageCompleted)); got != 0 {
 		t.Errorf("the final stage has no duration, timed %v times", got)
+	}
+}
+
+// The boot path's metrics: a TFTP transfer of the first stage and the iPXE bootstrap
+// script over HTTP are counted with their bytes.
+func TestMetricsOfTheBootPath(t *testing.T) {
+	if !ipxe.HasBinary(ipxe.Binaries(), ipxe.FileBIOS) {
+		t.Skip("SKIP: no embedded iPXE binaries: run scripts/fetch-ipxe.sh")
+	}
+	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tftpAddr := udp.LocalAddr().String()
+	udp.Close()
+	sys := startSystemWith(t, func(c *appliance.Config) {
+		c.Boot = appliance.BootConfig{BootServerIP: "127.0.0.1", TFTPAddr: tftpAddr, DHCPMode: "off"}
+	}, "dc1")
+	url := sys.regions["dc1"].URL()
+
+	c, err := tftp.NewClient(tftpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetTimeout(2 * time.Second)
+	wt, err := c.Receive(ipxe.FileBIOS, "octet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := wt.WriteTo(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, script := getText(t, url+ipxe.PathBootstrap)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s: %d", ipxe.PathBootstrap, code)
+	}
+
+	// The server counts a transfer once the client's last ACK is in, which may be
+	// just after the client is done: scrape until it shows, within a deadline.
+	var m metricstest.Families
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for m = metricstest.Scrape(t, url+"/metrics", ""); m.Value("lpmos_tftp_transfers_total") == 0 && time.Now().Before(deadline); <-tick.C {
+		m = metricstest.Scrape(t, url+"/metrics", "")
+	}
+	if got := m.Value("lpmos_tftp_transfers_total", "outcome", "done"); got != 1 {
+		t.Errorf("TFTP transfers done: %v, want 1", got)
+	}
+	if got := m.Value("lpmos_tftp_sent_bytes_total"); got != float64(n) {
+		t.Errorf("TFTP bytes: %v, want %d", got, n)
+	}
+	if got := m.Value("lpmos_http_served_bytes_total", "kind", "boot"); got != float64(len(script)) {
+		t.Errorf("boot bytes over HTTP: %v, want %d", got, len(script))
+	}
+	if got := m.Value("lpmos_appliance_http_requests_total", "route", ipxe.PathBootstrap, "code", "200"); got != 1 {
+		t.Errorf("bootstrap requests: %v, want 1", got)
 	}
 }
