@@ -44,7 +44,14 @@ func start(t *testing.T) (addr string, files map[string][]byte) {
 		files[n], _ = io.ReadAll(f)
 		f.Close()
 	}
-	s, err := New(Config{Files: fsys, Logger: testLogger(), Timeout: time.Second})
+	_, pc := serve(t, Config{Files: fsys, Logger: testLogger(), Timeout: time.Second})
+	return pc.LocalAddr().String(), files
+}
+
+// serve runs a Server for cfg on a loopback port until the test ends.
+func serve(t *testing.T, cfg Config) (*Server, net.PacketConn) {
+	t.Helper()
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +73,7 @@ func start(t *testing.T) (addr string, files map[string][]byte) {
 			t.Error("Serve did not stop")
 		}
 	})
-	return pc.LocalAddr().String(), files
+	return s, pc
 }
 
 func TestGoClient(t *testing.T) {
@@ -254,18 +261,7 @@ func TestRequestFloodFromOneSource(t *testing.T) {
 	if !ipxe.HasBinary(fsys, ipxe.FileBIOS) {
 		t.Skip("SKIP: no embedded iPXE binaries: run scripts/fetch-ipxe.sh")
 	}
-	s, err := New(Config{Files: fsys, Logger: testLogger(), Timeout: time.Second, Retries: 3, MaxTransfers: 64, MaxPerSource: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, pc) }()
-	defer func() { cancel(); <-done }()
+	s, pc := serve(t, Config{Files: fsys, Logger: testLogger(), Timeout: time.Second, Retries: 3, MaxTransfers: 64, MaxPerSource: 8})
 	addr := pc.LocalAddr().(*net.UDPAddr)
 
 	flood, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")})
