@@ -57,7 +57,7 @@ func TestDependencyDirection(t *testing.T) {
 		}, "only store (and its embedded-etcd starter) import etcd", true},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"internal/") }, func(d string) bool {
 			return strings.HasPrefix(d, mod) && !strings.HasPrefix(d, mod+"internal/")
-		}, "internal/ holds small shared pieces (the test harness, connection caps) used by netboot, the agent and the appliance: it imports nothing of the project", false},
+		}, "internal/ holds small shared pieces (the test harness, connection caps, rate limits) used by netboot, the agent, the appliance and control: it imports nothing of the project", false},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"control") }, func(d string) bool { return strings.HasPrefix(d, mod+"appliance") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 		{func(p string) bool { return p == mod+"appliance" }, func(d string) bool { return strings.HasPrefix(d, mod+"control") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 	}

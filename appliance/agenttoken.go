@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"lpmos.dev/lpmos/store"
@@ -138,7 +137,7 @@ func (a *Appliance) reject(w http.ResponseWriter, r *http.Request, taskID, mac, 
 	w.Header().Set("WWW-Authenticate", `Bearer realm="lpmos-agent"`)
 	a.metrics.tokenRejects.Inc()
 	a.log.Warn(fmt.Sprintf("rejected %s %s from %s: bad agent token", r.Method, r.URL.Path, r.RemoteAddr), "task", taskID, "mac", mac, "reason", reason)
-	if a.rejectAudit.allow(time.Now()) {
+	if a.rejectAudit.Allow(time.Now()) {
 		name := taskID
 		if name == "" {
 			name = mac
@@ -154,31 +153,4 @@ func (a *Appliance) reject(w http.ResponseWriter, r *http.Request, taskID, mac, 
 		a.log.Debug("rejected agent token not audited: rate limit")
 	}
 	return &httpjson.Error{Code: http.StatusUnauthorized, Message: "agent token missing or invalid for this task"}
-}
-
-// bucket is a token bucket: burst entries, refilled at one per interval.
-type bucket struct {
-	mu       sync.Mutex
-	burst    float64
-	interval time.Duration
-	have     float64
-	last     time.Time
-}
-
-func newBucket(burst int, interval time.Duration) *bucket {
-	return &bucket{burst: float64(burst), interval: interval, have: float64(burst)}
-}
-
-func (b *bucket) allow(now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.last.IsZero() {
-		b.have = min(b.burst, b.have+float64(now.Sub(b.last))/float64(b.interval))
-	}
-	b.last = now
-	if b.have < 1 {
-		return false
-	}
-	b.have--
-	return true
 }

@@ -21,6 +21,7 @@ import (
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/internal/connlimit"
+	"lpmos.dev/lpmos/internal/ratelimit"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
 )
@@ -45,9 +46,9 @@ type Appliance struct {
 	images        *images.Catalog
 	metrics       *applianceMetrics // its own registry: GET /metrics
 
-	tokenKey    []byte         // the region key agent tokens derive from (--agent-token-key)
-	rejectAudit *bucket        // rate limit of agent_token.reject audit entries
-	reports     *reportLimiter // rate limits of POST /api/report
+	tokenKey    []byte            // the region key agent tokens derive from (--agent-token-key)
+	rejectAudit *ratelimit.Bucket // rate limit of agent_token.reject audit entries
+	reports     *reportLimiter    // rate limits of POST /api/report
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
@@ -191,7 +192,7 @@ func (a *Appliance) open(ctx context.Context) error {
 	if a.tokenKey, err = loadAgentTokenKey(cfg.agentTokenKeyPath()); err != nil {
 		return fmt.Errorf("--agent-token-key: %w", err)
 	}
-	a.rejectAudit = newBucket(60, time.Second)
+	a.rejectAudit = ratelimit.NewBucket(60, time.Second)
 	a.reports = newReportLimiter(cfg.ReportBurstPerSource, cfg.ReportBurstPerMAC)
 
 	hosts, err := a.apiHosts()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/internal/ratelimit"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -306,6 +307,15 @@ func (s *Server) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	name, pw := strings.TrimSpace(r.PostForm.Get("name")), r.PostForm.Get("password")
 	d := loginData{Name: name, Next: safeNext(r.PostForm.Get("next"))}
+	if !s.logins.allow(r, name, time.Now()) {
+		// Before the password hash and the audit entry a failure writes: guessing
+		// costs the guesser time, not us etcd space or CPU.
+		s.log.Warn("login refused: too many attempts", "from", r.RemoteAddr, "user", name)
+		d.Error = "Too many login attempts: wait a minute and try again."
+		w.Header().Set("Retry-After", "60")
+		s.render(w, r, http.StatusTooManyRequests, "login", page{Title: "Log in", counted: true}, d)
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	u, cookie, _, err := s.store.Login(ctx, name, pw, s.sessionLimits())
@@ -333,4 +343,25 @@ func (s *Server) logoutSubmit(w http.ResponseWriter, r *http.Request) error {
 	clearSessionCookie(w, r)
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 	return nil
+}
+
+// loginLimits bound password guessing: per source address and per user name 10
+// attempts, then one per 6 s; all attempts together 5/s (each failure is an audit
+// entry in etcd, and each attempt an argon2id hash).
+type loginLimits struct {
+	bySource, byName *ratelimit.Keyed
+	all              *ratelimit.Bucket
+}
+
+func newLoginLimits() loginLimits {
+	return loginLimits{bySource: ratelimit.NewKeyed(10, 6*time.Second), byName: ratelimit.NewKeyed(10, 6*time.Second),
+		all: ratelimit.NewBucket(50, 200*time.Millisecond)}
+}
+
+func (l loginLimits) allow(r *http.Request, name string, now time.Time) bool {
+	src, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		src = r.RemoteAddr
+	}
+	return l.bySource.Allow(src, now) && l.byName.Allow(name, now) && l.all.Allow(now)
 }

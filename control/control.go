@@ -26,6 +26,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	overview *overview // what the pages and the push show, and remember between reads
 	live     *hub      // the web UI's WebSocket push
+	logins   loginLimits
 	metrics  *controlMetrics
 }
 
@@ -58,7 +59,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.Clock != nil {
 		st.SetClock(cfg.Clock)
 	}
-	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{}), logins: newLoginLimits()}
 	s.overview = newOverview(st, cfg.UnmatchedAlert)
 	s.live = newHub(st, log, s.overview)
 	s.metrics = newControlMetrics(s)

@@ -49,6 +49,7 @@ type liveMsg struct {
 }
 
 type subscriber struct {
+	user string // who is watching, for the per-user cap
 	ch   chan []byte
 	gone chan struct{} // closed when the hub drops a subscriber too slow to keep up
 }
@@ -235,11 +236,28 @@ func (h *hub) broadcast(m liveMsg) {
 	}
 }
 
-func (h *hub) subscribe() *subscriber {
-	s := &subscriber{ch: make(chan []byte, sendBuffer), gone: make(chan struct{})}
+// Live connections are capped (each holds a send buffer and a snapshot's worth of
+// memory while it is written): in all, and per user.
+const (
+	maxLiveSubscribers = 256
+	maxLivePerUser     = 16
+)
+
+// subscribe registers a subscriber for user, or returns nil over a cap.
+func (h *hub) subscribe(user string) *subscriber {
+	s := &subscriber{user: user, ch: make(chan []byte, sendBuffer), gone: make(chan struct{})}
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for o := range h.subs {
+		if o.user == user {
+			n++
+		}
+	}
+	if len(h.subs) >= maxLiveSubscribers || n >= maxLivePerUser {
+		return nil
+	}
 	h.subs[s] = struct{}{}
-	h.mu.Unlock()
 	return s
 }
 
@@ -301,6 +319,16 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the live push needs a same-origin Origin header", http.StatusForbidden)
 		return
 	}
+	user := ""
+	if id := identityFrom(r.Context()); id != nil {
+		user = id.User.Name
+	}
+	sub := h.subscribe(user)
+	if sub == nil {
+		http.Error(w, "too many live connections (at most 256, 16 per user): close some pages", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.unsubscribe(sub)
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept has answered
@@ -308,8 +336,6 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 	defer c.CloseNow()
 	c.SetReadLimit(liveReadLimit)
 	ctx := c.CloseRead(context.WithoutCancel(r.Context())) // we never read; this handles close frames
-	sub := h.subscribe()
-	defer h.unsubscribe(sub)
 
 	sctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	snap, err := h.snapshot(sctx)

@@ -126,3 +126,34 @@ func TestLivePush(t *testing.T) {
 		t.Fatalf("etcd message = %+v", m)
 	}
 }
+
+// Live connections are capped per user (and in all): the 17th page of one user is
+// refused with 503 while another user still connects.
+func TestLiveConnectionsAreCapped(t *testing.T) {
+	ctx, cp, etcd := startControl(t, store.Heartbeat{Region: "dc1"})
+	wsURL := "ws" + strings.TrimPrefix(cp.URL(), "http") + "/live"
+	_, mine := makeUser(t, etcd.Store, "vera", store.RoleViewer)
+	_, other := makeUser(t, etcd.Store, "otto", store.RoleViewer)
+	dial := func(token string) (*websocket.Conn, int) {
+		c, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {cp.URL()}, "Authorization": {"Bearer " + token}}})
+		if err != nil {
+			if resp == nil {
+				t.Fatal(err)
+			}
+			return nil, resp.StatusCode
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		return c, http.StatusSwitchingProtocols
+	}
+	for i := range 16 {
+		if _, code := dial(mine); code != http.StatusSwitchingProtocols {
+			t.Fatalf("connection %d of one user: %d", i+1, code)
+		}
+	}
+	if _, code := dial(mine); code != http.StatusServiceUnavailable {
+		t.Fatalf("the 17th connection of one user: %d, want 503", code)
+	}
+	if _, code := dial(other); code != http.StatusSwitchingProtocols {
+		t.Fatalf("another user's connection: %d", code)
+	}
+}

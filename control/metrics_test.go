@@ -89,4 +89,21 @@ func TestControlMetrics(t *testing.T) {
 	if got := m.Value("lpmos_control_http_requests_total", "route", "GET /metrics"); got != 1 {
 		t.Errorf("GET /metrics before this scrape: %v requests, want 1 (the refused one)", got)
 	}
+
+	// Guessing passwords runs into the login limit: the refusals and the 429 are counted apart.
+	refused := 1
+	for i := 0; ; i++ {
+		code, _, _ := form(t, base+"/login", url.Values{"name": {"admin"}, "password": {"guess"}}, map[string]string{"Authorization": ""})
+		if code == http.StatusTooManyRequests {
+			break
+		}
+		if code != http.StatusUnauthorized || i == 50 {
+			t.Fatalf("login guess %d: %d", i, code)
+		}
+		refused++
+	}
+	m = metricstest.Scrape(t, base+"/metrics", viewer)
+	if f, l := m.Value("lpmos_control_logins_total", "result", "failure"), m.Value("lpmos_control_logins_total", "result", "rate_limited"); f != float64(refused) || l != 1 {
+		t.Errorf("logins: failure %v, rate_limited %v; want %d and 1", f, l, refused)
+	}
 }

@@ -54,6 +54,13 @@ func startWith(t *testing.T, adjust func(*Config)) (addr string, files map[strin
 	if adjust != nil {
 		adjust(&cfg)
 	}
+	_, pc := serve(t, cfg)
+	return pc.LocalAddr().String(), files
+}
+
+// serve runs a Server for cfg on a loopback port until the test ends.
+func serve(t *testing.T, cfg Config) (*Server, net.PacketConn) {
+	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +83,7 @@ func startWith(t *testing.T, adjust func(*Config)) (addr string, files map[strin
 			t.Error("Serve did not stop")
 		}
 	})
-	return pc.LocalAddr().String(), files
+	return s, pc
 }
 
 func TestGoClient(t *testing.T) {
@@ -264,18 +271,7 @@ func TestRequestFloodFromOneSource(t *testing.T) {
 	if !ipxe.HasBinary(fsys, ipxe.FileBIOS) {
 		t.Skip("SKIP: no embedded iPXE binaries: run scripts/fetch-ipxe.sh")
 	}
-	s, err := New(Config{Files: fsys, Logger: testLogger(), Timeout: time.Second, Retries: 3, MaxTransfers: 64, MaxPerSource: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, pc) }()
-	defer func() { cancel(); <-done }()
+	s, pc := serve(t, Config{Files: fsys, Logger: testLogger(), Timeout: time.Second, Retries: 3, MaxTransfers: 64, MaxPerSource: 8})
 	addr := pc.LocalAddr().(*net.UDPAddr)
 
 	flood, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")})
