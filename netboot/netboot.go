@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"unicode/utf8"
 )
 
@@ -133,4 +134,19 @@ func CheckWord(name, v string) error {
 // lower-case hex with dashes.
 func BootIF(mac net.HardwareAddr) string {
 	return "01-" + strings.ReplaceAll(mac.String(), ":", "-")
+}
+
+// ReceiveBuffer is the UDP receive queue DHCP and TFTP ask for. A boot storm (a row of
+// racks powering on) arrives as one burst: 1,000 machines send a DISCOVER to 67 and a
+// REQUEST to 4011 within a second or two, and the kernel charges each small datagram
+// about 2 KiB of buffer, so 4 MiB holds some 2,000 of them instead of dropping DISCOVERs
+// (dnsmasq's collapse near 10,000 machines is this queue overflowing, ipxe/ipxe#643).
+const ReceiveBuffer = 4 << 20
+
+// SizeReceiveBuffer sets ReceiveBuffer on a socket: SO_RCVBUFFORCE as root (past
+// net.core.rmem_max, 208 KiB by default), else SO_RCVBUF (capped at rmem_max).
+func SizeReceiveBuffer(fd uintptr) {
+	if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, ReceiveBuffer) != nil {
+		syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, ReceiveBuffer)
+	}
 }

@@ -163,9 +163,7 @@ func Listen(ctx context.Context, addr, ifname string) (net.PacketConn, error) {
 			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); serr != nil {
 				return
 			}
-			// A boot storm (a rack powering on) arrives as a burst; a
-			// larger queue absorbs it instead of dropping DISCOVERs.
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1<<20)
+			netboot.SizeReceiveBuffer(fd)
 			if ifname != "" {
 				serr = syscall.BindToDevice(int(fd), ifname)
 			}

@@ -16,6 +16,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pin/tftp/v3"
@@ -105,7 +106,9 @@ func New(cfg Config) (*Server, error) {
 // request queued before the option is set would arrive without it and be
 // capped at 512-byte blocks.
 func Listen(ctx context.Context, addr string) (net.PacketConn, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		return c.Control(netboot.SizeReceiveBuffer)
+	}}
 	pc, err := lc.ListenPacket(ctx, "udp4", addr)
 	if err != nil {
 		return nil, fmt.Errorf("tftpd: listen %s: %w", addr, err)

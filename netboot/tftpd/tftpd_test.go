@@ -13,11 +13,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pin/tftp/v3"
 
+	"lpmos.dev/lpmos/netboot"
 	"lpmos.dev/lpmos/netboot/ipxe"
 )
 
@@ -345,5 +347,27 @@ func TestObserve(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("not observed: %v", want)
 		}
+	}
+}
+
+// The receive queue is sized for a boot storm's burst (as root past rmem_max).
+func TestReceiveBufferSized(t *testing.T) {
+	pc, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	raw, err := pc.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	raw.Control(func(fd uintptr) { size, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) })
+	if os.Geteuid() != 0 {
+		t.Skipf("receive buffer %d bytes (not root: capped at net.core.rmem_max)", size)
+	}
+	// The kernel reports twice what was set (its bookkeeping share).
+	if size < netboot.ReceiveBuffer {
+		t.Fatalf("receive buffer %d bytes, want at least %d", size, netboot.ReceiveBuffer)
 	}
 }
