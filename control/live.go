@@ -290,16 +290,15 @@ func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
 	if m.Unmatched, err = h.ov.unmatched(ctx, "", unmatchedMax); err != nil {
 		return m, err
 	}
-	tasks, err := h.st.ListTasks(ctx, store.ListFilter{})
+	// The newest maxSnapTasks, without hardware (a snapshot per page load must not
+	// read every report), sent oldest first as before.
+	tasks, _, err := h.st.NewestTaskSummaries(ctx, "", "", maxSnapTasks)
 	if err != nil {
 		return m, err
 	}
-	if len(tasks) > maxSnapTasks {
-		tasks = tasks[len(tasks)-maxSnapTasks:]
-	}
 	m.Tasks = make([]taskView, 0, len(tasks))
-	for _, t := range tasks {
-		m.Tasks = append(m.Tasks, h.ov.task(t))
+	for i := len(tasks) - 1; i >= 0; i-- {
+		m.Tasks = append(m.Tasks, h.ov.task(tasks[i]))
 	}
 	return m, nil
 }

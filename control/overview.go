@@ -81,13 +81,13 @@ func (o *overview) unmatchedTotal() (n int, ok bool) {
 // unmatched lists a region's ("" for all) unmatched reports as views, newest first;
 // max > 0 keeps only the newest max.
 func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unmatchedView, error) {
-	us, err := o.st.ListUnmatched(ctx, region)
+	us, err := o.st.NewestUnmatched(ctx, region, max)
 	if err != nil {
 		return nil, err
 	}
-	out := []unmatchedView{}
-	for i := len(us) - 1; i >= 0 && (max <= 0 || len(out) < max); i-- {
-		out = append(out, newUnmatchedView(us[i]))
+	out := make([]unmatchedView, 0, len(us))
+	for _, u := range us {
+		out = append(out, newUnmatchedView(u))
 	}
 	return out, nil
 }
@@ -99,6 +99,10 @@ func (o *overview) task(t store.Task) taskView { return newTaskView(t, o.rates) 
 // filter reads only the tasks in that status, through the status index and without
 // their hardware reports (a list does not show them).
 func (o *overview) tasks(ctx context.Context, f store.ListFilter) ([]taskView, error) {
+	if f.MAC == "" {
+		views, _, err := o.newestTasks(ctx, f.Region, f.Status, 0)
+		return views, err
+	}
 	var tasks []store.Task
 	var err error
 	if f.Status != "" && f.MAC == "" {
@@ -114,6 +118,20 @@ func (o *overview) tasks(ctx context.Context, f store.ListFilter) ([]taskView, e
 		out = append(out, o.task(tasks[i]))
 	}
 	return out, nil
+}
+
+// newestTasks is the newest limit tasks (0: all) as views, newest first, and how many
+// match in all: keys-only index reads, then only those tasks, without hardware.
+func (o *overview) newestTasks(ctx context.Context, region string, status store.Status, limit int) ([]taskView, int, error) {
+	tasks, total, err := o.st.NewestTaskSummaries(ctx, region, status, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]taskView, 0, len(tasks))
+	for _, t := range tasks {
+		out = append(out, o.task(t))
+	}
+	return out, total, nil
 }
 
 // history is a region's health changes, newest first, as of rv (a view regions just

@@ -43,13 +43,11 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	tasks, err := s.overview.tasks(ctx, store.ListFilter{Region: f.Region, Status: store.Status(f.Status)})
+	// The newest dashboardTasks only (keys-only index reads, then just those tasks,
+	// without hardware); the filters narrow the rest.
+	tasks, matching, err := s.overview.newestTasks(ctx, f.Region, store.Status(f.Status), dashboardTasks)
 	if err != nil {
 		return err
-	}
-	matching := len(tasks)
-	if matching > dashboardTasks {
-		tasks = tasks[:dashboardTasks] // newest first; the filters narrow the rest
 	}
 	var alerting []regionView
 	for _, rv := range regions {

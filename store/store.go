@@ -96,8 +96,14 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 		return Task{}, err
 	}
 	region, mac := n.RegionID, n.TargetMAC
+	// UUIDv7: ids sort by creation time, so the status index (keys only) lists tasks
+	// newest first without reading one of them.
+	tid, err := uuid.NewV7()
+	if err != nil {
+		return Task{}, fmt.Errorf("create task: %w", err)
+	}
 	t := Task{Metadata: Metadata{
-		TaskID: uuid.NewString(), RegionID: region, TargetMAC: mac,
+		TaskID: tid.String(), RegionID: region, TargetMAC: mac,
 		OSRef: n.OSRef, Disk: n.Disk,
 		CreatedAt: s.now(),
 	}}

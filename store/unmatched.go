@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -84,4 +86,51 @@ func (s *Store) deleteUnmatchedKeys(ctx context.Context, region string, kvs []*m
 		}
 	}
 	return nil
+}
+
+// NewestUnmatched returns the newest limit unmatched reports of a region ("" for all),
+// newest first: the ids start with their time, so a keys-only read picks them and only
+// those are read whole (hardware included).
+func (s *Store) NewestUnmatched(ctx context.Context, region string, limit int) ([]UnmatchedReport, error) {
+	prefix := unmatchedRoot
+	if region != "" {
+		if err := ValidateRegion(region); err != nil {
+			return nil, err
+		}
+		prefix = unmatchedPrefix(region)
+	}
+	keys, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list unmatched reports: %w", err)
+	}
+	id := func(k []byte) string { return string(k)[strings.LastIndex(string(k), "/")+1:] }
+	kvs := keys.Kvs
+	sort.Slice(kvs, func(i, j int) bool { return id(kvs[i].Key) > id(kvs[j].Key) })
+	if limit > 0 && len(kvs) > limit {
+		kvs = kvs[:limit]
+	}
+	out := make([]UnmatchedReport, 0, len(kvs))
+	for len(kvs) > 0 {
+		batch := kvs[:min(len(kvs), 100)]
+		kvs = kvs[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, kv := range batch {
+			ops[i] = clientv3.OpGet(string(kv.Key), clientv3.WithRev(keys.Header.Revision))
+		}
+		resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read unmatched reports: %w", err)
+		}
+		for _, rr := range resp.Responses {
+			for _, kv := range rr.GetResponseRange().Kvs {
+				var r UnmatchedReport
+				if json.Unmarshal(kv.Value, &r) != nil {
+					continue // not ours: never let one bad value hide the others
+				}
+				r.ID = id(kv.Key)
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
 }
