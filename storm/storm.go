@@ -208,6 +208,8 @@ func classify(err error) (kind string, after time.Duration, retry bool) {
 			return strconv.Itoa(se.Code), min(after, 30*time.Second), true
 		}
 		return strconv.Itoa(se.Code), 0, se.Code >= 500
+	case errors.As(err, &te) && strings.Contains(te.msg, "busy"):
+		return "tftp_busy", 500 * time.Millisecond, true // over the server's transfer caps: firmware retries too
 	case errors.As(err, &te):
 		return "tftp_error", 500 * time.Millisecond, true
 	case errors.Is(err, errRetransmits):
