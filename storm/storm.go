@@ -74,7 +74,9 @@ type storm struct {
 }
 
 // MAC is machine i's MAC address (locally administered).
-func MAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0x53, 0x54, byte(i >> 16), byte(i >> 8), byte(i)} }
+func MAC(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x53, 0x54, byte(i >> 16), byte(i >> 8), byte(i)}
+}
 
 // Known says whether machine i gets a task.
 func (c Config) Known(i int) bool { return c.UnknownEvery <= 0 || i%c.UnknownEvery != c.UnknownEvery-1 }
@@ -490,9 +492,9 @@ func hardware(m *machine) contract.Hardware {
 	serial := fmt.Sprintf("STORM%06d", m.i)
 	return contract.Hardware{
 		Hostname: fmt.Sprintf("storm-%d", m.i), Firmware: "bios",
-		CPU:      contract.CPU{Model: "storm", Sockets: 1, Cores: 4, Threads: 8},
-		Memory:   contract.Memory{TotalBytes: 16 << 30},
-		Disks:    []contract.Disk{{Name: "sda", Path: "/dev/sda", SizeBytes: 480_000_000_000, Model: "STORM-SSD", Serial: serial, Controller: "scsi", StorageType: "ssd"}},
-		NICs:     []contract.NIC{{Name: "eth0", MAC: m.mac.String(), Link: true}},
+		CPU:    contract.CPU{Model: "storm", Sockets: 1, Cores: 4, Threads: 8},
+		Memory: contract.Memory{TotalBytes: 16 << 30},
+		Disks:  []contract.Disk{{Name: "sda", Path: "/dev/sda", SizeBytes: 480_000_000_000, Model: "STORM-SSD", Serial: serial, Controller: "scsi", StorageType: "ssd"}},
+		NICs:   []contract.NIC{{Name: "eth0", MAC: m.mac.String(), Link: true}},
 	}
 }

@@ -158,7 +158,10 @@ func runStorm(t *testing.T, dhcp bool) {
 
 type tWriter struct{ t *testing.T }
 
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func addImage(t *testing.T, dir string, size int) {
 	t.Helper()
