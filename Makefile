@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build run test test-short bench start-etcd initramfs testos demo clean
+.PHONY: all build run test test-short bench storm start-etcd initramfs testos demo clean
 
 all: build
 
@@ -41,6 +41,14 @@ test:
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
+
+# A boot storm of N machines (default 200) against one appliance + control plane in a temp
+# dir: per-stage latency, errors, the appliance's CPU and peak RSS (storm/, docs/storm.md).
+# DHCP=1 adds the proxy-DHCP stage (root); IMAGE_MB (4) sizes the image.
+N ?= 200
+storm: build
+	$(GO) build -o $(BIN)/ ./storm/cmd/lpmos-storm
+	N=$(N) ./scripts/storm.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./store/...

@@ -58,6 +58,9 @@ func TestDependencyDirection(t *testing.T) {
 		{func(p string) bool { return strings.HasPrefix(p, mod+"internal/") }, func(d string) bool {
 			return strings.HasPrefix(d, mod) && !strings.HasPrefix(d, mod+"internal/")
 		}, "internal/ holds small shared pieces (the test harness, connection caps, rate limits) used by netboot, the agent, the appliance and control: it imports nothing of the project", false},
+		{func(p string) bool { return strings.HasPrefix(p, mod+"storm") }, func(d string) bool {
+			return etcd(d) || strings.HasPrefix(d, mod) && d != mod+"contract" && !strings.HasPrefix(d, mod+"storm")
+		}, "storm plays machines and an operator over the wire only (regional API, control API, DHCP, TFTP): what it measures is the appliance, not a shortcut into it", false},
 		{func(p string) bool { return strings.HasPrefix(p, mod+"control") }, func(d string) bool { return strings.HasPrefix(d, mod+"appliance") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 		{func(p string) bool { return p == mod+"appliance" }, func(d string) bool { return strings.HasPrefix(d, mod+"control") }, "control and appliance meet only in etcd (through store) and in the contract package", false},
 	}
