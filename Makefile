@@ -52,6 +52,7 @@ storm: build
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./store/...
+	$(GO) test -run '^$$' -bench BenchmarkPagesAt10k -benchtime 20x ./control/
 
 clean:
 	rm -rf $(BIN) build run

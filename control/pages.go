@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,10 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 		})
 	return nil
 }
+
+// unmatchedPage bounds the unmatched page: the newest reports, the region filter for
+// the rest.
+const unmatchedPage = 200
 
 // dashboardTasks bounds the dashboard's task list: a page of thousands of rows helps
 // nobody, and the filters find the rest.
@@ -419,9 +424,12 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	var reports []store.UnmatchedReport
 	var pending []store.Task
 	if countIn(regions, region, func(rv regionView) int { return rv.Unmatched }) > 0 {
-		if reports, err = s.store.ListUnmatched(r.Context(), region); err != nil {
+		// The newest unmatchedPage only: a flood of reports must not make a page of
+		// thousands (the region filter narrows it).
+		if reports, err = s.store.NewestUnmatched(r.Context(), region, unmatchedPage); err != nil {
 			return err
 		}
+		slices.Reverse(reports) // oldest first, as the loop below expects
 		if countIn(regions, region, func(rv regionView) int { return rv.CountMap[string(store.StatusPending)] }) > 0 {
 			// Link targets: through the status index, without any task's hardware.
 			if pending, err = s.store.ListTaskSummaries(r.Context(), region, store.StatusPending); err != nil {
