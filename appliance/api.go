@@ -24,7 +24,7 @@ func (a *Appliance) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
-	mux.Handle("GET /images/", a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate))))
+	mux.Handle("GET /images/", a.streamCap(a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))))
 	// Prometheus scrapes without credentials, like the rest of the regional API; it
 	// listens on loopback and the boot network only (--api-host).
 	mux.Handle("GET /metrics", metrics.Handler(a.metrics.reg))

@@ -38,6 +38,8 @@ type Config struct {
 	// ReportBurstPerSource and ReportBurstPerMAC rate-limit POST /api/report (bursts,
 	// refilled at 10/s per address and one per 2 s per MAC); 0: no limit.
 	ReportBurstPerSource, ReportBurstPerMAC int
+	// MaxStreams caps image streams at once; the rest are told to retry. 0: no cap.
+	MaxStreams int
 	// AgentTokenKey is the file of the region key agent tokens derive from (created
 	// on first start, mode 0600). "": <label>.agent-token.key beside the embedded
 	// etcd's data dir, or beside ImagesDir with an external etcd.
@@ -87,10 +89,11 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.EtcdListenPeerURLs, "etcd-listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URLs")
 	fs.DurationVar(&c.HeartbeatTTL, "heartbeat-ttl", 30*time.Second, "TTL of the region heartbeat lease")
 	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
-	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before reporting again when no task matches")
+	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before trying again (no task matches yet, image streams full)")
 	fs.StringVar(&c.ImagesDir, "images-dir", "images", "directory of OS images served to agents")
 	fs.IntVar(&c.ReportBurstPerSource, "report-burst-per-source", 20, "reports one address may send at once (then 10/s); 0: no limit")
 	fs.IntVar(&c.ReportBurstPerMAC, "report-burst-per-mac", 5, "reports for one MAC at once (then one per 2 s); 0: no limit")
+	fs.IntVar(&c.MaxStreams, "max-streams", 64, "image streams at once; the rest get 503 + Retry-After and their agents wait (0: no cap)")
 	fs.IntVar(&c.MaxConns, "max-conns", 4096, "open connections the regional API holds in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections the regional API holds from one address (0: no cap)")
 	fs.StringVar(&c.AgentTokenKey, "agent-token-key", "", "file of the region key agent tokens derive from, created on first start (default <label>.agent-token.key beside --etcd-data-dir, or beside --images-dir with --etcd-endpoints); every appliance of a region needs the same file")

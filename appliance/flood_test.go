@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/internal/metrics/metricstest"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
@@ -127,4 +129,36 @@ func TestReportFloodsAreLimited(t *testing.T) {
 		t.Fatalf("a real agent during the flood: %d %v", code, body)
 	}
 	t.Logf("200 reports from one address: %d answered 429, %d stored; one MAC 10 times: %d answered 429", limited, stored, perMAC)
+}
+
+// Image streams are capped per appliance: with room for one, a second install waits
+// the appliance's Retry-After without spending a retry, then streams; both complete.
+func TestImageStreamsAreCapped(t *testing.T) {
+	sys := startSystemWith(t, func(c *appliance.Config) {
+		c.MaxStreams, c.ImageRate = 1, 8<<20 // 16 MiB at 8 MiB/s: the first stream takes 2 s
+		addImageSized(t, c.ImagesDir, "ubuntu", "22.04", 16<<20)
+	}, "dc1")
+	var dones []chan error
+	var disks []*fileDisks
+	for i := range 2 {
+		mac := fmt.Sprintf("52:54:00:00:60:0%d", i)
+		m := newFileDisks(t, mac, contract.Disk{Name: "vda", SizeBytes: 1 << 30, Serial: "V" + mac})
+		id := createTask(t, sys.control.URL(), mac)
+		done := runAgent(m.agentConfig(sys.regions["dc1"].URL()))
+		sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
+		approve(t, sys.control.URL(), id)
+		dones, disks = append(dones, done), append(disks, m)
+	}
+	for i, done := range dones {
+		if err := waitAgent(t, done, 60*time.Second); err != nil {
+			t.Fatalf("agent %d: %v", i, err)
+		}
+		if w := disks[i].written(t); len(w) != 1 {
+			t.Fatalf("agent %d wrote %v", i, w)
+		}
+	}
+	m := metricstest.Scrape(t, sys.regions["dc1"].URL()+"/metrics", "")
+	if full := m.Value("lpmos_appliance_http_requests_total", "route", "GET /images/", "code", "503"); full < 1 {
+		t.Fatalf("no stream was told to wait (503s: %v)", full)
+	}
 }

@@ -1,8 +1,10 @@
 package appliance
 
 import (
+	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"lpmos.dev/lpmos/internal/ratelimit"
@@ -49,4 +51,25 @@ func (l *reportLimiter) allowMAC(mac string, now time.Time) error {
 
 func tooMany(msg string, retryAfter int) error {
 	return &httpjson.Error{Code: http.StatusTooManyRequests, Message: msg + "; try again later", Extra: map[string]any{"retry_after": retryAfter}}
+}
+
+// streamCap admits at most --max-streams image streams at once (0: no cap); the rest
+// get 503 with Retry-After (--retry-after), and the agent's writer waits that long without spending a
+// retry (images.busyError). A rack installing at once shares the uplink instead of
+// every stream crawling.
+func (a *Appliance) streamCap(next http.Handler) http.Handler {
+	if a.cfg.MaxStreams <= 0 {
+		return next
+	}
+	slots := make(chan struct{}, a.cfg.MaxStreams)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case slots <- struct{}{}:
+			defer func() { <-slots }()
+			next.ServeHTTP(w, r)
+		default:
+			w.Header().Set("Retry-After", strconv.Itoa(a.cfg.RetryAfter))
+			http.Error(w, fmt.Sprintf("image streams full (%d at once): retry in %d s", a.cfg.MaxStreams, a.cfg.RetryAfter), http.StatusServiceUnavailable)
+		}
+	})
 }

@@ -63,12 +63,13 @@ type fetcher struct {
 	retry  Retry
 	log    *slog.Logger
 
-	body      io.ReadCloser
-	cancel    context.CancelFunc
-	stall     *time.Timer
-	validator string // ETag or Last-Modified of the first response
-	total     int64  // compressed length, -1 if unknown
-	failures  int    // consecutive failed attempts without progress
+	body       io.ReadCloser
+	cancel     context.CancelFunc
+	stall      *time.Timer
+	validator  string        // ETag or Last-Modified of the first response
+	total      int64         // compressed length, -1 if unknown
+	failures   int           // consecutive failed attempts without progress
+	busyWaited time.Duration // waited in all behind a full server (busyError)
 
 	offset  atomic.Int64 // compressed bytes delivered so far
 	retries atomic.Int64 // resumes performed
@@ -93,6 +94,10 @@ func (f *fetcher) Read(p []byte) (int, error) {
 				if f.ctx.Err() != nil {
 					f.err = f.ctx.Err()
 					return 0, f.err
+				}
+				var busy *busyError
+				if errors.As(err, &busy) && f.waitBusy(busy) {
+					continue // the server said when: no attempt spent
 				}
 				if !retryable(err) || !f.backoff(err) {
 					f.err = &downloadError{err}
@@ -203,6 +208,10 @@ func (f *fetcher) open() error {
 		resp.Body.Close()
 		cancel()
 		err := fmt.Errorf("%w: GET %s: %s", ErrDownload, f.url, resp.Status)
+		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 &&
+			(resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests) {
+			return &busyError{err: err, wait: time.Duration(secs) * time.Second}
+		}
 		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 			return err
 		}
@@ -227,6 +236,38 @@ func (f *fetcher) closeBody() {
 
 // Close releases the current connection.
 func (f *fetcher) Close() { f.closeBody() }
+
+// busyError is a server that is full (its stream cap) and said when to come back.
+type busyError struct {
+	err  error
+	wait time.Duration
+}
+
+func (e *busyError) Error() string { return e.err.Error() }
+func (e *busyError) Unwrap() error { return e.err }
+
+// maxBusyWait bounds how long a writer queues behind a full server in all: an
+// appliance streaming to a rack at its cap serves everyone within minutes.
+const maxBusyWait = time.Hour
+
+// waitBusy waits what a full server asked (at most a minute at a time, maxBusyWait in
+// all) without spending a retry attempt; false when the wait is used up or ctx ends.
+func (f *fetcher) waitBusy(b *busyError) bool {
+	d := min(b.wait, time.Minute)
+	if f.busyWaited+d > maxBusyWait {
+		return false
+	}
+	f.busyWaited += d
+	f.log.Info("image server busy, waiting as asked", "url", f.url, "wait", d, "waited", f.busyWaited)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
 
 // permanent marks errors that retrying cannot fix.
 type permanent struct{ err error }
