@@ -267,7 +267,10 @@ func (a *Appliance) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	h := contract.Health{Status: "ok", RegionLabel: a.cfg.Label, EtcdReachable: perr == nil, Version: Version, EmbeddedEtcd: a.etcd != nil}
 	code := http.StatusOK
 	if !h.EtcdReachable {
-		h.Status, code = "degraded", http.StatusServiceUnavailable
+		h.Status, code, h.Message = "degraded", http.StatusServiceUnavailable, "etcd does not answer"
+	} else if alarms, err := a.store.Alarms(ctx); err == nil && len(alarms) > 0 {
+		h.Status, code, h.EtcdAlarms = "degraded", http.StatusServiceUnavailable, alarms
+		h.Message = "etcd alarm raised: writes are refused until an operator compacts, defragments and disarms it (etcdctl alarm disarm)"
 	}
 	httpjson.Write(w, code, h)
 	return nil

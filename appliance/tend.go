@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
@@ -21,6 +22,7 @@ func (a *Appliance) tend(ctx context.Context) {
 	t := time.NewTicker(tendInterval)
 	defer t.Stop()
 	var published []contract.ImageRef
+	var alarmed string // etcd's alarms as last logged
 	for {
 		select {
 		case <-ctx.Done():
@@ -34,6 +36,13 @@ func (a *Appliance) tend(ctx context.Context) {
 				a.log.Warn("could not publish the image catalog", "err", err)
 			} else {
 				published = cat
+			}
+		}
+		if alarms, err := a.store.Alarms(rctx); err == nil && strings.Join(alarms, ",") != alarmed {
+			if alarmed = strings.Join(alarms, ","); alarmed != "" {
+				a.log.Error("etcd alarm raised: every write is refused until an operator compacts, defragments and disarms it (etcdctl alarm disarm)", "alarms", alarmed)
+			} else {
+				a.log.Info("etcd alarms cleared")
 			}
 		}
 		if n, err := a.store.Replan(rctx, a.cfg.Label); err != nil {

@@ -78,4 +78,7 @@ type Health struct {
 	EtcdReachable bool   `json:"etcd_reachable"`
 	Version       string `json:"version"`
 	EmbeddedEtcd  bool   `json:"embedded_etcd"`
+	// EtcdAlarms are etcd's raised alarms (NOSPACE: writes refused); degraded.
+	EtcdAlarms []string `json:"etcd_alarms,omitempty"`
+	Message    string   `json:"message,omitempty"`
 }

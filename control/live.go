@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,6 +120,13 @@ func (h *hub) pingLoop(ctx context.Context) {
 		msg := ""
 		if err != nil {
 			msg = "etcd unreachable: what this page shows may be stale"
+		} else {
+			actx, cancel := context.WithTimeout(ctx, pingEvery/2)
+			alarms, aerr := h.st.Alarms(actx)
+			cancel()
+			if aerr == nil && len(alarms) > 0 {
+				msg = "etcd alarm " + strings.Join(alarms, ", ") + ": every write (tasks, approvals, progress) is refused until an operator compacts, defragments and disarms it"
+			}
 		}
 		h.mu.Lock()
 		changed := msg != h.etcdErr

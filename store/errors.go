@@ -60,3 +60,8 @@ func Unavailable(err error) bool {
 	}
 	return false
 }
+
+// NoSpace reports whether err is etcd refusing a write because its backend is over
+// its quota (the NOSPACE alarm is raised): nothing is written until an operator
+// compacts, defragments and disarms the alarm.
+func NoSpace(err error) bool { return err != nil && errors.Is(err, rpctypes.ErrNoSpace) }

@@ -305,3 +305,17 @@ func (s *Store) WaitStatus(ctx context.Context, region, id string, cur Status) e
 	}
 	return ctx.Err()
 }
+
+// Alarms lists etcd's raised alarms ("NOSPACE", "CORRUPT"), for health pages: an
+// alarm stops every write, and operators must hear of it before the 500s would.
+func (s *Store) Alarms(ctx context.Context) ([]string, error) {
+	resp, err := s.c.AlarmList(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("etcd alarms: %w", err)
+	}
+	var out []string
+	for _, a := range resp.Alarms {
+		out = append(out, a.Alarm.String())
+	}
+	return out, nil
+}

@@ -24,6 +24,8 @@ type Config struct {
 	ListenPeerURLs   string // comma-separated; default http://127.0.0.1:2380
 	// Quiet drops etcd's own zap logging (tests); otherwise etcd logs errors to stderr.
 	Quiet bool
+	// QuotaBackendBytes is etcd's --quota-backend-bytes; 0: 2 GiB.
+	QuotaBackendBytes int64
 }
 
 // Server is a running embedded etcd.
@@ -59,6 +61,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	// hour of history (watchers that fall further behind resync) and etcd's 2 GiB quota.
 	cfg.AutoCompactionMode, cfg.AutoCompactionRetention = "periodic", "1h"
 	cfg.QuotaBackendBytes = 2 << 30
+	if c.QuotaBackendBytes > 0 {
+		cfg.QuotaBackendBytes = c.QuotaBackendBytes
+	}
 	if c.Quiet {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	} else {

@@ -95,7 +95,7 @@ func StatusFor(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict
-	case store.Unavailable(err):
+	case store.Unavailable(err), store.NoSpace(err):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
@@ -106,6 +106,12 @@ func StatusFor(err error) int {
 func WriteError(w http.ResponseWriter, log *slog.Logger, r *http.Request, err error) {
 	code := StatusFor(err)
 	body := map[string]any{"status": "error"}
+	if store.NoSpace(err) {
+		log.Error("etcd is out of space (NOSPACE alarm): writes refused", "method", r.Method, "path", r.URL.Path)
+		Write(w, http.StatusServiceUnavailable, map[string]any{"status": "error", "retry_after": RetryAfterUnavailable,
+			"message": "store full: etcd raised its NOSPACE alarm and refuses writes (operators: compact, defragment, then etcdctl alarm disarm)"})
+		return
+	}
 	if code == http.StatusServiceUnavailable && !errors.As(err, new(*Error)) {
 		// etcd is unreachable: say so, and when to try again, instead of a 500.
 		log.Warn("store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
