@@ -1,9 +1,16 @@
 package appliance_test
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/appliance"
+	"lpmos.dev/lpmos/control"
+	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/etcdserver"
 )
 
 // With etcd gone, the regional API answers agents with 503 and retry_after within its
@@ -29,4 +36,74 @@ func TestStoreDownAnswers503(t *testing.T) {
 	if code != http.StatusServiceUnavailable || body["status"] != "degraded" {
 		t.Fatalf("health with etcd down: %d %v", code, body)
 	}
+}
+
+// etcd stopped under a running appliance and control plane: both APIs answer 503
+// within 2 s; etcd started again on its data: both serve again, no restart of ours.
+func TestServiceResumesAfterEtcdRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	cfg := etcdserver.Config{DataDir: dir, Quiet: true,
+		ListenClientURLs: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), ListenPeerURLs: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+	srv, err := etcdserver.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := srv.Endpoints()
+	t.Cleanup(func() { srv.Close() })
+	a, err := appliance.Start(ctx, appliance.Config{Label: "dc1", APIHost: "127.0.0.1", EtcdEndpoints: eps,
+		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, &syncBuffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Stop() })
+	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: eps}, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	st, err := store.Open(ctx, eps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.AddUser(ctx, "admin", store.RoleAdmin, "correct horse battery"); err != nil {
+		t.Fatal(err)
+	}
+	_, tok, err := st.CreateToken(ctx, "admin", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	controlTokens.Store(cp.URL(), tok)
+	report := func() int {
+		code, _ := call(t, "POST", a.URL()+"/api/report", map[string]any{"mac_address": "52:54:00:00:80:01", "hardware": map[string]any{}})
+		return code
+	}
+	if code := report(); code != http.StatusNotFound { // no task: the normal answer
+		t.Fatalf("report before: %d", code)
+	}
+	srv.Close()
+	start := time.Now()
+	if code := report(); code != http.StatusServiceUnavailable || time.Since(start) > 4*time.Second {
+		t.Fatalf("report with etcd stopped: %d after %s", code, time.Since(start))
+	}
+	if code, _ := call(t, "GET", cp.URL()+"/api/v1/regions", nil); code != http.StatusServiceUnavailable {
+		t.Fatalf("control API with etcd stopped: %d", code)
+	}
+	if srv, err = etcdserver.Start(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	restarted := time.Now()
+	// The clients reconnect by themselves; poll the API (bounded) until it answers.
+	for code := report(); code != http.StatusNotFound; code = report() {
+		if time.Since(restarted) > 30*time.Second {
+			t.Fatalf("report after etcd came back: still %d", code)
+		}
+	}
+	if code, _ := call(t, "GET", cp.URL()+"/api/v1/regions", nil); code != http.StatusOK {
+		t.Fatalf("control API after etcd came back: %d", code)
+	}
+	t.Logf("etcd back: the appliance answered again %s later", time.Since(restarted).Round(10*time.Millisecond))
 }
