@@ -1,6 +1,7 @@
 package appliance_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,7 +129,12 @@ func TestReportFloodsAreLimited(t *testing.T) {
 	if code, body := report(from("127.0.0.4"), "02:00:00:00:04:01", `{"cpu":{"cores":2}}`); code != 200 || body["task_id"] != id {
 		t.Fatalf("a real agent during the flood: %d %v", code, body)
 	}
-	t.Logf("200 reports from one address: %d answered 429, %d stored; one MAC 10 times: %d answered 429", limited, stored, perMAC)
+	// And etcd stays small: the flood wrote at most the reports it let through.
+	st, err := sys.etcd.Client.Status(context.Background(), sys.etcd.Endpoints[0])
+	if err != nil || st.DbSize > 16<<20 {
+		t.Fatalf("etcd db after the flood: %d bytes, %v (want under 16 MiB)", st.DbSize, err)
+	}
+	t.Logf("200 reports from one address: %d answered 429, %d stored; one MAC 10 times: %d answered 429; etcd db %d KiB", limited, stored, perMAC, st.DbSize>>10)
 }
 
 // Image streams are capped per appliance: with room for one, a second install waits
