@@ -28,6 +28,8 @@ type Config struct {
 	SessionIdle, SessionMax time.Duration
 	// Clock, when set, replaces the store's clock (tests of expiry without sleeping).
 	Clock func() time.Time
+	// MaxConns and MaxConnsPerSource cap open connections (0: no cap).
+	MaxConns, MaxConnsPerSource int
 }
 
 // Session defaults.
@@ -74,6 +76,8 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.SessionIdle, "session-idle", DefaultSessionIdle, "a web session ends after this long without a request")
 	fs.DurationVar(&c.SessionMax, "session-max", DefaultSessionMax, "a web session ends this long after the login")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379, an appliance's embedded etcd on this host)")
+	fs.IntVar(&c.MaxConns, "max-conns", 1024, "open connections in all (0: no cap)")
+	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections from one address (0: no cap)")
 	fs.IntVar(&c.UnmatchedAlert, "unmatched-alert", 5, "alert on the dashboard when a region has more unmatched reports than this")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

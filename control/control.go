@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"lpmos.dev/lpmos/internal/connlimit"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -68,8 +69,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("--port: listen on %s: %w", cfg.Addr(), err)
 	}
-	s.ln = ln
-	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	// A slow or idle client holds a connection only so long; the caps bound how many.
+	s.ln = connlimit.New(ln, cfg.MaxConns, cfg.MaxConnsPerSource)
+	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 90 * time.Second, MaxHeaderBytes: 64 << 10}
 	runCtx, cancelRun := context.WithCancel(ctx)
 	s.cancel = cancelRun
 	go s.live.run(runCtx)
