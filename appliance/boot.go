@@ -164,7 +164,9 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 				}
 				pool.DNS = append(pool.DNS, ip)
 			}
-			cfg.Pool, cfg.Leases = pool, &etcdLeases{s: a.store, region: a.cfg.Label}
+			// Group commit: one etcd transaction (one fsync) for all the
+			// leases ACKed meanwhile, each ACK still after its lease is stored.
+			cfg.Pool, cfg.Leases = pool, dhcpd.NewGroupCommit(&etcdLeases{s: a.store, region: a.cfg.Label})
 		}
 		srv, err := dhcpd.New(cfg)
 		if err != nil {
@@ -258,4 +260,18 @@ func (l *etcdLeases) Put(ctx context.Context, le dhcpd.Lease) error {
 
 func (l *etcdLeases) Delete(ctx context.Context, ip netip.Addr) error {
 	return l.s.DeleteLease(ctx, l.region, ip.String())
+}
+
+// Apply stores a group of lease changes in one etcd transaction (more past
+// etcd's 128 operations per transaction).
+func (l *etcdLeases) Apply(ctx context.Context, puts []dhcpd.Lease, deletes []netip.Addr) error {
+	sp := make([]store.DHCPLease, len(puts))
+	for i, le := range puts {
+		sp[i] = store.DHCPLease{MAC: le.MAC, IP: le.IP.String(), Expiry: le.Expiry.UTC(), Hostname: le.Hostname}
+	}
+	sd := make([]string, len(deletes))
+	for i, ip := range deletes {
+		sd[i] = ip.String()
+	}
+	return l.s.ApplyLeases(ctx, l.region, sp, sd)
 }

@@ -51,3 +51,43 @@ func (s *Store) DeleteLease(ctx context.Context, region, ip string) error {
 	}
 	return nil
 }
+
+// maxTxnOps is etcd's default --max-txn-ops; ApplyLeases splits larger
+// batches into several transactions.
+const maxTxnOps = 128
+
+// ApplyLeases stores puts and removes deletes (IPs) for region in as few etcd
+// transactions as fit (one per 128 operations, etcd's default limit): one
+// fsync for a whole group of leases. A key named more than once counts once:
+// the last put for an IP wins, and a put wins over a delete of the same IP.
+// Transactions commit in order; on error, the ones before it are stored.
+func (s *Store) ApplyLeases(ctx context.Context, region string, puts []DHCPLease, deletes []string) error {
+	last := make(map[string]int, len(puts))
+	for i, l := range puts {
+		last[l.IP] = i
+	}
+	ops := make([]clientv3.Op, 0, len(puts)+len(deletes))
+	seen := make(map[string]bool, len(deletes))
+	for _, ip := range deletes {
+		if _, put := last[ip]; put || seen[ip] {
+			continue
+		}
+		seen[ip] = true
+		ops = append(ops, clientv3.OpDelete(leaseKey(region, ip)))
+	}
+	for i, l := range puts {
+		if last[l.IP] != i {
+			continue
+		}
+		b, _ := json.Marshal(l)
+		ops = append(ops, clientv3.OpPut(leaseKey(region, l.IP), string(b)))
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		if _, err := s.c.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+			return fmt.Errorf("store %d lease changes: %w", n, err)
+		}
+		ops = ops[n:]
+	}
+	return nil
+}

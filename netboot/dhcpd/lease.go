@@ -68,6 +68,174 @@ func (s *MemLeases) Delete(ctx context.Context, ip netip.Addr) error {
 	return nil
 }
 
+// Apply makes MemLeases a LeaseApplier: deletes first, then puts.
+func (s *MemLeases) Apply(ctx context.Context, puts []Lease, deletes []netip.Addr) error {
+	for _, ip := range deletes {
+		s.Delete(ctx, ip)
+	}
+	for _, l := range puts {
+		s.Put(ctx, l)
+	}
+	return nil
+}
+
+// LeaseApplier is a lease store that stores a group of changes in one go
+// (the appliance: one etcd transaction, one fsync). GroupCommit batches
+// concurrent Puts and Deletes over it.
+type LeaseApplier interface {
+	Leases(ctx context.Context) ([]Lease, error)
+	// Apply stores puts and removes deletes; no IP appears twice.
+	Apply(ctx context.Context, puts []Lease, deletes []netip.Addr) error
+}
+
+// GroupCommit is a LeaseStore that group-commits: Puts and Deletes from
+// concurrent handlers queue up, one writer at a time stores everything
+// queued in one Apply as soon as the previous Apply returned, and each call
+// returns only once the group holding it is stored, so an ACK still leaves
+// after its lease is durable. Changes are applied in the order they were
+// queued (for one IP, the last one wins). The server's index queues under its
+// lock and waits outside it, so handlers no longer wait on each other's fsync.
+type GroupCommit struct {
+	st LeaseApplier
+	// Gather, if set, is how long the writer waits for more changes before
+	// storing a group; 0 (the default) relies on the natural grouping of
+	// changes queued while the previous group was being stored.
+	Gather time.Duration
+	// Timeout bounds one Apply; 0 means 10 s.
+	Timeout time.Duration
+
+	mu      sync.Mutex
+	cur     *leaseGroup // being filled; nil: nothing queued
+	running bool        // a writer goroutine exists
+	groups  int64       // Apply calls, for tests and metrics
+}
+
+type leaseOp struct {
+	del bool
+	l   Lease // for a delete only l.IP counts
+}
+
+type leaseGroup struct {
+	ops  []leaseOp
+	done chan struct{}
+	err  error // set before done closes
+}
+
+// NewGroupCommit returns a GroupCommit over st.
+func NewGroupCommit(st LeaseApplier) *GroupCommit { return &GroupCommit{st: st} }
+
+func (g *GroupCommit) Leases(ctx context.Context) ([]Lease, error) { return g.st.Leases(ctx) }
+
+// Put queues l and waits for its group to be stored (or ctx to end: then l
+// may still be stored).
+func (g *GroupCommit) Put(ctx context.Context, l Lease) error {
+	return g.enqueue(leaseOp{l: l}).wait(ctx)
+}
+
+// Delete queues the removal of ip's lease and waits like Put.
+func (g *GroupCommit) Delete(ctx context.Context, ip netip.Addr) error {
+	return g.enqueue(leaseOp{del: true, l: Lease{IP: ip}}).wait(ctx)
+}
+
+// Groups returns how many groups (Apply calls) were stored so far.
+func (g *GroupCommit) Groups() int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.groups
+}
+
+func (g *GroupCommit) enqueue(op leaseOp) *leaseGroup {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cur == nil {
+		g.cur = &leaseGroup{done: make(chan struct{})}
+	}
+	g.cur.ops = append(g.cur.ops, op)
+	if !g.running {
+		g.running = true
+		go g.write()
+	}
+	return g.cur
+}
+
+// write stores groups until none is queued, then exits (the next enqueue
+// starts another): no goroutine to stop.
+func (g *GroupCommit) write() {
+	for {
+		if g.Gather > 0 {
+			time.Sleep(g.Gather)
+		}
+		g.mu.Lock()
+		grp := g.cur
+		g.cur = nil
+		if grp == nil {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		g.groups++
+		g.mu.Unlock()
+		grp.err = g.apply(grp.ops)
+		close(grp.done)
+	}
+}
+
+func (g *GroupCommit) apply(ops []leaseOp) error {
+	last := make(map[netip.Addr]int, len(ops))
+	for i, op := range ops {
+		last[op.l.IP] = i
+	}
+	var puts []Lease
+	var dels []netip.Addr
+	for i, op := range ops {
+		switch {
+		case last[op.l.IP] != i:
+		case op.del:
+			dels = append(dels, op.l.IP)
+		default:
+			puts = append(puts, op.l)
+		}
+	}
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return g.st.Apply(ctx, puts, dels)
+}
+
+func (grp *leaseGroup) wait(ctx context.Context) error {
+	select {
+	case <-grp.done:
+		return grp.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pendingOps are the store changes the index queued on a GroupCommit under
+// its lock, to be awaited once the lock is released.
+type pendingOps []*leaseGroup
+
+func (p *pendingOps) add(grp *leaseGroup) {
+	if n := len(*p); n == 0 || (*p)[n-1] != grp {
+		*p = append(*p, grp)
+	}
+}
+
+// wait waits for every group (each is bounded by GroupCommit.Timeout).
+func (p pendingOps) wait() error {
+	var first error
+	for _, grp := range p {
+		<-grp.done
+		if first == nil {
+			first = grp.err
+		}
+	}
+	return first
+}
+
 // Pool is the address pool and the options handed out in full-DHCP mode.
 type Pool struct {
 	Start, End netip.Addr // inclusive range (--dhcp-range)
@@ -134,13 +302,15 @@ type leases struct {
 	mu     sync.Mutex
 	pool   *Pool
 	store  LeaseStore
+	gc     *GroupCommit // store, when it group-commits: queue under mu, wait after
 	byMAC  map[string]*binding
 	byIP   map[netip.Addr]*binding
 	cursor netip.Addr
 }
 
 func newLeases(p *Pool, st LeaseStore) *leases {
-	return &leases{pool: p, store: st, byMAC: map[string]*binding{}, byIP: map[netip.Addr]*binding{}, cursor: p.Start}
+	gc, _ := st.(*GroupCommit)
+	return &leases{pool: p, store: st, gc: gc, byMAC: map[string]*binding{}, byIP: map[netip.Addr]*binding{}, cursor: p.Start}
 }
 
 func (ls *leases) load(ctx context.Context) error {
@@ -177,10 +347,37 @@ func (ls *leases) free(ip netip.Addr, mac string, now time.Time) bool {
 	return b == nil || b.MAC == mac || b.Expiry.Before(now)
 }
 
+// put stores l: at once (under ls.mu) on a plain store, or queued on p.
+func (ls *leases) put(ctx context.Context, l Lease, p *pendingOps) error {
+	if ls.gc != nil {
+		p.add(ls.gc.enqueue(leaseOp{l: l}))
+		return nil
+	}
+	return ls.store.Put(ctx, l)
+}
+
+// del removes ip's stored lease like put.
+func (ls *leases) del(ctx context.Context, ip netip.Addr, p *pendingOps) error {
+	if ls.gc != nil {
+		p.add(ls.gc.enqueue(leaseOp{del: true, l: Lease{IP: ip}}))
+		return nil
+	}
+	return ls.store.Delete(ctx, ip)
+}
+
 // offer picks an address for mac: its current binding, else the requested
 // address if free (RFC 2131 4.3.1), else the next never-used address, else
 // the longest-expired lease (reclaimed).
 func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
+	var p pendingOps
+	ip, err := ls.offerLocked(ctx, mac, requested, now, &p)
+	if werr := p.wait(); werr != nil && err == nil {
+		return netip.Addr{}, fmt.Errorf("dhcpd: reclaim %v: %w", ip, werr)
+	}
+	return ip, err
+}
+
+func (ls *leases) offerLocked(ctx context.Context, mac string, requested netip.Addr, now time.Time, p *pendingOps) (netip.Addr, error) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if b := ls.byMAC[mac]; b != nil {
@@ -189,7 +386,7 @@ func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, n
 		}
 		return b.IP, nil
 	}
-	ip, err := ls.pick(ctx, mac, requested, now)
+	ip, err := ls.pick(ctx, mac, requested, now, p)
 	if err != nil {
 		return ip, err
 	}
@@ -199,7 +396,7 @@ func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, n
 	return ip, nil
 }
 
-func (ls *leases) pick(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
+func (ls *leases) pick(ctx context.Context, mac string, requested netip.Addr, now time.Time, p *pendingOps) (netip.Addr, error) {
 	if ls.pool.contains(requested) && ls.byIP[requested] == nil {
 		return requested, nil
 	}
@@ -222,7 +419,7 @@ func (ls *leases) pick(ctx context.Context, mac string, requested netip.Addr, no
 		return netip.Addr{}, errPoolFull
 	}
 	if oldest.committed {
-		if err := ls.store.Delete(ctx, oldest.IP); err != nil {
+		if err := ls.del(ctx, oldest.IP, p); err != nil {
 			return netip.Addr{}, fmt.Errorf("dhcpd: reclaim %v: %w", oldest.IP, err)
 		}
 	}
@@ -248,19 +445,46 @@ func next(p *Pool, ip netip.Addr) netip.Addr {
 
 // commit turns mac's claim on ip into a lease (REQUEST -> ACK), persisting
 // it first. errHeld: someone else has ip (NAK). errNotOurs: outside the pool.
+// With a GroupCommit store the index changes at once under ls.mu (so nobody
+// else gets ip meanwhile) and commit waits for the store outside it; if
+// storing fails, the change is undone.
 func (ls *leases) commit(ctx context.Context, mac string, ip netip.Addr, hostname string, now time.Time) (Lease, error) {
+	var p pendingOps
+	b, prev, err := ls.commitLocked(ctx, mac, ip, hostname, now, &p)
+	werr := p.wait()
+	if err != nil {
+		return Lease{}, err
+	}
+	if werr != nil {
+		ls.mu.Lock()
+		if ls.byIP[b.IP] == b {
+			ls.drop(b)
+			if prev != nil && ls.byMAC[prev.MAC] == nil {
+				ls.byMAC[prev.MAC] = prev
+				ls.byIP[prev.IP] = prev
+			}
+		}
+		ls.mu.Unlock()
+		return Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, werr)
+	}
+	return b.Lease, nil
+}
+
+// commitLocked is commit under ls.mu; prev is mac's binding on ip it
+// replaced (a renewal), to restore if storing fails.
+func (ls *leases) commitLocked(ctx context.Context, mac string, ip netip.Addr, hostname string, now time.Time, p *pendingOps) (b, prev *binding, err error) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if !ls.pool.contains(ip) {
-		return Lease{}, errNotOurs
+		return nil, nil, errNotOurs
 	}
 	if !ls.free(ip, mac, now) {
-		return Lease{}, errHeld
+		return nil, nil, errHeld
 	}
 	if old := ls.byIP[ip]; old != nil && old.MAC != mac {
 		if old.committed { // expired lease of another client: reclaim
-			if err := ls.store.Delete(ctx, ip); err != nil {
-				return Lease{}, fmt.Errorf("dhcpd: reclaim %v: %w", ip, err)
+			if err := ls.del(ctx, ip, p); err != nil {
+				return nil, nil, fmt.Errorf("dhcpd: reclaim %v: %w", ip, err)
 			}
 		}
 		ls.drop(old)
@@ -269,20 +493,23 @@ func (ls *leases) commit(ctx context.Context, mac string, ip netip.Addr, hostnam
 		// The client moved (INIT-REBOOT elsewhere, or it took another
 		// offer): its old address goes back to the pool.
 		if old.committed {
-			if err := ls.store.Delete(ctx, old.IP); err != nil {
-				return Lease{}, fmt.Errorf("dhcpd: release %v: %w", old.IP, err)
+			if err := ls.del(ctx, old.IP, p); err != nil {
+				return nil, nil, fmt.Errorf("dhcpd: release %v: %w", old.IP, err)
 			}
 		}
 		ls.drop(old)
 	}
-	l := Lease{MAC: mac, IP: ip, Expiry: now.Add(ls.pool.LeaseTime), Hostname: hostname}
-	if err := ls.store.Put(ctx, l); err != nil {
-		return Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, err)
+	if old := ls.byMAC[mac]; old != nil && old.committed {
+		prev = old
 	}
-	b := &binding{Lease: l, committed: true}
+	l := Lease{MAC: mac, IP: ip, Expiry: now.Add(ls.pool.LeaseTime), Hostname: hostname}
+	if err := ls.put(ctx, l, p); err != nil {
+		return nil, nil, fmt.Errorf("dhcpd: store lease %v: %w", ip, err)
+	}
+	b = &binding{Lease: l, committed: true}
 	ls.byMAC[mac] = b
 	ls.byIP[ip] = b
-	return l, nil
+	return b, prev, nil
 }
 
 // lookup returns mac's binding, if any.
@@ -299,6 +526,15 @@ func (ls *leases) lookup(mac string) (Lease, bool) {
 // release ends mac's lease on ip (DHCPRELEASE), or its pending offer when
 // it chose another server.
 func (ls *leases) release(ctx context.Context, mac string, ip netip.Addr) error {
+	var p pendingOps
+	err := ls.releaseLocked(ctx, mac, ip, &p)
+	if werr := p.wait(); werr != nil && err == nil {
+		return fmt.Errorf("dhcpd: release %v: %w", ip, werr)
+	}
+	return err
+}
+
+func (ls *leases) releaseLocked(ctx context.Context, mac string, ip netip.Addr, p *pendingOps) error {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	b := ls.byMAC[mac]
@@ -306,7 +542,7 @@ func (ls *leases) release(ctx context.Context, mac string, ip netip.Addr) error 
 		return errNoBinding
 	}
 	if b.committed {
-		if err := ls.store.Delete(ctx, b.IP); err != nil {
+		if err := ls.del(ctx, b.IP, p); err != nil {
 			return fmt.Errorf("dhcpd: release %v: %w", b.IP, err)
 		}
 	}
@@ -317,11 +553,20 @@ func (ls *leases) release(ctx context.Context, mac string, ip netip.Addr) error 
 // decline quarantines ip: the client found it in use (ARP), so someone
 // outside our records holds it.
 func (ls *leases) decline(ctx context.Context, mac string, ip netip.Addr, now time.Time) error {
+	var p pendingOps
+	err := ls.declineLocked(ctx, mac, ip, now, &p)
+	if werr := p.wait(); werr != nil && err == nil {
+		return fmt.Errorf("dhcpd: decline %v: %w", ip, werr)
+	}
+	return err
+}
+
+func (ls *leases) declineLocked(ctx context.Context, mac string, ip netip.Addr, now time.Time, p *pendingOps) error {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if b := ls.byMAC[mac]; b != nil && b.IP == ip {
 		if b.committed {
-			if err := ls.store.Delete(ctx, ip); err != nil {
+			if err := ls.del(ctx, ip, p); err != nil {
 				return fmt.Errorf("dhcpd: decline %v: %w", ip, err)
 			}
 		}

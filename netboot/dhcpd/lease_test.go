@@ -1,0 +1,135 @@
+package dhcpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// slowApplier is a LeaseApplier whose every Apply costs about an fsync.
+type slowApplier struct {
+	MemLeases
+	applies atomic.Int64
+	fail    atomic.Bool
+}
+
+func (s *slowApplier) Apply(ctx context.Context, puts []Lease, dels []netip.Addr) error {
+	s.applies.Add(1)
+	time.Sleep(time.Millisecond)
+	if s.fail.Load() {
+		return errors.New("store down")
+	}
+	return s.MemLeases.Apply(ctx, puts, dels)
+}
+
+func testLease(i int) Lease {
+	return Lease{MAC: fmt.Sprintf("02:00:00:00:%02x:%02x", i>>8, i&0xff), IP: netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), Expiry: time.Now().Add(time.Hour)}
+}
+
+// 200 concurrent Puts are stored in far fewer than 200 groups, and every
+// Put that returned is stored.
+func TestGroupCommitBatches(t *testing.T) {
+	st := &slowApplier{}
+	g := NewGroupCommit(st)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			if err := g.Put(context.Background(), testLease(i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	all, _ := st.Leases(context.Background())
+	if len(all) != 200 {
+		t.Fatalf("%d leases stored, want 200", len(all))
+	}
+	if n := st.applies.Load(); n > 50 || n != g.Groups() {
+		t.Fatalf("%d Apply calls (%d groups) for 200 Puts, want few", n, g.Groups())
+	}
+	t.Logf("200 Puts in %d groups", st.applies.Load())
+	// Order within a group: the last change for an IP wins.
+	l := testLease(1)
+	var wg2 sync.WaitGroup
+	wg2.Go(func() { g.Delete(context.Background(), l.IP) })
+	wg2.Wait()
+	if err := g.Put(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	if all, _ := st.Leases(context.Background()); len(all) != 200 {
+		t.Fatalf("after delete+put: %d leases", len(all))
+	}
+}
+
+// Concurrent REQUESTs through the index: distinct addresses, all stored,
+// few groups; a failing store undoes the binding (no ACK, address free).
+func TestLeasesGroupCommit(t *testing.T) {
+	st := &slowApplier{}
+	pool := &Pool{Start: netip.MustParseAddr("10.9.0.1"), End: netip.MustParseAddr("10.9.3.254"), Subnet: netip.MustParsePrefix("10.9.0.0/22"), LeaseTime: time.Hour}
+	ls := newLeases(pool, NewGroupCommit(st))
+	now := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[netip.Addr]string{}
+	for i := range 300 {
+		wg.Go(func() {
+			mac := testLease(i).MAC
+			ip, err := ls.offer(context.Background(), mac, netip.Addr{}, now)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			l, err := ls.commit(context.Background(), mac, ip, "", now)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if other, dup := got[l.IP]; dup {
+				t.Errorf("%v to both %s and %s", l.IP, other, mac)
+			}
+			got[l.IP] = mac
+		})
+	}
+	wg.Wait()
+	stored, _ := st.Leases(context.Background())
+	if len(stored) != 300 || len(got) != 300 {
+		t.Fatalf("stored %d, acked %d, want 300", len(stored), len(got))
+	}
+	for _, l := range stored {
+		if got[l.IP] != l.MAC {
+			t.Fatalf("stored %v for %s, acked to %s", l.IP, l.MAC, got[l.IP])
+		}
+	}
+	t.Logf("300 commits in %d groups", st.applies.Load())
+	if st.applies.Load() > 150 {
+		t.Fatalf("%d groups for 300 commits", st.applies.Load())
+	}
+
+	st.fail.Store(true)
+	mac := "02:ff:00:00:00:01"
+	ip, err := ls.offer(context.Background(), mac, netip.Addr{}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls.commit(context.Background(), mac, ip, "", now); err == nil {
+		t.Fatal("commit succeeded on a failing store")
+	}
+	if _, ok := ls.lookup(mac); ok {
+		t.Fatal("binding kept after the store failed")
+	}
+	// A renewal that fails keeps the stored lease in the index.
+	old := stored[0]
+	if _, err := ls.commit(context.Background(), old.MAC, old.IP, "", now); err == nil {
+		t.Fatal("renewal succeeded on a failing store")
+	}
+	if l, ok := ls.lookup(old.MAC); !ok || l.IP != old.IP {
+		t.Fatalf("after failed renewal: %v %v", l, ok)
+	}
+}
