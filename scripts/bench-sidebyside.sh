@@ -6,7 +6,7 @@
 # creates (server side 10.80.0.1/16, client side 10.80.0.2/16). No other
 # address is used. Servers and namespaces are cleaned up by PID/name on exit.
 #  1 full DHCP: ours (in-memory lease store, dhcpd.MemLeases) vs kea-dhcp4
-#    (memfile, persist false) vs dnsmasq; perfdhcp as a relay, $DHCP_CLIENTS
+#    (memfile, persist false) vs dnsmasq (--leasefile-ro: memory only); perfdhcp as a relay, $DHCP_CLIENTS
 #    clients; highest drop-free DORA/s over $DHCP_RATES; then CPU us per DORA
 #    at a fixed $CPU_RATE (utime+stime of the server PID, /proc/PID/stat).
 #  2 proxy DHCP: ours vs dnsmasq (dhcp-range proxy + pxe-service), driven by
@@ -30,6 +30,9 @@ TFTP_N=${TFTP_N:-5}
 HTTP_CLIENTS=${HTTP_CLIENTS:-500}
 KERNEL_MB=${KERNEL_MB:-8}
 INITRD_MB=${INITRD_MB:-12}
+# dnsmasq's leases: in memory like ours and Kea's (default), or
+# DNSMASQ_LEASES=--dhcp-leasefile=FILE to have it rewrite a lease file per change.
+DNSMASQ_LEASES=${DNSMASQ_LEASES:---leasefile-ro}
 ATFTPD=${ATFTPD:-$(command -v atftpd || true)}
 top=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin
@@ -83,11 +86,11 @@ start_server() { # NAME
   case $1 in
     dnsmasq) ip netns exec $srv dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=sb0 --bind-interfaces \
         --dhcp-range=10.80.1.0,10.80.250.255,255.255.0.0,1h --dhcp-lease-max=100000 --no-ping --dhcp-authoritative \
-        --dhcp-leasefile="$work/leases.$RANDOM" --quiet-dhcp --log-facility=/dev/null & ;;
+        $DNSMASQ_LEASES --quiet-dhcp --log-facility=/dev/null & ;;
     dnsmasq-proxy) ip netns exec $srv dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=sb0 --bind-interfaces \
         --dhcp-range=10.80.0.0,proxy,255.255.0.0 --pxe-service=x86PC,"netboot",undionly --dhcp-boot=undionly.kpxe \
         --dhcp-leasefile="$work/leases.$RANDOM" --quiet-dhcp --log-facility=/dev/null & ;;
-    kea) ip netns exec $srv env KEA_LOCKFILE_DIR="$work" KEA_PIDFILE_DIR="$work" kea-dhcp4 -c "$work/kea.json" 2>"$work/kea.err" & ;;
+    kea) ip netns exec $srv env KEA_LOCKFILE_DIR="$work" KEA_PIDFILE_DIR="$work" kea-dhcp4 -c "$work/kea.json" >"$work/kea.err" 2>&1 & ;;
     ours) ip netns exec $srv "$work/netboot-lab" --dhcp-mode full --dhcp-interface sb0 \
         --dhcp-range 10.80.1.0,10.80.250.255 --dhcp-subnet 10.80.0.0/16 --log-level error & ;;
     ours-proxy) ip netns exec $srv "$work/netboot-lab" --dhcp-mode proxy --dhcp-interface sb0 --log-level error & ;;
