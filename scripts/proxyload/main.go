@@ -7,16 +7,11 @@
 package main
 
 import (
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"log"
 	"net"
-	"sync"
 	"time"
-
-	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/iana"
 )
 
 func main() {
@@ -34,67 +29,26 @@ func main() {
 	}
 	_ = conn.SetReadBuffer(8 << 20)
 	dst := &net.UDPAddr{IP: net.ParseIP(*server), Port: 67}
-	var mu sync.Mutex
-	pending := map[uint32]bool{}
-	offers := 0
-	done := make(chan struct{})
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, _, err := conn.ReadFromUDP(buf)
-			if err != nil {
-				close(done)
-				return
-			}
-			p, err := dhcpv4.FromBytes(buf[:n])
-			if err != nil || p.MessageType() != dhcpv4.MessageTypeOffer {
-				continue
-			}
-			x := binary.BigEndian.Uint32(p.TransactionID[:])
-			mu.Lock()
-			if pending[x] {
-				delete(pending, x)
-				offers++
-			}
-			mu.Unlock()
-		}
-	}()
+	c := &counter{pending: map[uint32]bool{}, done: make(chan struct{})}
+	go c.read(conn)
 	total := int(float64(*rate) * *secs)
 	start := time.Now()
 	for i := 0; i < total; i++ {
 		if d := time.Until(start.Add(time.Duration(float64(i) / float64(*rate) * float64(time.Second)))); d > 0 {
 			time.Sleep(d)
 		}
-		c := i % *clients
-		mac := net.HardwareAddr{0x02, 0x5e, 0x10, byte(c >> 16), byte(c >> 8), byte(c)}
 		xid := uint32(0x50000000) + uint32(i)
-		guid := make([]byte, 17)
-		copy(guid[11:], mac)
-		p, err := dhcpv4.New(
-			dhcpv4.WithHwAddr(mac),
-			dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover),
-			dhcpv4.WithTransactionID(dhcpv4.TransactionID{byte(xid >> 24), byte(xid >> 16), byte(xid >> 8), byte(xid)}),
-			dhcpv4.WithGatewayIP(gi),
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
-			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
-			dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientNetworkInterfaceIdentifier, []byte{1, 2, 1})),
-			dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, guid)),
-			dhcpv4.WithRequestedOptions(dhcpv4.OptionBootfileName, dhcpv4.OptionTFTPServerName, dhcpv4.OptionVendorSpecificInformation),
-		)
+		p, err := discover(i%*clients, xid, gi)
 		if err != nil {
 			log.Fatal(err)
 		}
-		mu.Lock()
-		pending[xid] = true
-		mu.Unlock()
+		c.sent(xid)
 		if _, err := conn.WriteToUDP(p.ToBytes(), dst); err != nil {
 			log.Fatal(err)
 		}
 	}
 	time.Sleep(*wait)
 	conn.Close()
-	<-done
-	mu.Lock()
-	fmt.Printf("sent %d offers %d\n", total, offers)
-	mu.Unlock()
+	<-c.done
+	fmt.Printf("sent %d offers %d\n", total, c.count())
 }
