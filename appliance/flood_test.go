@@ -42,14 +42,23 @@ func TestHalfSentPostFloodFromOneSource(t *testing.T) {
 		fmt.Fprintf(c, "POST /api/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{")
 		held = append(held, c)
 	}
-	// Every connection past the cap is closed by the appliance: reading it ends at once.
-	for _, c := range held {
-		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		_, err := c.Read(make([]byte, 1))
-		var ne net.Error
-		if err == io.EOF || err != nil && !(errors.As(err, &ne) && ne.Timeout()) { // EOF, or a reset: the unread request was dropped
-			closed++
+	// Every connection past the cap is closed by the appliance: reading it ends (EOF,
+	// or a reset: the unread request was dropped). A few rounds, bounded, for a loaded
+	// machine where the appliance accepts the backlog slowly.
+	open := held
+	for round := 0; round < 10 && len(open) > perSource; round++ {
+		var still []net.Conn
+		for _, c := range open {
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, err := c.Read(make([]byte, 1))
+			var ne net.Error
+			if err == io.EOF || err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+				closed++
+			} else {
+				still = append(still, c)
+			}
 		}
+		open = still
 	}
 	if want := flood - perSource; closed < want {
 		t.Fatalf("%d of %d flood connections closed, want at least %d", closed, flood, want)
@@ -93,7 +102,7 @@ func TestReportFloodsAreLimited(t *testing.T) {
 		return resp.StatusCode, body
 	}
 	// 200 invented MACs from one address, as fast as it can.
-	flooder, limited := from("127.0.0.1"), 0
+	flooder, limited, began := from("127.0.0.1"), 0, time.Now()
 	for i := range 200 {
 		code, body := report(flooder, fmt.Sprintf("02:00:00:00:01:%02x", i), `{}`)
 		if code == http.StatusTooManyRequests {
@@ -103,19 +112,22 @@ func TestReportFloodsAreLimited(t *testing.T) {
 			}
 		}
 	}
+	// The bucket lets 20 through at once and 10 a second after: how many may pass
+	// depends on how long this machine took to send the 200.
+	allowed := 20 + int(10*time.Since(began).Seconds()) + 1
 	stored := len(sys.etcd.Dump(t, "/os/unmatched_reports/dc1/"))
-	if limited < 150 || stored > 50 {
-		t.Fatalf("flood of 200 reports: %d limited, %d stored", limited, stored)
+	if 200-limited > allowed || stored > allowed {
+		t.Fatalf("flood of 200 reports in %s: %d limited, %d stored; at most %d may pass", time.Since(began), limited, stored, allowed)
 	}
 	// One MAC in a loop from another address: 5 at once, then 429.
-	looper, perMAC := from("127.0.0.2"), 0
+	looper, perMAC, loopStart := from("127.0.0.2"), 0, time.Now()
 	for range 10 {
 		if code, _ := report(looper, "02:00:00:00:02:01", `{}`); code == http.StatusTooManyRequests {
 			perMAC++
 		}
 	}
-	if perMAC != 5 {
-		t.Fatalf("10 reports of one MAC: %d limited, want 5", perMAC)
+	if refills := int(time.Since(loopStart) / (2 * time.Second)); perMAC < 5-refills || perMAC > 5 {
+		t.Fatalf("10 reports of one MAC in %s: %d limited, want 5 (less one per 2 s taken)", time.Since(loopStart), perMAC)
 	}
 	// An oversized report is refused, nothing stored.
 	before := sys.etcd.Dump(t, "/os/unmatched_reports/")
@@ -146,14 +158,18 @@ func TestImageStreamsAreCapped(t *testing.T) {
 	}, "dc1")
 	var dones []chan error
 	var disks []*fileDisks
+	var ids []string
 	for i := range 2 {
 		mac := fmt.Sprintf("52:54:00:00:60:0%d", i)
 		m := newFileDisks(t, mac, contract.Disk{Name: "vda", SizeBytes: 1 << 30, Serial: "V" + mac})
 		id := createTask(t, sys.control.URL(), mac)
-		done := runAgent(m.agentConfig(sys.regions["dc1"].URL()))
+		dones, disks, ids = append(dones, runAgent(m.agentConfig(sys.regions["dc1"].URL()))), append(disks, m), append(ids, id)
+	}
+	for _, id := range ids {
 		sys.etcd.WaitValue(t, "/os/install/task/dc1/"+id+"/status", "pending_approval", 30*time.Second)
+	}
+	for _, id := range ids { // back to back: the second stream asks while the first runs
 		approve(t, sys.control.URL(), id)
-		dones, disks = append(dones, done), append(disks, m)
 	}
 	for i, done := range dones {
 		if err := waitAgent(t, done, 60*time.Second); err != nil {
