@@ -339,6 +339,7 @@ func (s *Server) logoutSubmit(w http.ResponseWriter, r *http.Request) error {
 		if err := s.store.Logout(r.Context(), c.Value); err != nil {
 			return err
 		}
+		s.live.endSession(c.Value)
 	}
 	clearSessionCookie(w, r)
 	http.Redirect(w, r, "/login", http.StatusSeeOther)

@@ -50,9 +50,11 @@ type liveMsg struct {
 }
 
 type subscriber struct {
-	user string // who is watching, for the per-user cap
-	ch   chan []byte
-	gone chan struct{} // closed when the hub drops a subscriber too slow to keep up
+	user      string // who is watching, for the per-user cap
+	session   string // the session cookie it came with ("" for a bearer token)
+	loggedOut bool   // set before gone closes when the session logged out
+	ch        chan []byte
+	gone      chan struct{} // closed when the hub drops a subscriber too slow to keep up
 }
 
 type hub struct {
@@ -251,9 +253,10 @@ const (
 	maxLivePerUser     = 16
 )
 
-// subscribe registers a subscriber for user, or returns nil over a cap.
-func (h *hub) subscribe(user string) *subscriber {
-	s := &subscriber{user: user, ch: make(chan []byte, sendBuffer), gone: make(chan struct{})}
+// subscribe registers a subscriber for user (and its session cookie, "" for a bearer
+// token), or returns nil over a cap.
+func (h *hub) subscribe(user, session string) *subscriber {
+	s := &subscriber{user: user, session: session, ch: make(chan []byte, sendBuffer), gone: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := 0
@@ -267,6 +270,23 @@ func (h *hub) subscribe(user string) *subscriber {
 	}
 	h.subs[s] = struct{}{}
 	return s
+}
+
+// endSession drops the live connections of a session that logged out: a feed must not
+// outlive the login it was opened with.
+func (h *hub) endSession(session string) {
+	if session == "" {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		if s.session == session {
+			s.loggedOut = true
+			delete(h.subs, s)
+			close(s.gone)
+		}
+	}
 }
 
 func (h *hub) unsubscribe(s *subscriber) {
@@ -330,7 +350,11 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 	if id := identityFrom(r.Context()); id != nil {
 		user = id.User.Name
 	}
-	sub := h.subscribe(user)
+	session := ""
+	if c, err := r.Cookie(sessionCookie); err == nil && r.Header.Get("Authorization") == "" {
+		session = c.Value
+	}
+	sub := h.subscribe(user, session)
 	if sub == nil {
 		http.Error(w, "too many live connections (at most 256, 16 per user): close some pages", http.StatusServiceUnavailable)
 		return
@@ -362,7 +386,11 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 			return
 		case <-sub.gone:
-			c.Close(websocket.StatusGoingAway, "reconnect")
+			if sub.loggedOut {
+				c.Close(websocket.StatusPolicyViolation, "logged out")
+			} else {
+				c.Close(websocket.StatusGoingAway, "reconnect")
+			}
 			return
 		case <-h.stopped:
 			c.Close(websocket.StatusServiceRestart, "control plane stopping")

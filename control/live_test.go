@@ -157,3 +157,46 @@ func TestLiveConnectionsAreCapped(t *testing.T) {
 		t.Fatalf("another user's connection: %d", code)
 	}
 }
+
+// Logging out ends the session's live feed at once (it must not outlive the login).
+func TestLiveEndsAtLogout(t *testing.T) {
+	ctx, cp, etcd := startControl(t, store.Heartbeat{Region: "dc1"})
+	password, _ := makeUser(t, etcd.Store, "lena", store.RoleViewer)
+	_, cookie, sess, err := etcd.Store.Login(ctx, "lena", password, store.SessionLimits{Idle: time.Hour, Max: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wsURL := "ws" + strings.TrimPrefix(cp.URL(), "http") + "/live"
+	c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {cp.URL()}, "Cookie": {"lpmos_session=" + cookie}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if _, _, err := c.Read(ctx); err != nil { // the snapshot
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, cp.URL()+"/logout", strings.NewReader("csrf="+sess.CSRF))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Cookie", "lpmos_session="+cookie)
+	req.Header.Set("Origin", cp.URL())
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		_, _, err := c.Read(rctx)
+		if err == nil {
+			continue // a push that was on its way
+		}
+		if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+			t.Fatalf("the live feed after logout: %v, want closed as logged out", err)
+		}
+		return
+	}
+}
