@@ -95,31 +95,6 @@ func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unm
 // task is one task as a view, with the rate and ETA of its install.
 func (o *overview) task(t store.Task) taskView { return newTaskView(t, o.rates) }
 
-// tasks lists tasks as views, newest first (what an operator looks for). A status
-// filter reads only the tasks in that status, through the status index and without
-// their hardware reports (a list does not show them).
-func (o *overview) tasks(ctx context.Context, f store.ListFilter) ([]taskView, error) {
-	if f.MAC == "" {
-		views, _, err := o.newestTasks(ctx, f.Region, f.Status, 0)
-		return views, err
-	}
-	var tasks []store.Task
-	var err error
-	if f.Status != "" && f.MAC == "" {
-		tasks, err = o.st.ListTaskSummaries(ctx, f.Region, f.Status)
-	} else {
-		tasks, err = o.st.ListTasks(ctx, f)
-	}
-	if err != nil {
-		return nil, err
-	}
-	out := make([]taskView, 0, len(tasks))
-	for i := len(tasks) - 1; i >= 0; i-- {
-		out = append(out, o.task(tasks[i]))
-	}
-	return out, nil
-}
-
 // newestTasks is the newest limit tasks (0: all) as views, newest first, and how many
 // match in all: keys-only index reads, then only those tasks, without hardware.
 func (o *overview) newestTasks(ctx context.Context, region string, status store.Status, limit int) ([]taskView, int, error) {

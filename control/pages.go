@@ -525,7 +525,7 @@ func (s *Server) regionPage(w http.ResponseWriter, r *http.Request) error {
 	if rv == nil {
 		return fmt.Errorf("%w: region %s (no appliance, task or report has used it)", store.ErrNotFound, name)
 	}
-	tasks, err := s.overview.tasks(r.Context(), store.ListFilter{Region: name})
+	tasks, _, err := s.overview.newestTasks(r.Context(), name, "", 0)
 	if err != nil {
 		return err
 	}
