@@ -10,20 +10,28 @@ import (
 	"lpmos.dev/lpmos/store"
 )
 
-// tendInterval is how often the appliance looks after its region's open tasks.
-const tendInterval = 5 * time.Second
+// tendInterval is how often the appliance checks its image catalog and etcd's alarms;
+// every housekeepEvery-th round (and the first) it also replans, expires unmatched
+// reports and fails overdue installs: those read every waiting task, and their
+// deadlines are hours, so a minute of lag costs nothing.
+const (
+	tendInterval   = 5 * time.Second
+	housekeepEvery = 12
+)
 
 // tend looks after the region's tasks until ctx ends: when the image catalog changes it
 // publishes it at once (heartbeat) and replans the tasks waiting for approval, so a
-// plan refused for a missing image becomes approvable once the image is uploaded; and
-// it fails installs past --deploy-timeout. Errors are logged and retried next round:
-// the store may be briefly unreachable.
+// plan refused for a missing image becomes approvable once the image is uploaded; once
+// a minute it replans anyway (plans made while the region was offline said "catalog
+// unknown"), expires old unmatched reports and fails installs past --deploy-timeout.
+// Errors are logged and retried next round: the store may be briefly unreachable.
 func (a *Appliance) tend(ctx context.Context) {
 	t := time.NewTicker(tendInterval)
 	defer t.Stop()
 	var published []contract.ImageRef
 	var alarmed string // etcd's alarms as last logged
-	for {
+	replanDue := false // the catalog changed since the last successful replan
+	for round := 0; ; round++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -35,7 +43,7 @@ func (a *Appliance) tend(ctx context.Context) {
 			if err := a.hb.Beat(rctx); err != nil {
 				a.log.Warn("could not publish the image catalog", "err", err)
 			} else {
-				published = cat
+				published, replanDue = cat, true
 			}
 		}
 		if alarms, err := a.store.Alarms(rctx); err == nil && strings.Join(alarms, ",") != alarmed {
@@ -45,23 +53,36 @@ func (a *Appliance) tend(ctx context.Context) {
 				a.log.Info("etcd alarms cleared")
 			}
 		}
-		if n, err := a.store.Replan(rctx, a.cfg.Label); err != nil {
-			a.log.Warn("replan failed", "err", err)
-		} else if n > 0 {
-			a.log.Info("Install plans updated", "tasks", n)
+		housekeep := round%housekeepEvery == 0
+		if replanDue || housekeep {
+			if n, err := a.store.Replan(rctx, a.cfg.Label); err != nil {
+				a.log.Warn("replan failed", "err", err)
+			} else {
+				replanDue = false
+				if n > 0 {
+					a.log.Info("Install plans updated", "tasks", n)
+				}
+			}
 		}
-		if n, err := a.store.ExpireUnmatched(rctx, a.cfg.Label); err != nil {
-			a.log.Warn("unmatched report expiry failed", "err", err)
-		} else if n > 0 {
-			a.log.Info("Unmatched reports expired", "reports", n, "older_than", store.UnmatchedTTL)
-		}
-		failed, err := a.store.FailOverdue(rctx, a.cfg.Label, a.cfg.deployTimeout())
-		if err != nil {
-			a.log.Warn("deploy timeout check failed", "err", err)
-		}
-		for _, f := range failed {
-			a.log.Warn("Task "+f.TaskID+" failed", "reason", f.Error)
+		if housekeep {
+			a.housekeep(rctx)
 		}
 		cancel()
+	}
+}
+
+// housekeep expires old unmatched reports and fails overdue installs.
+func (a *Appliance) housekeep(ctx context.Context) {
+	if n, err := a.store.ExpireUnmatched(ctx, a.cfg.Label); err != nil {
+		a.log.Warn("unmatched report expiry failed", "err", err)
+	} else if n > 0 {
+		a.log.Info("Unmatched reports expired", "reports", n, "older_than", store.UnmatchedTTL)
+	}
+	failed, err := a.store.FailOverdue(ctx, a.cfg.Label, a.cfg.deployTimeout())
+	if err != nil {
+		a.log.Warn("deploy timeout check failed", "err", err)
+	}
+	for _, f := range failed {
+		a.log.Warn("Task "+f.TaskID+" failed", "reason", f.Error)
 	}
 }
