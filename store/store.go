@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -197,8 +198,12 @@ type ListFilter struct {
 	MAC    string
 }
 
-// ListTasks returns tasks, oldest first.
+// ListTasks returns tasks, oldest first. A status filter reads only the tasks in that
+// status, found through the status index (keys only).
 func (s *Store) ListTasks(ctx context.Context, f ListFilter) ([]Task, error) {
+	if f.Status != "" {
+		return s.listByStatus(ctx, f)
+	}
 	prefix := taskRoot
 	if f.Region != "" {
 		prefix = regionTaskPrefix(f.Region)
@@ -235,6 +240,34 @@ func (s *Store) ListTasks(ctx context.Context, f ListFilter) ([]Task, error) {
 			continue
 		}
 		out = append(out, t)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// listByStatus is ListTasks with a status filter: the status index names the tasks,
+// then those are read whole, at the index read's revision.
+func (s *Store) listByStatus(ctx context.Context, f ListFilter) ([]Task, error) {
+	prefix := indexRoot + "status/"
+	if f.Region != "" {
+		prefix = statusIndexPrefix(f.Region) + string(f.Status) + "/"
+	}
+	idx, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
+	}
+	var refs []taskRef
+	for _, kv := range idx.Kvs {
+		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
+		if len(parts) == 3 && parts[1] == string(f.Status) {
+			refs = append(refs, taskRef{parts[0], parts[2]})
+		}
+	}
+	out, err := s.readTasks(ctx, refs, idx.Header.Revision, true, func(t Task) bool {
+		return t.Status == f.Status && (f.MAC == "" || t.TargetMAC == f.MAC)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out, nil

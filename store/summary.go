@@ -57,6 +57,11 @@ type taskRef struct{ region, id string }
 // meanwhile (the index and the task agree at one revision; never crash on foreign
 // keys all the same).
 func (s *Store) readSummaries(ctx context.Context, refs []taskRef, rev int64, keep func(Task) bool) ([]Task, error) {
+	return s.readTasks(ctx, refs, rev, false, keep)
+}
+
+// readTasks is readSummaries, with the hardware reports when withHardware.
+func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHardware bool, keep func(Task) bool) ([]Task, error) {
 	var out []Task
 	for len(refs) > 0 {
 		batch := refs[:min(len(refs), summaryBatch)]
@@ -66,6 +71,9 @@ func (s *Store) readSummaries(ctx context.Context, refs []taskRef, rev int64, ke
 			// Every key of the task but its hardware report: [dir, hardware) and
 			// (hardware, end of dir).
 			dir, hw := taskDir(r.region, r.id), taskKey(r.region, r.id, fieldHardware)
+			if withHardware { // the whole dir, and an empty range to keep two per task
+				hw = clientv3.GetPrefixRangeEnd(dir)
+			}
 			ops = append(ops,
 				clientv3.OpGet(dir, clientv3.WithRange(hw), clientv3.WithRev(rev)),
 				clientv3.OpGet(hw+"\x00", clientv3.WithRange(clientv3.GetPrefixRangeEnd(dir)), clientv3.WithRev(rev)))

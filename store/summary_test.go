@@ -52,9 +52,24 @@ func TestListTaskSummaries(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ListTaskSummaries(%q, %s): %v", c.region, c.status, err)
 		}
-		want, err := s.ListTasks(ctx, store.ListFilter{Region: c.region, Status: c.status})
+		// The reference: every task of the region read whole, filtered here (ListTasks
+		// with a status goes through the index too), then with its hardware checked.
+		all, err := s.ListTasks(ctx, store.ListFilter{Region: c.region})
 		if err != nil {
 			t.Fatal(err)
+		}
+		byIndex, err := s.ListTasks(ctx, store.ListFilter{Region: c.region, Status: c.status})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []store.Task
+		for _, task := range all {
+			if task.Status == c.status {
+				want = append(want, task)
+			}
+		}
+		if !reflect.DeepEqual(byIndex, want) {
+			t.Errorf("ListTasks(%q, %s) through the index: %d tasks, want %d read whole", c.region, c.status, len(byIndex), len(want))
 		}
 		for i := range want {
 			want[i].Hardware = nil
