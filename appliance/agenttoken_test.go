@@ -14,6 +14,7 @@ import (
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/storetest"
 )
 
 // Agent tokens against a real appliance and control plane (issue 11): issued once by
@@ -38,18 +39,6 @@ func state(t *testing.T, sys *system) (map[string]string, []store.AuditEntry) {
 	}
 	delete(all, "/os/region/dc1/heartbeat")
 	return all, audit
-}
-
-func assertSame(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	if len(before) != len(after) {
-		t.Errorf("etcd changed: %d keys before, %d after", len(before), len(after))
-	}
-	for k, v := range before {
-		if after[k] != v {
-			t.Errorf("etcd changed at %s:\n before %s\n after  %s", k, v, after[k])
-		}
-	}
 }
 
 func reportHW(t *testing.T, url, mac string) map[string]any {
@@ -111,7 +100,7 @@ func TestAgentTokenRequired(t *testing.T) {
 				t.Errorf("tokenless approval answer: %v", body)
 			}
 			after, audAfter := state(t, sys)
-			assertSame(t, before, after)
+			storetest.AssertSame(t, before, after)
 			newLog := sys.logs["dc1"].String()[logBefore:]
 			if !c.rejected {
 				if len(audAfter) != len(audBefore) {
@@ -176,7 +165,7 @@ func TestAgentTokenRequired(t *testing.T) {
 		t.Fatalf("approval of a cancelled task: %d", code)
 	}
 	after, _ := state(t, sys)
-	assertSame(t, before, after)
+	storetest.AssertSame(t, before, after)
 	if code, _ := callAuth(t, "POST", dc1+"/api/progress", tokA, map[string]any{"mac_address": macA, "task_id": idA, "stage": "cancelled", "bytes_done": 0}); code != 200 {
 		t.Fatalf("the account of the cancelled install: %d", code)
 	}

@@ -1,33 +1,20 @@
 package control_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"testing"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
-	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/internal/metrics/metricstest"
 	"lpmos.dev/lpmos/store"
-	"lpmos.dev/lpmos/store/storetest"
 )
 
 // The control plane's /metrics: a viewer's bearer token reads it, nobody else; it
 // counts requests by route and code, logins by result, and tasks by region and status.
 func TestControlMetrics(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	etcd := storetest.Start(t)
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
+	ctx, cp, etcd := startBareControl(t, time.Minute)
 	base := cp.URL()
 	adminPW, _ := withAdmin(t, etcd.Store, base)
 	_, viewer := makeUser(t, etcd.Store, "prometheus", store.RoleViewer)

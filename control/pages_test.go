@@ -263,10 +263,25 @@ func TestOSNameWithSpace(t *testing.T) {
 	}
 }
 
-// startControl runs a control plane on a fresh etcd with one region advertising hb.
+// startControl runs a control plane on a fresh etcd with an admin (the request
+// helpers use its token) and one region advertising hb.
 func startControl(t *testing.T, hb store.Heartbeat) (context.Context, *control.Server, *storetest.Etcd) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cp, etcd := startBareControl(t, time.Minute)
+	withAdmin(t, etcd.Store, cp.URL())
+	beat, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat { return hb }, 10*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { beat.Stop(context.Background()) })
+	return ctx, cp, etcd
+}
+
+// startBareControl runs a control plane on a fresh etcd with nobody in it; ctx ends
+// after timeout.
+func startBareControl(t testing.TB, timeout time.Duration) (context.Context, *control.Server, *storetest.Etcd) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	etcd := storetest.Start(t)
 	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, UnmatchedAlert: 5},
@@ -275,11 +290,5 @@ func startControl(t *testing.T, hb store.Heartbeat) (context.Context, *control.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cp.Stop() })
-	withAdmin(t, etcd.Store, cp.URL())
-	beat, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat { return hb }, 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { beat.Stop(context.Background()) })
 	return ctx, cp, etcd
 }

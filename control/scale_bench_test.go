@@ -5,31 +5,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
-	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/store"
-	"lpmos.dev/lpmos/store/storetest"
 )
 
 // BenchmarkPagesAt10k renders the dashboard, the unmatched page and a task list with
 // 10,000 tasks and 10,000 unmatched reports in etcd (ten regions of 1,000 each, the
 // per-region cap). Goal (issue 12): under 300 ms a page. `make bench` runs it.
 func BenchmarkPagesAt10k(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	etcd := storetest.Start(b)
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cp.Stop() })
+	ctx, cp, etcd := startBareControl(b, 10*time.Minute)
 	_, token := makeUser(b, etcd.Store, "bench", store.RoleAdmin)
 	seed(b, etcd.Store, 10, 1000)
 

@@ -1,31 +1,17 @@
 package control_test
 
 import (
-	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"lpmos.dev/lpmos/control"
-	"lpmos.dev/lpmos/store/storetest"
 )
 
 // With etcd gone, the control plane's API and pages answer 503 "store unavailable"
 // within the request deadline (2 s) instead of hanging while etcd's client retries.
 func TestStoreDownAnswers503(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	etcd := storetest.Start(t)
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
+	_, cp, etcd := startBareControl(t, time.Minute)
 	withAdmin(t, etcd.Store, cp.URL())
 	etcd.Server.Close()
 	for _, path := range []string{"/api/v1/tasks", "/api/v1/regions", "/", "/tasks/create"} {

@@ -38,6 +38,16 @@ func advertise(t *testing.T, s *store.Store, region string, images ...contract.I
 	return hb
 }
 
+// approvedTask is reportedTask with its plan approved by alice.
+func approvedTask(t *testing.T, e *storetest.Etcd, mac, hw string) store.Task {
+	t.Helper()
+	task := reportedTask(t, e, mac, hw)
+	if _, err := e.Store.ApproveTask(as(ctxT(t), "alice"), task.TaskID, task.Plan.Digest); err != nil {
+		t.Fatal(err)
+	}
+	return task
+}
+
 func reportedTask(t *testing.T, e *storetest.Etcd, mac, hw string) store.Task {
 	t.Helper()
 	ctx := ctxT(t)
@@ -122,10 +132,7 @@ func TestReportAfterApproval(t *testing.T) {
 	advertise(t, e.Store, "dc1", ubuntuImage)
 	ctx := ctxT(t)
 	mac := "52:54:00:00:10:04"
-	task := reportedTask(t, e, mac, satadomAndRaid)
-	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, task.Plan.Digest); err != nil {
-		t.Fatal(err)
-	}
+	task := approvedTask(t, e, mac, satadomAndRaid)
 	before := e.Dump(t, "/os/")
 	res, err := e.Store.Report(ctx, "dc1", mac, json.RawMessage(satadomAndRaid))
 	if err != nil || res.Task.Status != store.StatusApproved {
@@ -245,10 +252,7 @@ func TestCancelDuringInstall(t *testing.T) {
 	advertise(t, e.Store, "dc1", ubuntuImage)
 	ctx := ctxT(t)
 	mac := "52:54:00:00:10:09"
-	task := reportedTask(t, e, mac, oneDisk)
-	if _, err := e.Store.ApproveTask(as(ctx, "alice"), task.TaskID, task.Plan.Digest); err != nil {
-		t.Fatal(err)
-	}
+	task := approvedTask(t, e, mac, oneDisk)
 	if _, err := e.Store.RecordProgress(ctx, store.ProgressUpdate{Region: "dc1", MAC: mac, TaskID: task.TaskID, Progress: contract.Progress{Stage: "writing", Percentage: 3}}); err != nil {
 		t.Fatal(err)
 	}
