@@ -365,13 +365,7 @@ func addImageSized(t *testing.T, dir, osType, osVersion string, size int) []byte
 	if err := os.WriteFile(path, image, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cat, err := images.OpenCatalog(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, images.FormatRaw); err != nil {
-		t.Fatal(err)
-	}
+	catalogAdd(t, dir, osType, osVersion, path, images.FormatRaw)
 	return image
 }
 
@@ -390,13 +384,7 @@ func addSparseImage(t *testing.T, dir, osType, osVersion string, size int64) {
 	f.Write(head)
 	f.Truncate(size)
 	f.Close()
-	cat, err := images.OpenCatalog(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, images.FormatRaw); err != nil {
-		t.Fatal(err)
-	}
+	catalogAdd(t, dir, osType, osVersion, path, images.FormatRaw)
 }
 
 // assertPrefix checks that the file at path starts with want (the image).

@@ -492,13 +492,7 @@ func addImage(t *testing.T, dir, osType, osVersion string) []byte {
 	if err := os.WriteFile(path, gz.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cat, err := images.OpenCatalog(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, images.FormatGzip); err != nil {
-		t.Fatal(err)
-	}
+	catalogAdd(t, dir, osType, osVersion, path, images.FormatGzip)
 	return image
 }
 
@@ -507,4 +501,16 @@ func must(v string, ok bool) string {
 		panic(fmt.Sprintf("key missing (value %q)", v))
 	}
 	return v
+}
+
+// catalogAdd registers the image file at path in dir's catalog, as lpmos-image add does.
+func catalogAdd(t *testing.T, dir, osType, osVersion, path string, format images.Format) {
+	t.Helper()
+	cat, err := images.OpenCatalog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Add(context.Background(), contract.OSRef{OSType: osType, OSVersion: osVersion}, path, format); err != nil {
+		t.Fatal(err)
+	}
 }
