@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"lpmos.dev/lpmos/contract"
 )
@@ -171,14 +168,13 @@ func (s *Store) FailOverdue(ctx context.Context, region string, timeout time.Dur
 // taskIDsByStatus lists a region's task ids in one status from the status index
 // (keys only: no task is read).
 func (s *Store) taskIDsByStatus(ctx context.Context, region string, st Status) ([]string, error) {
-	prefix := statusIndexPrefix(region) + string(st) + "/"
-	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	refs, _, err := s.statusRefs(ctx, region, st)
 	if err != nil {
 		return nil, fmt.Errorf("list %s tasks of %s: %w", st, region, err)
 	}
-	ids := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		ids = append(ids, strings.TrimPrefix(string(kv.Key), prefix))
+	ids := make([]string, len(refs))
+	for i, r := range refs {
+		ids[i] = r.id
 	}
 	return ids, nil
 }

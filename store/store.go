@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -248,22 +247,11 @@ func (s *Store) ListTasks(ctx context.Context, f ListFilter) ([]Task, error) {
 // listByStatus is ListTasks with a status filter: the status index names the tasks,
 // then those are read whole, at the index read's revision.
 func (s *Store) listByStatus(ctx context.Context, f ListFilter) ([]Task, error) {
-	prefix := indexRoot + "status/"
-	if f.Region != "" {
-		prefix = statusIndexPrefix(f.Region) + string(f.Status) + "/"
-	}
-	idx, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	refs, rev, err := s.statusRefs(ctx, f.Region, f.Status)
 	if err != nil {
-		return nil, fmt.Errorf("list tasks: %w", err)
+		return nil, err
 	}
-	var refs []taskRef
-	for _, kv := range idx.Kvs {
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
-		if len(parts) == 3 && parts[1] == string(f.Status) {
-			refs = append(refs, taskRef{parts[0], parts[2]})
-		}
-	}
-	out, err := s.readTasks(ctx, refs, idx.Header.Revision, true, func(t Task) bool {
+	out, err := s.readTasks(ctx, refs, rev, true, func(t Task) bool {
 		return t.Status == f.Status && (f.MAC == "" || t.TargetMAC == f.MAC)
 	})
 	if err != nil {

@@ -22,26 +22,11 @@ func (s *Store) ListTaskSummaries(ctx context.Context, region string, status Sta
 	if !status.Valid() {
 		return nil, invalid("status", "unknown status %q", status)
 	}
-	prefix := indexRoot + "status/"
-	if region != "" {
-		if err := ValidateRegion(region); err != nil {
-			return nil, err
-		}
-		prefix = statusIndexPrefix(region) + string(status) + "/"
-	}
-	idx, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	refs, rev, err := s.statusRefs(ctx, region, status)
 	if err != nil {
-		return nil, fmt.Errorf("list tasks in %s: %w", status, err)
+		return nil, err
 	}
-	var refs []taskRef
-	for _, kv := range idx.Kvs {
-		// /os/index/status/{region}/{status}/{id}
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
-		if len(parts) == 3 && parts[1] == string(status) {
-			refs = append(refs, taskRef{parts[0], parts[2]})
-		}
-	}
-	out, err := s.readSummaries(ctx, refs, idx.Header.Revision, func(t Task) bool { return t.Status == status })
+	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return t.Status == status })
 	if err != nil {
 		return nil, fmt.Errorf("list tasks in %s: %w", status, err)
 	}
@@ -109,18 +94,39 @@ func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHa
 // sort by creation time), then reads just those tasks: a dashboard over 10,000 tasks
 // reads 200 of them.
 func (s *Store) NewestTaskSummaries(ctx context.Context, region string, status Status, limit int) ([]Task, int, error) {
+	if status != "" && !status.Valid() {
+		return nil, 0, invalid("status", "unknown status %q", status)
+	}
+	refs, rev, err := s.statusRefs(ctx, region, status)
+	if err != nil {
+		return nil, 0, err
+	}
+	total := len(refs)
+	sort.Slice(refs, func(i, j int) bool { return refs[i].id > refs[j].id })
+	if limit > 0 && len(refs) > limit {
+		refs = refs[:limit]
+	}
+	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return status == "" || t.Status == status })
+	if err != nil {
+		return nil, 0, fmt.Errorf("list tasks: %w", err)
+	}
+	// Ids of tasks made before UUIDv7 do not sort by time: order by creation.
+	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out, total, nil
+}
+
+// statusRefs reads the status index keys only: the tasks of a region ("" for every
+// region) in one status ("" for every status), and the revision it read at.
+func (s *Store) statusRefs(ctx context.Context, region string, status Status) ([]taskRef, int64, error) {
 	prefix := indexRoot + "status/"
 	if region != "" {
 		if err := ValidateRegion(region); err != nil {
 			return nil, 0, err
 		}
 		prefix = statusIndexPrefix(region)
-	}
-	if status != "" && !status.Valid() {
-		return nil, 0, invalid("status", "unknown status %q", status)
-	}
-	if region != "" && status != "" {
-		prefix += string(status) + "/"
+		if status != "" {
+			prefix += string(status) + "/"
+		}
 	}
 	idx, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
@@ -128,21 +134,11 @@ func (s *Store) NewestTaskSummaries(ctx context.Context, region string, status S
 	}
 	var refs []taskRef
 	for _, kv := range idx.Kvs {
+		// /os/index/status/{region}/{status}/{id}
 		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
 		if len(parts) == 3 && (status == "" || parts[1] == string(status)) {
 			refs = append(refs, taskRef{parts[0], parts[2]})
 		}
 	}
-	total := len(refs)
-	sort.Slice(refs, func(i, j int) bool { return refs[i].id > refs[j].id })
-	if limit > 0 && len(refs) > limit {
-		refs = refs[:limit]
-	}
-	out, err := s.readSummaries(ctx, refs, idx.Header.Revision, func(t Task) bool { return status == "" || t.Status == status })
-	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", err)
-	}
-	// Ids of tasks made before UUIDv7 do not sort by time: order by creation.
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
-	return out, total, nil
+	return refs, idx.Header.Revision, nil
 }
