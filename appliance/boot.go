@@ -150,6 +150,9 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 	if mode := b.mode(); mode != "off" {
 		cfg := dhcpd.Config{Mode: dhcpd.Mode(mode), Booter: a, ServerIP: serverIP, HTTPPort: port, Binaries: bins, Logger: log, Observe: a.metrics.dhcpObserve}
 		if mode == "full" {
+			if !a.bootSubnet.IsValid() {
+				return nil, fmt.Errorf("--dhcp-mode=full: --boot-server-ip %s is not an address of --dhcp-interface %q (or of any interface): the boot subnet is unknown", serverIP, b.DHCPInterface)
+			}
 			start, end, _ := dhcpd.ParseRange(b.DHCPRange)
 			pool := &dhcpd.Pool{Start: start, End: end, LeaseTime: b.DHCPLeaseTime, Subnet: a.bootSubnet}
 			if b.DHCPRouter != "" {
@@ -209,25 +212,41 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 	return servers, nil
 }
 
-// bootServerIP is --boot-server-ip, else the DHCP interface's first IPv4 address.
+// bootServerIP is --boot-server-ip, else the DHCP interface's first IPv4 address. It
+// also records the boot subnet (full DHCP's pool must lie in it): the prefix of the
+// interface address that is the boot server IP, looked up on --dhcp-interface or, without
+// it, on every interface.
 func (a *Appliance) bootServerIP() (netip.Addr, error) {
 	b := a.cfg.Boot
-	if b.BootServerIP != "" {
-		return netip.MustParseAddr(b.BootServerIP), nil
-	}
-	if b.DHCPInterface == "" {
+	if b.BootServerIP == "" && b.DHCPInterface == "" {
 		return netip.Addr{}, nil
 	}
-	ifc, err := net.InterfaceByName(b.DHCPInterface)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("--dhcp-interface: %w", err)
+	var ifaces []net.Interface
+	if b.DHCPInterface != "" {
+		ifc, err := net.InterfaceByName(b.DHCPInterface)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("--dhcp-interface: %w", err)
+		}
+		ifaces = []net.Interface{*ifc}
+	} else if all, err := net.Interfaces(); err == nil {
+		ifaces = all
 	}
-	addrs, _ := ifc.Addrs()
-	for _, ad := range addrs {
-		if p, err := netip.ParsePrefix(ad.String()); err == nil && p.Addr().Is4() {
+	want, _ := netip.ParseAddr(b.BootServerIP) // validated; invalid when the flag is unset
+	for _, ifc := range ifaces {
+		addrs, _ := ifc.Addrs()
+		for _, ad := range addrs {
+			p, err := netip.ParsePrefix(ad.String())
+			if err != nil || !p.Addr().Is4() || (want.IsValid() && p.Addr() != want) {
+				continue
+			}
 			a.bootSubnet = p.Masked()
 			return p.Addr(), nil
 		}
+	}
+	if want.IsValid() {
+		// A boot server address on no local interface (behind NAT, say) still works for
+		// proxy DHCP; full DHCP then has no subnet and says so when it starts.
+		return want, nil
 	}
 	return netip.Addr{}, fmt.Errorf("--dhcp-interface %s has no IPv4 address (or pass --boot-server-ip)", b.DHCPInterface)
 }
