@@ -26,12 +26,15 @@ type Config struct {
 	Quiet bool
 	// QuotaBackendBytes is etcd's --quota-backend-bytes; 0: 2 GiB.
 	QuotaBackendBytes int64
+	// TLS is etcd's client and peer TLS (tls.go); zero: plaintext.
+	TLS TLS
 }
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd  *embed.Etcd
-	close sync.Once
+	etcd      *embed.Etcd
+	close     sync.Once
+	clientTLS bool // Endpoints say https://
 }
 
 // Start starts etcd and waits until it serves (or ctx ends). Port 0 in a URL picks a free
@@ -56,6 +59,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clientURLs, clientURLs
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peerURLs, peerURLs
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if err := c.TLS.apply(cfg); err != nil {
+		return nil, err
+	}
 	// Every progress post writes a revision: without compaction the history of a busy
 	// region grows until the backend quota's NOSPACE alarm stops all writes. Keep one
 	// hour of history (watchers that fall further behind resync) and etcd's 2 GiB quota.
@@ -85,14 +91,19 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e}, nil
+	return &Server{etcd: e, clientTLS: c.TLS.Client()}, nil
 }
 
-// Endpoints are the client addresses to dial (host:port), with the real ports.
+// Endpoints are the client addresses to dial (host:port, https://host:port with TLS),
+// with the real ports.
 func (s *Server) Endpoints() []string {
 	var eps []string
 	for _, l := range s.etcd.Clients {
-		eps = append(eps, l.Addr().String())
+		ep := l.Addr().String()
+		if s.clientTLS {
+			ep = "https://" + ep
+		}
+		eps = append(eps, ep)
 	}
 	return eps
 }
