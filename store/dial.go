@@ -82,7 +82,7 @@ const (
 // user fails at start with a message naming the flag instead of on the first request
 // (or, with TLS, a silent retry until a deadline).
 func Open(ctx context.Context, d DialConfig) (*Store, error) {
-	cfg, err := d.clientConfig()
+	cfg, err := d.ClientConfig()
 	if err != nil {
 		return nil, err
 	}
@@ -103,8 +103,9 @@ func Open(ctx context.Context, d DialConfig) (*Store, error) {
 	return s, nil
 }
 
-// clientConfig checks the flags against each other and reads the files.
-func (d DialConfig) clientConfig() (clientv3.Config, error) {
+// ClientConfig checks the flags against each other and reads the files; Open dials
+// with it (tests and tools that need a bare etcd client use it too).
+func (d DialConfig) ClientConfig() (clientv3.Config, error) {
 	cfg := clientv3.Config{Endpoints: d.Endpoints, DialTimeout: 5 * time.Second}
 	if len(d.Endpoints) == 0 {
 		return cfg, errors.New("--etcd-endpoints: no endpoint")
@@ -260,14 +261,14 @@ func (d DialConfig) probeTLS(ctx context.Context, ep, addr string, tc *tls.Confi
 	case errors.As(err, &invalid):
 		return fmt.Errorf("etcd at %s: its server certificate (etcd's --cert-file) is not valid: %v", ep, invalid)
 	case errors.As(err, &notTLS):
-		return fmt.Errorf("--etcd-cacert/--etcd-cert: etcd at %s does not speak TLS (it serves http://): drop the TLS flags, or give etcd --cert-file and --key-file", ep)
+		return fmt.Errorf("--etcd-cacert/--etcd-cert: etcd at %s does not speak TLS (it serves http://): use http:// without --etcd-cacert/--etcd-cert, or give etcd --cert-file and --key-file", ep)
 	case errors.As(err, &opErr) && opErr.Op == "remote error":
 		return d.explainAlert(ep, opErr.Err.Error())
 	}
 	// Nothing TLS-shaped came back (EOF, a timeout): a plaintext etcd waits for a
 	// request line and never answers a TLS hello. Ask it in plaintext to tell.
 	if answer, perr := plainHealth(ctx, addr); perr == nil && strings.HasPrefix(answer, "HTTP/") && !strings.Contains(answer, "HTTPS") {
-		return fmt.Errorf("--etcd-cacert/--etcd-cert: etcd at %s does not speak TLS (it serves http://): drop the TLS flags, or give etcd --cert-file and --key-file", ep)
+		return fmt.Errorf("--etcd-cacert/--etcd-cert: etcd at %s does not speak TLS (it serves http://): use http:// without --etcd-cacert/--etcd-cert, or give etcd --cert-file and --key-file", ep)
 	}
 	return nil
 }
@@ -330,6 +331,9 @@ func (d DialConfig) explainAuth(err error) error {
 		who = "--etcd-user " + strings.SplitN(d.User, ":", 2)[0]
 	case d.Cert != "":
 		who = "the CN of --etcd-cert " + d.Cert
+		if kp, kerr := tls.LoadX509KeyPair(d.Cert, d.Key); kerr == nil {
+			who = fmt.Sprintf("etcd user %q (%s)", kp.Leaf.Subject.CommonName, who)
+		}
 	}
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthFailed):
@@ -337,7 +341,7 @@ func (d DialConfig) explainAuth(err error) error {
 	case errors.Is(err, rpctypes.ErrUserEmpty):
 		return fmt.Errorf("etcd's auth is on and this client names no user: give --etcd-cert/--etcd-key (its CN is the user) or --etcd-user: %w", err)
 	case errors.Is(err, rpctypes.ErrUserNotFound), errors.Is(err, rpctypes.ErrPermissionDenied):
-		return fmt.Errorf("%s: %w", who, err)
+		return fmt.Errorf("%s: %w (is it an etcd user with a role on LPMOS's keys? etcdctl user get)", who, err)
 	}
 	return err
 }
