@@ -13,6 +13,7 @@ import (
 
 	"lpmos.dev/lpmos/internal/pki"
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/etcdserver"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
@@ -205,5 +206,34 @@ func TestCredentialFlagsAndEnv(t *testing.T) {
 	want := store.Credentials{CACert: "/flag/ca.crt", Cert: "/env/c.crt", Key: "/env/c.key", User: "alice", Password: "pw", PasswordFile: "/env/pw"}
 	if c != want {
 		t.Fatalf("got %+v\nwant %+v", c, want)
+	}
+}
+
+// etcd's certificate must name the host dialled: one for another name is refused with
+// the name to add.
+func TestOpenServerCertificateForAnotherName(t *testing.T) {
+	p := storetest.NewPKI(t)
+	cert, key := p.Issue(t, "elsewhere", pki.Request{CommonName: "etcd-server", Kind: pki.Server, Hosts: []string{"etcd.example.net"}})
+	tc := p.ServerTLS()
+	tc.CertFile, tc.KeyFile = cert, key
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), ListenClientURLs: "https://127.0.0.1:0", ListenPeerURLs: "http://127.0.0.1:0", Quiet: true, TLS: tc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	st, err, took := openWithin(t, store.DialConfig{Endpoints: srv.Endpoints(), Credentials: p.Client(t, "root")})
+	if err == nil {
+		st.Close()
+		t.Fatal("open succeeded")
+	}
+	for _, w := range []string{"--etcd-endpoints", "[etcd.example.net]", "not for 127.0.0.1", "--hosts"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q: %v", w, err)
+		}
+	}
+	if took > refusalDeadline {
+		t.Errorf("took %s", took)
 	}
 }
