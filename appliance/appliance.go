@@ -177,7 +177,7 @@ func (a *Appliance) open(ctx context.Context) error {
 	}
 	st, err := store.Open(startCtx, store.DialConfig{Endpoints: endpoints, Credentials: cfg.EtcdCredentials})
 	if err != nil {
-		return fmt.Errorf("etcd (%s): %w", etcdFlag, err)
+		return fmt.Errorf("%s: %w", etcdFlag, err)
 	}
 	a.store, a.etcdEP = st, endpoints
 	a.closers.add(func() { st.Close() })

@@ -136,9 +136,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 			}
 		}
 	}
-	if err := c.EtcdCredentials.FromEnv(fs, getenv); err != nil {
-		return Config{}, err
-	}
+	c.EtcdCredentials.FromEnv(fs, getenv)
 	c.EtcdEndpoints = splitList(endpoints)
 	if c.EtcdDataDir == "" {
 		c.EtcdDataDir = c.Label + ".etcd"

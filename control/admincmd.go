@@ -146,9 +146,7 @@ func admin(ctx context.Context, args []string, env Env) error {
 		}
 	}
 
-	if err := creds.FromEnv(fs, env.Getenv); err != nil {
-		return err
-	}
+	creds.FromEnv(fs, env.Getenv)
 	eps := splitEndpoints(*endpoints, env.Getenv)
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	st, err := store.Open(openCtx, store.DialConfig{Endpoints: eps, Credentials: creds})

@@ -90,9 +90,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if err := c.EtcdCredentials.FromEnv(fs, getenv); err != nil {
-		return Config{}, err
-	}
+	c.EtcdCredentials.FromEnv(fs, getenv)
 	c.EtcdEndpoints = splitEndpoints(endpoints, getenv)
 	if allowed != "" {
 		c.AllowedHosts = strings.Split(allowed, ",")

@@ -35,39 +35,43 @@ type DialConfig struct {
 	Credentials
 }
 
-// credentialFlags pairs each flag with its environment variable (etcdctl's ETCDCTL_*
-// spelled as the v2.1 contract spells ETCD_ENDPOINTS).
-var credentialFlags = []struct{ flag, env, usage string }{
-	{"etcd-cacert", "ETCD_CACERT", "CA certificate(s) that signed etcd's server certificate; turns TLS on"},
-	{"etcd-cert", "ETCD_CERT", "client certificate for etcd (with etcd's --client-cert-auth its CN is the etcd user)"},
-	{"etcd-key", "ETCD_KEY", "key of --etcd-cert"},
-	{"etcd-user", "ETCD_USER", "etcd user when etcd's auth is on and no client certificate names one (USER or USER:PASSWORD)"},
-	{"etcd-password", "ETCD_PASSWORD", "password of --etcd-user (--etcd-password-file keeps it out of ps)"},
-	{"etcd-password-file", "ETCD_PASSWORD_FILE", "file holding the password of --etcd-user"},
+// flags pairs each credential with its flag and environment variable (etcdctl's
+// ETCDCTL_* spelled as the v2.1 contract spells ETCD_ENDPOINTS).
+func (c *Credentials) flags() []struct {
+	field            *string
+	flag, env, usage string
+} {
+	return []struct {
+		field            *string
+		flag, env, usage string
+	}{
+		{&c.CACert, "etcd-cacert", "ETCD_CACERT", "CA certificate(s) that signed etcd's server certificate; turns TLS on"},
+		{&c.Cert, "etcd-cert", "ETCD_CERT", "client certificate for etcd (with etcd's --client-cert-auth its CN is the etcd user)"},
+		{&c.Key, "etcd-key", "ETCD_KEY", "key of --etcd-cert"},
+		{&c.User, "etcd-user", "ETCD_USER", "etcd user when etcd's auth is on and no client certificate names one (USER or USER:PASSWORD)"},
+		{&c.Password, "etcd-password", "ETCD_PASSWORD", "password of --etcd-user (--etcd-password-file keeps it out of ps)"},
+		{&c.PasswordFile, "etcd-password-file", "ETCD_PASSWORD_FILE", "file holding the password of --etcd-user"},
+	}
 }
 
 // AddFlags registers the credential flags on fs: every binary that dials etcd takes
 // them the same way. Call FromEnv after fs.Parse.
 func (c *Credentials) AddFlags(fs *flag.FlagSet) {
-	fields := []*string{&c.CACert, &c.Cert, &c.Key, &c.User, &c.Password, &c.PasswordFile}
-	for i, f := range credentialFlags {
-		fs.StringVar(fields[i], f.flag, "", f.usage+" (env "+f.env+")")
+	for _, f := range c.flags() {
+		fs.StringVar(f.field, f.flag, "", f.usage+" (env "+f.env+")")
 	}
 }
 
 // FromEnv sets each credential flag the command line left unset from its environment
 // variable: flags win over the environment.
-func (c *Credentials) FromEnv(fs *flag.FlagSet, getenv func(string) string) error {
+func (c *Credentials) FromEnv(fs *flag.FlagSet, getenv func(string) string) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	for _, f := range credentialFlags {
+	for _, f := range c.flags() {
 		if v := getenv(f.env); v != "" && !set[f.flag] {
-			if err := fs.Set(f.flag, v); err != nil {
-				return fmt.Errorf("%s: %w", f.env, err)
-			}
+			*f.field = v
 		}
 	}
-	return nil
 }
 
 // dialTimeouts: the probe answers within seconds whatever etcd does; the first request
