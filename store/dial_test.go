@@ -207,31 +207,46 @@ func TestCredentialFlagsAndEnv(t *testing.T) {
 	}
 }
 
-// etcd's certificate must name the host dialled: one for another name is refused with
-// the name to add.
-func TestOpenServerCertificateForAnotherName(t *testing.T) {
+// etcd's own certificate must name the host dialled and be valid now: otherwise the
+// error says what to reissue.
+func TestOpenBadServerCertificates(t *testing.T) {
 	p := storetest.NewPKI(t)
-	cert, key := p.Issue(t, "elsewhere", pki.Request{CommonName: "etcd-server", Kind: pki.Server, Hosts: []string{"etcd.example.net"}})
-	tc := p.ServerTLS()
-	tc.CertFile, tc.KeyFile = cert, key
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srv, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), ListenClientURLs: "https://127.0.0.1:0", ListenPeerURLs: "http://127.0.0.1:0", Quiet: true, TLS: tc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	st, err, took := openWithin(t, store.DialConfig{Endpoints: srv.Endpoints(), Credentials: p.Client(t, "root")})
-	if err == nil {
-		st.Close()
-		t.Fatal("open succeeded")
-	}
-	for _, w := range []string{"--etcd-endpoints", "[etcd.example.net]", "not for 127.0.0.1", "--hosts"} {
-		if !strings.Contains(err.Error(), w) {
-			t.Errorf("error lacks %q: %v", w, err)
-		}
-	}
-	if took > refusalDeadline {
-		t.Errorf("took %s", took)
+	now := time.Now()
+	for _, c := range []struct {
+		name string
+		req  pki.Request
+		want []string
+	}{
+		{"for another name", pki.Request{CommonName: "etcd-server", Kind: pki.Server, Hosts: []string{"etcd.example.net"}},
+			[]string{"--etcd-endpoints", "[etcd.example.net]", "not for 127.0.0.1", "--hosts"}},
+		{"expired", pki.Request{CommonName: "etcd-server", Kind: pki.Server, Hosts: []string{"127.0.0.1"}, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)},
+			[]string{"its server certificate (etcd's --cert-file) is not valid", "expired"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cert, key := p.Issue(t, strings.ReplaceAll(c.name, " ", "-"), c.req)
+			tc := p.ServerTLS()
+			tc.CertFile, tc.KeyFile = cert, key
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			srv, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), ListenClientURLs: "https://127.0.0.1:0", ListenPeerURLs: "http://127.0.0.1:0", Quiet: true, TLS: tc})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			st, err, took := openWithin(t, store.DialConfig{Endpoints: srv.Endpoints(), Credentials: p.Client(t, "root-"+strings.ReplaceAll(c.name, " ", "-"))})
+			if err == nil {
+				st.Close()
+				t.Fatal("open succeeded")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if took > refusalDeadline {
+				t.Errorf("took %s", took)
+			}
+			t.Logf("refused in %s: %v", took.Round(time.Millisecond), err)
+		})
 	}
 }
