@@ -59,9 +59,6 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clientURLs, clientURLs
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peerURLs, peerURLs
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	if err := c.TLS.apply(cfg); err != nil {
-		return nil, err
-	}
 	// Every progress post writes a revision: without compaction the history of a busy
 	// region grows until the backend quota's NOSPACE alarm stops all writes. Keep one
 	// hour of history (watchers that fall further behind resync) and etcd's 2 GiB quota.
@@ -74,6 +71,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	} else {
 		cfg.LogLevel = "error" // etcd logs every slow-ish request at warn: too loud beside our lines
+	}
+	if err := c.TLS.apply(cfg); err != nil {
+		return nil, err
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -15,11 +15,11 @@ import (
 
 func main() {
 	var c etcdserver.Config
+	c.TLS.AddFlags(flag.CommandLine, "") // --cert-file, --key-file, --trusted-ca-file, --client-cert-auth, --peer-*
 	flag.StringVar(&c.Name, "name", "default", "member name")
 	flag.StringVar(&c.DataDir, "data-dir", "default.etcd", "data directory")
 	flag.StringVar(&c.ListenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "client URLs")
 	flag.StringVar(&c.ListenPeerURLs, "listen-peer-urls", "http://127.0.0.1:2380", "peer URLs")
-	c.TLS.AddFlags(flag.CommandLine, "") // --cert-file, --key-file, --trusted-ca-file, --client-cert-auth, --peer-*
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
