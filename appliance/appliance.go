@@ -163,6 +163,7 @@ func (a *Appliance) open(ctx context.Context) error {
 		srv, err := etcdserver.Start(startCtx, etcdserver.Config{
 			Name: cfg.Label, DataDir: cfg.EtcdDataDir,
 			ListenClientURLs: cfg.EtcdListenClientURLs, ListenPeerURLs: cfg.EtcdListenPeerURLs,
+			TLS: cfg.EtcdTLS,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded etcd (--etcd-data-dir, --etcd-listen-client-urls, --etcd-listen-peer-urls): %w", err)
@@ -174,7 +175,7 @@ func (a *Appliance) open(ctx context.Context) error {
 			return err
 		}
 	}
-	st, err := store.Open(startCtx, endpoints)
+	st, err := store.Open(startCtx, store.DialConfig{Endpoints: endpoints, Credentials: cfg.EtcdCredentials})
 	if err != nil {
 		return fmt.Errorf("%s: %w", etcdFlag, err)
 	}

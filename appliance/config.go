@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/etcdserver"
 )
 
 // Config is the appliance's configuration. Flags win over environment variables.
@@ -20,11 +21,15 @@ type Config struct {
 	APIPort       int
 	APIHost       string // comma-separated listen addresses; empty: 127.0.0.1 and the boot network address
 	EtcdEndpoints []string
+	// EtcdCredentials are the client's TLS files and etcd user, for whichever etcd it
+	// dials (the embedded one too).
+	EtcdCredentials store.Credentials
 
 	// Embedded etcd (used when EtcdEndpoints is empty), with etcd's own flag names.
 	EtcdDataDir          string
 	EtcdListenClientURLs string
 	EtcdListenPeerURLs   string
+	EtcdTLS              etcdserver.TLS // --etcd-cert-file, --etcd-client-cert-auth, ...
 
 	HeartbeatTTL time.Duration
 	RetryAfter   int // seconds an agent is told to wait after a 404 report
@@ -87,6 +92,8 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", "", "embedded etcd data directory (default ./<label>.etcd)")
 	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URLs (a control plane on this host dials these)")
 	fs.StringVar(&c.EtcdListenPeerURLs, "etcd-listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URLs")
+	c.EtcdCredentials.AddFlags(fs)
+	c.EtcdTLS.AddFlags(fs, "etcd-")
 	fs.DurationVar(&c.HeartbeatTTL, "heartbeat-ttl", 30*time.Second, "TTL of the region heartbeat lease")
 	fs.DurationVar(&c.DeployTimeout, "deploy-timeout", time.Hour, "fail a task not completed this long after its approval")
 	fs.IntVar(&c.RetryAfter, "retry-after", 10, "seconds an agent is told to wait before trying again (no task matches yet, image streams full)")
@@ -129,6 +136,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 			}
 		}
 	}
+	c.EtcdCredentials.FromEnv(fs, getenv)
 	c.EtcdEndpoints = splitList(endpoints)
 	if c.EtcdDataDir == "" {
 		c.EtcdDataDir = c.Label + ".etcd"

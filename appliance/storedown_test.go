@@ -63,7 +63,7 @@ func TestServiceResumesAfterEtcdRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cp.Stop() })
-	st, err := store.Open(ctx, eps)
+	st, err := store.Open(ctx, store.DialConfig{Endpoints: eps})
 	if err != nil {
 		t.Fatal(err)
 	}

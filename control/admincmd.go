@@ -59,6 +59,8 @@ func Main(ctx context.Context, args []string, env Env) error {
 		switch args[0] {
 		case "users", "tokens", "bootstrap":
 			return admin(ctx, args, env)
+		case "certs":
+			return certsCmd(args[1:], env)
 		}
 	}
 	return Run(ctx, args, env.Getenv, env.Stderr)
@@ -72,7 +74,8 @@ const adminUsage = `usage:
   lpmos-control tokens list [--user NAME]
   lpmos-control tokens revoke ID
   lpmos-control bootstrap --out-dir DIR
-each with --etcd-endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379)`
+each with --etcd-endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379) and, for a TLS etcd,
+--etcd-cacert, --etcd-cert, --etcd-key (env ETCD_CACERT, ETCD_CERT, ETCD_KEY)`
 
 func admin(ctx context.Context, args []string, env Env) error {
 	cmd := args[0]
@@ -92,6 +95,8 @@ func admin(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("lpmos-control "+cmd, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379)")
+	var creds store.Credentials
+	creds.AddFlags(fs)
 	role := fs.String("role", "", "users add: admin, operator or viewer")
 	user := fs.String("user", "", "tokens: the user the token belongs to")
 	ttl := fs.Duration("ttl", store.DefaultTokenTTL, "tokens create: how long the token is valid")
@@ -141,9 +146,10 @@ func admin(ctx context.Context, args []string, env Env) error {
 		}
 	}
 
+	creds.FromEnv(fs, env.Getenv)
 	eps := splitEndpoints(*endpoints, env.Getenv)
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	st, err := store.Open(openCtx, eps)
+	st, err := store.Open(openCtx, store.DialConfig{Endpoints: eps, Credentials: creds})
 	cancel()
 	if err != nil {
 		return err

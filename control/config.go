@@ -11,14 +11,18 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"lpmos.dev/lpmos/store"
 )
 
 // Config is the control plane's configuration. Flags win over environment variables.
 type Config struct {
-	Port           int
-	Host           string
-	EtcdEndpoints  []string
-	UnmatchedAlert int // unmatched reports per region above which the dashboard alerts
+	Port          int
+	Host          string
+	EtcdEndpoints []string
+	// EtcdCredentials are the TLS files and etcd user it dials etcd with.
+	EtcdCredentials store.Credentials
+	UnmatchedAlert  int // unmatched reports per region above which the dashboard alerts
 	// AllowedHosts are the Host header values (without port) served; others get 421
 	// (DNS rebinding). localhost, 127.0.0.1, ::1 and Host are always allowed; "*"
 	// allows any (behind a proxy that checks Host itself).
@@ -76,6 +80,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.DurationVar(&c.SessionIdle, "session-idle", DefaultSessionIdle, "a web session ends after this long without a request")
 	fs.DurationVar(&c.SessionMax, "session-max", DefaultSessionMax, "a web session ends this long after the login")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379, an appliance's embedded etcd on this host)")
+	c.EtcdCredentials.AddFlags(fs)
 	fs.IntVar(&c.MaxConns, "max-conns", 1024, "open connections in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections from one address (0: no cap)")
 	fs.IntVar(&c.UnmatchedAlert, "unmatched-alert", 5, "alert on the dashboard when a region has more unmatched reports than this")
@@ -85,6 +90,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	c.EtcdCredentials.FromEnv(fs, getenv)
 	c.EtcdEndpoints = splitEndpoints(endpoints, getenv)
 	if allowed != "" {
 		c.AllowedHosts = strings.Split(allowed, ",")

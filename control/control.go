@@ -53,7 +53,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	// A signal during startup stops the server after it started, through the normal path.
 	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancelStart()
-	st, err := store.Open(startCtx, cfg.EtcdEndpoints)
+	st, err := store.Open(startCtx, store.DialConfig{Endpoints: cfg.EtcdEndpoints, Credentials: cfg.EtcdCredentials})
 	if err != nil {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}

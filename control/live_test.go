@@ -50,7 +50,7 @@ func TestLivePush(t *testing.T) {
 	}
 	var stopEtcd sync.Once
 	t.Cleanup(func() { stopEtcd.Do(srv.Close) })
-	st, err := store.Open(ctx, srv.Endpoints())
+	st, err := store.Open(ctx, store.DialConfig{Endpoints: srv.Endpoints()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -613,22 +613,5 @@ func (s *Store) openSnap(ctx context.Context, region, mac string) (*taskSnap, er
 	return snap, err
 }
 
-// Open dials etcd and checks that it answers, so a wrong --etcd-endpoints fails at
-// start with a clear message instead of on the first request.
-func Open(ctx context.Context, endpoints []string) (*Store, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
-	}
-	s := New(cli)
-	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := s.Ping(pctx); err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
-	}
-	return s, nil
-}
-
 // Close closes the etcd client.
 func (s *Store) Close() error { return s.c.Close() }

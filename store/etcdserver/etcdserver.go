@@ -26,12 +26,15 @@ type Config struct {
 	Quiet bool
 	// QuotaBackendBytes is etcd's --quota-backend-bytes; 0: 2 GiB.
 	QuotaBackendBytes int64
+	// TLS is etcd's client and peer TLS (tls.go); zero: plaintext.
+	TLS TLS
 }
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd  *embed.Etcd
-	close sync.Once
+	etcd      *embed.Etcd
+	close     sync.Once
+	clientTLS bool // Endpoints say https://
 }
 
 // Start starts etcd and waits until it serves (or ctx ends). Port 0 in a URL picks a free
@@ -69,6 +72,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	} else {
 		cfg.LogLevel = "error" // etcd logs every slow-ish request at warn: too loud beside our lines
 	}
+	if err := c.TLS.apply(cfg); err != nil {
+		return nil, err
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.DataDir, err)
@@ -85,14 +91,19 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e}, nil
+	return &Server{etcd: e, clientTLS: c.TLS.Client()}, nil
 }
 
-// Endpoints are the client addresses to dial (host:port), with the real ports.
+// Endpoints are the client addresses to dial (host:port, https://host:port with TLS),
+// with the real ports.
 func (s *Server) Endpoints() []string {
 	var eps []string
 	for _, l := range s.etcd.Clients {
-		eps = append(eps, l.Addr().String())
+		ep := l.Addr().String()
+		if s.clientTLS {
+			ep = "https://" + ep
+		}
+		eps = append(eps, ep)
 	}
 	return eps
 }

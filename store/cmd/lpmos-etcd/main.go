@@ -15,6 +15,7 @@ import (
 
 func main() {
 	var c etcdserver.Config
+	c.TLS.AddFlags(flag.CommandLine, "") // --cert-file, --key-file, --trusted-ca-file, --client-cert-auth, --peer-*
 	flag.StringVar(&c.Name, "name", "default", "member name")
 	flag.StringVar(&c.DataDir, "data-dir", "default.etcd", "data directory")
 	flag.StringVar(&c.ListenClientURLs, "listen-client-urls", "http://127.0.0.1:2379", "client URLs")
