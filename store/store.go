@@ -529,7 +529,13 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		return change{to: to, progress: &p}, nil
 	})
 	if errors.Is(err, errUnchanged) {
-		return s.GetTask(ctx, u.TaskID)
+		// Read in the agent's region, never through the task index: an appliance's
+		// etcd role reaches only its region's keys.
+		snap, err := s.readTask(ctx, u.Region, u.TaskID)
+		if err != nil {
+			return Task{}, err
+		}
+		return snap.task, nil
 	}
 	return t, err
 }
@@ -616,7 +622,13 @@ func (s *Store) openSnap(ctx context.Context, region, mac string) (*taskSnap, er
 // Open dials etcd and checks that it answers, so a wrong --etcd-endpoints fails at
 // start with a clear message instead of on the first request.
 func Open(ctx context.Context, endpoints []string) (*Store, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	return OpenUser(ctx, endpoints, "", "")
+}
+
+// OpenUser is Open as etcd user (password auth, with auth enabled: an admin command's
+// root, a region's region-NAME); an empty user dials without one.
+func OpenUser(ctx context.Context, endpoints []string, user, password string) (*Store, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Username: user, Password: password})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
 	}
