@@ -59,6 +59,8 @@ func Main(ctx context.Context, args []string, env Env) error {
 		switch args[0] {
 		case "users", "tokens", "bootstrap":
 			return admin(ctx, args, env)
+		case "regions":
+			return regionsCmd(ctx, args[1:], env)
 		}
 	}
 	return Run(ctx, args, env.Getenv, env.Stderr)

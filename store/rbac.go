@@ -35,6 +35,12 @@ func PermissionDenied(err error) bool {
 		strings.HasSuffix(err.Error(), rpctypes.ErrPermissionDenied.Error()))
 }
 
+// CredentialsRefused reports whether err is etcd refusing the client's user: none given
+// while auth is on, or a wrong name or password.
+func CredentialsRefused(err error) bool {
+	return err != nil && (errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed))
+}
+
 // grant is one permission of a role: [key, end) or, with end "", the key alone.
 type grant struct {
 	key, end string
