@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -33,6 +34,24 @@ func RegionUser(region string) string { return "region-" + region }
 func PermissionDenied(err error) bool {
 	return err != nil && (errors.Is(err, rpctypes.ErrPermissionDenied) ||
 		strings.HasSuffix(err.Error(), rpctypes.ErrPermissionDenied.Error()))
+}
+
+// OpenUser is Open as an etcd user with a password (the regions command's
+// administrator, the tests' region-NAME and lpmos-control); an empty user dials without
+// one. The binaries' own etcd flags go through Open.
+func OpenUser(ctx context.Context, endpoints []string, user, password string) (*Store, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Username: user, Password: password})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v as %q: %w", endpoints, user, err)
+	}
+	s := New(cli)
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := s.Ping(pctx); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd at %v as %q: %w", endpoints, user, err)
+	}
+	return s, nil
 }
 
 // CredentialsRefused reports whether err is etcd refusing the client's user: none given

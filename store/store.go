@@ -622,13 +622,7 @@ func (s *Store) openSnap(ctx context.Context, region, mac string) (*taskSnap, er
 // Open dials etcd and checks that it answers, so a wrong --etcd-endpoints fails at
 // start with a clear message instead of on the first request.
 func Open(ctx context.Context, endpoints []string) (*Store, error) {
-	return OpenUser(ctx, endpoints, "", "")
-}
-
-// OpenUser is Open as etcd user (password auth, with auth enabled: an admin command's
-// root, a region's region-NAME); an empty user dials without one.
-func OpenUser(ctx context.Context, endpoints []string, user, password string) (*Store, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Username: user, Password: password})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
 	}
