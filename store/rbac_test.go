@@ -137,10 +137,13 @@ func TestRegionCannotReachAnotherRegion(t *testing.T) {
 		store.RegionUser("dc1"): slices.Concat(store.RegionPrefixes("dc10"), store.RegionPrefixes("dc2"), controlOnly),
 	}
 	for user, prefixes := range refused {
-		c := client(t, e, user)
-		for _, p := range prefixes {
-			assertRefused(t, ctx, c, user, p)
-		}
+		t.Run(user, func(t *testing.T) {
+			t.Parallel()
+			c := client(t, e, user)
+			for _, p := range prefixes {
+				assertRefused(t, ctx, c, user, p)
+			}
+		})
 	}
 	// The same users reach their own keys (so the refusals above are about the prefix).
 	for _, r := range []string{"dc1", "dc2"} {
