@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -140,9 +141,13 @@ func TestRegionCannotReachAnotherRegion(t *testing.T) {
 		t.Run(user, func(t *testing.T) {
 			t.Parallel()
 			c := client(t, e, user)
+			// At once: etcd refuses a write only when applying it, so each refusal is a
+			// raft entry, and concurrent ones share an fsync.
+			var wg sync.WaitGroup
 			for _, p := range prefixes {
-				assertRefused(t, ctx, c, user, p)
+				wg.Go(func() { assertRefused(t, ctx, c, user, p) })
 			}
+			wg.Wait()
 		})
 	}
 	// The same users reach their own keys (so the refusals above are about the prefix).
