@@ -55,9 +55,11 @@ func OpenUser(ctx context.Context, endpoints []string, user, password string) (*
 }
 
 // CredentialsRefused reports whether err is etcd refusing the client's user: none given
-// while auth is on, or a wrong name or password.
+// while auth is on, a wrong name or password, or a password for a certificate-only user
+// (etcd sends that one as text only).
 func CredentialsRefused(err error) bool {
-	return err != nil && (errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed))
+	return err != nil && (errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed) ||
+		strings.Contains(err.Error(), "password was given for no password user"))
 }
 
 // grant is one permission of a role: [key, end) or, with end "", the key alone.

@@ -107,6 +107,18 @@ func TestRegionRoleIsExactlyTheRegionPrefixes(t *testing.T) {
 	}
 	// The password stayed (an empty one leaves a user's alone).
 	client(t, e, store.RegionUser("dc2"))
+	// A new user without a password is for certificates only: no password opens it.
+	if err := root.EnsureRegionRole(ctx, "dc3", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, pw := range []string{"", "pw-region-dc3"} {
+		if s, err := store.OpenUser(ctx, e.Endpoints, store.RegionUser("dc3"), pw); !store.CredentialsRefused(err) {
+			if s != nil {
+				s.Close()
+			}
+			t.Fatalf("region-dc3 with password %q: want refused, got %v", pw, err)
+		}
+	}
 }
 
 // With dc2's credentials every dc1 (and dc10) prefix and every control-only prefix is
