@@ -61,6 +61,8 @@ func Main(ctx context.Context, args []string, env Env) error {
 			return admin(ctx, args, env)
 		case "certs":
 			return certsCmd(args[1:], env)
+		case "regions":
+			return regionsCmd(ctx, args[1:], env)
 		}
 	}
 	return Run(ctx, args, env.Getenv, env.Stderr)

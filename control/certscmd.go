@@ -46,7 +46,7 @@ const (
 const ControlCertCN = "root"
 
 // RegionCertCN is the CN, and so the etcd user, of a region's appliance.
-func RegionCertCN(region string) string { return "region-" + region }
+func RegionCertCN(region string) string { return store.RegionUser(region) }
 
 func certsCmd(args []string, env Env) error {
 	if len(args) == 0 {

@@ -40,21 +40,59 @@ const (
 	fieldToken    = string(PartAgentToken)
 )
 
-func taskDir(region, id string) string          { return taskRoot + region + "/" + id + "/" }
-func taskKey(region, id, field string) string   { return taskDir(region, id) + field }
-func regionTaskPrefix(region string) string     { return taskRoot + region + "/" }
-func heartbeatKey(region string) string         { return regionRoot + region + "/heartbeat" }
-func regionStatusKey(region string) string      { return regionRoot + region + "/status" }
-func unmatchedPrefix(region string) string      { return unmatchedRoot + region + "/" }
-func unmatchedKey(region, id string) string     { return unmatchedRoot + region + "/" + id }
-func leasePrefix(region string) string          { return "/os/dhcp/leases/" + region + "/" }
-func leaseKey(region, ip string) string         { return leasePrefix(region) + ip }
-func openMACIndexKey(region, mac string) string { return indexRoot + "mac/" + region + "/" + mac }
-func lastMACIndexKey(region, mac string) string { return indexRoot + "mac-last/" + region + "/" + mac }
+func taskDir(region, id string) string        { return taskRoot + region + "/" + id + "/" }
+func taskKey(region, id, field string) string { return taskDir(region, id) + field }
+func regionTaskPrefix(region string) string   { return taskRoot + region + "/" }
+func regionDir(region string) string          { return regionRoot + region + "/" }
+func heartbeatKey(region string) string       { return regionDir(region) + "heartbeat" }
+func regionStatusKey(region string) string    { return regionDir(region) + "status" }
+func unmatchedPrefix(region string) string    { return unmatchedRoot + region + "/" }
+func unmatchedKey(region, id string) string   { return unmatchedPrefix(region) + id }
+func leasePrefix(region string) string        { return "/os/dhcp/leases/" + region + "/" }
+func leaseKey(region, ip string) string       { return leasePrefix(region) + ip }
+
+// The MAC and status indexes, like every per-region key, put the region right after
+// their root: one range per kind reads every region (the control plane), one prefix
+// per kind names one region (its etcd role, RegionPrefixes).
+func openMACIndexPrefix(region string) string   { return indexRoot + "mac/" + region + "/" }
+func openMACIndexKey(region, mac string) string { return openMACIndexPrefix(region) + mac }
+func lastMACIndexPrefix(region string) string   { return indexRoot + "mac-last/" + region + "/" }
+func lastMACIndexKey(region, mac string) string { return lastMACIndexPrefix(region) + mac }
+func unmatchedIndexPrefix(region string) string { return indexRoot + "unmatched/" + region + "/" }
 func unmatchedIndexKey(region, mac string) string {
-	return indexRoot + "unmatched/" + region + "/" + mac
+	return unmatchedIndexPrefix(region) + mac
 }
+
+// taskRegionIndexKey finds a task's region from its id alone (the control plane's API
+// names tasks by id). It is global and control-only: no appliance reads it (an
+// appliance always knows its region), so no region's etcd role names it.
 func taskRegionIndexKey(id string) string { return indexRoot + "task/" + id }
+
+// healthProbeKey is what Ping reads (count only): a linearizable read proves a quorum
+// answers. Nothing is ever stored there; every LPMOS etcd role may read it.
+const healthProbeKey = "/os/health-probe"
+
+// RegionPrefixes are the prefixes of region's own keys: every key its appliance reads,
+// writes or watches lies under one of them, and each ends in '/' so that dc1's never
+// covers dc10's. Its etcd role (EnsureRegionRole) gets read-write on exactly these and
+// read on healthProbeKey; the control plane's keys (/os/auth/, the task index
+// /os/index/task/, /os/audit/_control/) lie under none.
+func RegionPrefixes(region string) []string {
+	return []string{
+		regionTaskPrefix(region),
+		regionDir(region),
+		unmatchedPrefix(region),
+		leasePrefix(region),
+		openMACIndexPrefix(region),
+		lastMACIndexPrefix(region),
+		unmatchedIndexPrefix(region),
+		statusIndexPrefix(region),
+		auditPrefix(region),
+	}
+}
+
+// ControlPrefix covers every LPMOS key: the control plane's etcd role.
+const ControlPrefix = "/os/"
 
 // The control plane's identities, under /os/auth/ (no appliance reads them): users,
 // API tokens by id (the secret is stored only as its sha256) and web sessions by the

@@ -146,7 +146,7 @@ func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
 func (s *Store) regions(ctx context.Context, name string) ([]Region, error) {
 	regionP, statusP, unmatchedP := regionRoot, indexRoot+"status/", unmatchedRoot
 	if name != "" {
-		regionP, statusP, unmatchedP = regionRoot+name+"/", statusIndexPrefix(name), unmatchedPrefix(name)
+		regionP, statusP, unmatchedP = regionDir(name), statusIndexPrefix(name), unmatchedPrefix(name)
 	}
 	regions := map[string]*Region{}
 	get := func(name string) *Region {
@@ -224,7 +224,7 @@ func (s *Store) GetRegion(ctx context.Context, name string) (Region, error) {
 
 // Ping checks that etcd answers (health endpoints).
 func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.c.Get(ctx, "/os/health-probe", clientv3.WithCountOnly())
+	_, err := s.c.Get(ctx, healthProbeKey, clientv3.WithCountOnly())
 	return err
 }
 

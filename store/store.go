@@ -529,7 +529,13 @@ func (s *Store) RecordProgress(ctx context.Context, u ProgressUpdate) (Task, err
 		return change{to: to, progress: &p}, nil
 	})
 	if errors.Is(err, errUnchanged) {
-		return s.GetTask(ctx, u.TaskID)
+		// Read in the agent's region, never through the task index: an appliance's
+		// etcd role reaches only its region's keys.
+		snap, err := s.readTask(ctx, u.Region, u.TaskID)
+		if err != nil {
+			return Task{}, err
+		}
+		return snap.task, nil
 	}
 	return t, err
 }
