@@ -45,7 +45,7 @@ func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 		release, reason, err := gate.admit(src)
 		if err != nil {
 			a.metrics.imageRefusals.WithLabelValues(reason).Inc()
-			a.logStream("image stream refused: "+err.Error(), "source", src, "path", r.URL.Path)
+			a.logStream(reason, "image stream refused: "+err.Error(), "source", src, "path", r.URL.Path)
 			w.Header().Set("Retry-After", strconv.Itoa(a.cfg.RetryAfter))
 			return &httpjson.Error{Code: httpjson.StatusFor(err), Message: err.Error(), Extra: map[string]any{"retry_after": a.cfg.RetryAfter}}
 		}
@@ -57,7 +57,7 @@ func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 		secs := time.Since(start).Seconds()
 		if fw.cut {
 			a.metrics.imageRefusals.WithLabelValues("too_slow").Inc()
-			a.logStream(fmt.Sprintf("image stream cut: the client took less than %d bytes/s for %s (--min-stream-rate, --min-stream-window)", a.cfg.MinStreamRate, a.cfg.MinStreamWindow),
+			a.logStream("too_slow", fmt.Sprintf("image stream cut: the client took less than %d bytes/s for %s (--min-stream-rate, --min-stream-window)", a.cfg.MinStreamRate, a.cfg.MinStreamWindow),
 				"source", src, "path", r.URL.Path, "bytes", fw.sent, "seconds", round1(secs))
 			return nil
 		}
@@ -68,9 +68,10 @@ func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 	})
 }
 
-// logStream logs a refused or cut stream, rate limited: a flood must not flood the log.
-func (a *Appliance) logStream(msg string, args ...any) {
-	if a.streamLog.Allow(time.Now()) {
+// logStream logs a refused or cut stream, rate limited per reason: a flood must not
+// flood the log, nor hide the other reasons.
+func (a *Appliance) logStream(reason, msg string, args ...any) {
+	if a.streamLog.Allow(reason, time.Now()) {
 		a.log.Warn(msg, args...)
 	}
 }
