@@ -57,11 +57,6 @@ func asAgent(r *http.Request, name string) context.Context {
 	return store.WithActor(r.Context(), store.Actor{Kind: store.ActorAgent, Name: name, Source: r.RemoteAddr})
 }
 
-// maxHardwareBytes caps a hardware report: a server with a hundred disks, their
-// partitions and a dozen NICs reports well under 100 KiB; anything near the cap is not
-// an inventory.
-const maxHardwareBytes = 256 << 10
-
 func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	if err := a.reports.allowSource(r, time.Now()); err != nil {
 		return err
@@ -80,8 +75,8 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Hardware) == 0 || req.Hardware[0] != '{' {
 		return &store.ValidationError{Field: "hardware", Message: "is required and must be a JSON object"}
 	}
-	if len(req.Hardware) > maxHardwareBytes {
-		return httpjson.Errorf(http.StatusRequestEntityTooLarge, "hardware report of %d bytes is over the %d-byte cap", len(req.Hardware), maxHardwareBytes)
+	if len(req.Hardware) > contract.MaxHardwareBytes {
+		return httpjson.Errorf(http.StatusRequestEntityTooLarge, "hardware report of %d bytes is over the %d-byte cap", len(req.Hardware), contract.MaxHardwareBytes)
 	}
 	if err := a.reports.allowMAC(mac, time.Now()); err != nil {
 		return err
