@@ -42,12 +42,13 @@ func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 			return err
 		}
 		src := sourceOf(r)
-		release, reason, err := gate.admit(src)
-		if err != nil {
+		release, reason, refused := gate.admit(src)
+		if refused != nil {
 			a.metrics.imageRefusals.WithLabelValues(reason).Inc()
-			a.logStream(reason, "image stream refused: "+err.Error(), "source", src, "path", r.URL.Path)
+			a.logStream(reason, "image stream refused: "+refused.Message, "source", src, "path", r.URL.Path)
 			w.Header().Set("Retry-After", strconv.Itoa(a.cfg.RetryAfter))
-			return &httpjson.Error{Code: httpjson.StatusFor(err), Message: err.Error(), Extra: map[string]any{"retry_after": a.cfg.RetryAfter}}
+			refused.Extra = map[string]any{"retry_after": a.cfg.RetryAfter}
+			return refused
 		}
 		defer release()
 		fw := newRateFloor(w, a.cfg.MinStreamRate, a.cfg.MinStreamWindow)
@@ -61,7 +62,11 @@ func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 				"source", src, "path", r.URL.Path, "bytes", fw.sent, "seconds", round1(secs))
 			return nil
 		}
-		if r.Method == http.MethodGet && fw.sent > 0 {
+		switch {
+		case r.Method != http.MethodGet:
+		case r.Context().Err() != nil:
+			a.log.Info("image stream ended by the client", "source", src, "path", r.URL.Path, "bytes", fw.sent, "seconds", round1(secs))
+		default:
 			a.log.Info("image stream done", "source", src, "path", r.URL.Path, "bytes", fw.sent, "seconds", round1(secs), "kib_per_s", int64(float64(fw.sent)/1024/max(secs, 1e-3)))
 		}
 		return nil
@@ -128,9 +133,9 @@ type streamGate struct {
 	bySource map[string]int
 }
 
-// admit takes a slot for src, or says which cap refused it (the error's status: 429
-// for the source's cap, 503 for the appliance's) and its metric reason.
-func (g *streamGate) admit(src string) (release func(), reason string, err error) {
+// admit takes a slot for src, or says which cap refused it: 429 for the source's cap,
+// 503 for the appliance's, with its metric reason.
+func (g *streamGate) admit(src string) (release func(), reason string, refused *httpjson.Error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
