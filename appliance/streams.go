@@ -28,7 +28,9 @@ import (
 //     Retry-After without spending a retry;
 //  3. while it runs, a floor under the client's read rate (--min-stream-rate with
 //     --min-stream-window of slack, see rateFloor): a client reading slower is cut and
-//     its slot freed. The agent resumes where it was cut (Range).
+//     its slot freed. The agent resumes where it was cut (Range). The defaults, 64 KiB/s
+//     and 30 s: the lab's TCG agents read at 39-60 MiB/s and install at 2.6 MiB/s or
+//     more; 30 s is the agent's own stall timeout (docs/contract.md, Image streams).
 func (a *Appliance) imageStreams(next http.Handler) http.Handler {
 	gate := &streamGate{max: a.cfg.MaxStreams, perSource: a.cfg.MaxStreamsPerSource, bySource: map[string]int{}}
 	return httpjson.Handle(a.log, func(w http.ResponseWriter, r *http.Request) error {
