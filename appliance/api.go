@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/internal/metrics"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
@@ -24,7 +26,7 @@ func (a *Appliance) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
-	mux.Handle("GET /images/", a.streamCap(a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))))
+	mux.Handle("GET /images/", a.imageStreams(a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))))
 	// Prometheus scrapes without credentials, like the rest of the regional API; it
 	// listens on loopback and the boot network only (--api-host).
 	mux.Handle("GET /metrics", metrics.Handler(a.metrics.reg))
@@ -55,11 +57,6 @@ func asAgent(r *http.Request, name string) context.Context {
 	return store.WithActor(r.Context(), store.Actor{Kind: store.ActorAgent, Name: name, Source: r.RemoteAddr})
 }
 
-// maxHardwareBytes caps a hardware report: a server with a hundred disks, their
-// partitions and a dozen NICs reports well under 100 KiB; anything near the cap is not
-// an inventory.
-const maxHardwareBytes = 256 << 10
-
 func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	if err := a.reports.allowSource(r, time.Now()); err != nil {
 		return err
@@ -78,8 +75,8 @@ func (a *Appliance) handleReport(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Hardware) == 0 || req.Hardware[0] != '{' {
 		return &store.ValidationError{Field: "hardware", Message: "is required and must be a JSON object"}
 	}
-	if len(req.Hardware) > maxHardwareBytes {
-		return httpjson.Errorf(http.StatusRequestEntityTooLarge, "hardware report of %d bytes is over the %d-byte cap", len(req.Hardware), maxHardwareBytes)
+	if len(req.Hardware) > contract.MaxHardwareBytes {
+		return httpjson.Errorf(http.StatusRequestEntityTooLarge, "hardware report of %d bytes is over the %d-byte cap", len(req.Hardware), contract.MaxHardwareBytes)
 	}
 	if err := a.reports.allowMAC(mac, time.Now()); err != nil {
 		return err
@@ -179,27 +176,40 @@ func (a *Appliance) handleApproval(w http.ResponseWriter, r *http.Request) error
 		resp.Approved, resp.Message = false, "the task's approval does not match its plan: approve it again"
 	default:
 		resp.Plan = t.Plan
-		resp.Image, resp.Message = a.approvedImage(r, t.Plan)
+		resp.Image, resp.Message = a.approvedImage(r, t)
 	}
 	httpjson.Write(w, http.StatusOK, resp)
 	return nil
 }
 
-// approvedImage is where the agent fetches the plan's image: only while this region's
-// catalog still has those exact bytes (same sha256). An image replaced after approval
-// is not handed out; the agent fails the task with the message instead.
-func (a *Appliance) approvedImage(r *http.Request, p *contract.Plan) (*contract.Image, string) {
-	e, ok := a.images.Lookup(p.Image.OSRef)
-	switch {
-	case !ok:
-		return nil, fmt.Sprintf("region %s no longer has an image for %s (its catalog has: %s)", a.cfg.Label, p.Image.OSRef, describeImages(a.heartbeat().Images))
-	case e.SHA256 != p.Image.SHA256:
-		return nil, fmt.Sprintf("the image for %s changed since approval (approved sha256 %s, the catalog now has %s): approve the task again", p.Image.OSRef, p.Image.SHA256, e.SHA256)
+// approvedImage is where the agent fetches the plan's image (see planImage). The URL
+// names the task: GET /images/ serves only its agent (streams.go).
+func (a *Appliance) approvedImage(r *http.Request, t store.Task) (*contract.Image, string) {
+	e, why := a.planImage(t.Plan)
+	if why != "" {
+		return nil, why
 	}
 	// The URL uses the host the agent reached us on: it works from the boot network
 	// and from this host alike.
 	src := e.Source("http://" + r.Host + "/images/")
-	return &contract.Image{URL: src.URL, Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}, ""
+	return &contract.Image{URL: src.URL + "?task=" + url.QueryEscape(t.TaskID), Format: string(src.Format), Size: src.Size, SHA256: src.SHA256}, ""
+}
+
+// planImage is the catalog entry of p's image: only while this region's catalog still
+// has those exact bytes (same sha256). An image replaced after approval is neither
+// handed out nor streamed; the message says why (the agent fails the task with it).
+func (a *Appliance) planImage(p *contract.Plan) (images.Entry, string) {
+	if p == nil || p.Image == nil {
+		return images.Entry{}, "the task has no plan with an image"
+	}
+	e, ok := a.images.Lookup(p.Image.OSRef)
+	switch {
+	case !ok:
+		return e, fmt.Sprintf("region %s no longer has an image for %s (its catalog has: %s)", a.cfg.Label, p.Image.OSRef, describeImages(a.heartbeat().Images))
+	case e.SHA256 != p.Image.SHA256:
+		return e, fmt.Sprintf("the image for %s changed since approval (approved sha256 %s, the catalog now has %s): approve the task again", p.Image.OSRef, p.Image.SHA256, e.SHA256)
+	}
+	return e, ""
 }
 
 func (a *Appliance) handleProgress(w http.ResponseWriter, r *http.Request) error {

@@ -49,6 +49,7 @@ type Appliance struct {
 	tokenKey    []byte            // the region key agent tokens derive from (--agent-token-key)
 	rejectAudit *ratelimit.Bucket // rate limit of agent_token.reject audit entries
 	reports     *reportLimiter    // rate limits of POST /api/report
+	streamLog   *ratelimit.Keyed  // rate limit of the refused and cut image stream log lines, per reason
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)
@@ -195,6 +196,7 @@ func (a *Appliance) open(ctx context.Context) error {
 	}
 	a.rejectAudit = ratelimit.NewBucket(60, time.Second)
 	a.reports = newReportLimiter(cfg.ReportBurstPerSource, cfg.ReportBurstPerMAC)
+	a.streamLog = ratelimit.NewKeyed(5, 10*time.Second)
 
 	hosts, err := a.apiHosts()
 	if err != nil {

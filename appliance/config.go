@@ -45,6 +45,14 @@ type Config struct {
 	ReportBurstPerSource, ReportBurstPerMAC int
 	// MaxStreams caps image streams at once; the rest are told to retry. 0: no cap.
 	MaxStreams int
+	// MaxStreamsPerSource caps one address's image streams (429 over it), so one host
+	// cannot take every MaxStreams slot. 0: no cap.
+	MaxStreamsPerSource int
+	// MinStreamRate (bytes per second) and MinStreamWindow: an image stream whose
+	// client takes less than MinStreamRate, with MinStreamWindow of slack, is cut and
+	// its slot freed (streams.go). 0: no floor.
+	MinStreamRate   int64
+	MinStreamWindow time.Duration
 	// AgentTokenKey is the file of the region key agent tokens derive from (created
 	// on first start, mode 0600). "": <label>.agent-token.key beside the embedded
 	// etcd's data dir, or beside ImagesDir with an external etcd.
@@ -101,6 +109,9 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.IntVar(&c.ReportBurstPerSource, "report-burst-per-source", 20, "reports one address may send at once (then 10/s); 0: no limit")
 	fs.IntVar(&c.ReportBurstPerMAC, "report-burst-per-mac", 5, "reports for one MAC at once (then one per 2 s); 0: no limit")
 	fs.IntVar(&c.MaxStreams, "max-streams", 64, "image streams at once; the rest get 503 + Retry-After and their agents wait (0: no cap)")
+	fs.IntVar(&c.MaxStreamsPerSource, "max-streams-per-source", 4, "image streams at once from one address; over it 429 + Retry-After (0: no cap)")
+	fs.Int64Var(&c.MinStreamRate, "min-stream-rate", 64<<10, "bytes per second an image stream's client must take (with --min-stream-window of slack), else the stream is cut and its slot freed (0: no floor)")
+	fs.DurationVar(&c.MinStreamWindow, "min-stream-window", 30*time.Second, "how long an image stream may fall behind --min-stream-rate before it is cut")
 	fs.IntVar(&c.MaxConns, "max-conns", 4096, "open connections the regional API holds in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections the regional API holds from one address (0: no cap)")
 	fs.StringVar(&c.AgentTokenKey, "agent-token-key", "", "file of the region key agent tokens derive from, created on first start (default <label>.agent-token.key beside --etcd-data-dir, or beside --images-dir with --etcd-endpoints); every appliance of a region needs the same file")
@@ -167,6 +178,9 @@ func (c Config) Validate() error {
 	if c.ImageRate < 0 {
 		return fmt.Errorf("--image-rate: %d is negative", c.ImageRate)
 	}
+	if err := c.validateStreams(); err != nil {
+		return err
+	}
 	if c.RetryAfter < 1 {
 		return fmt.Errorf("--retry-after: %d must be at least 1", c.RetryAfter)
 	}
@@ -189,4 +203,19 @@ func (c Config) deployTimeout() time.Duration {
 		return time.Hour
 	}
 	return c.DeployTimeout
+}
+
+// validateStreams checks the image stream caps and the rate floor.
+func (c Config) validateStreams() error {
+	switch {
+	case c.MaxStreams < 0 || c.MaxStreamsPerSource < 0:
+		return errors.New("--max-streams, --max-streams-per-source: must be >= 0")
+	case c.MinStreamRate < 0:
+		return fmt.Errorf("--min-stream-rate: %d is negative", c.MinStreamRate)
+	case c.MinStreamRate > 0 && c.MinStreamWindow <= 0:
+		return fmt.Errorf("--min-stream-window: %s must be positive with --min-stream-rate", c.MinStreamWindow)
+	case c.ImageRate > 0 && c.MinStreamRate > c.ImageRate:
+		return fmt.Errorf("--min-stream-rate: %d is above --image-rate %d: every stream would be cut", c.MinStreamRate, c.ImageRate)
+	}
+	return nil
 }

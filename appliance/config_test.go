@@ -30,7 +30,12 @@ func TestConfigFlagsAndEnv(t *testing.T) {
 	if err != nil || len(c.EtcdEndpoints) != 0 || c.EtcdDataDir != "dc1.etcd" || c.EtcdListenClientURLs != "http://127.0.0.1:2379" || c.APIPort != 8081 {
 		t.Fatalf("defaults: %+v %v", c, err)
 	}
-	for _, bad := range [][]string{{}, {"--label=DC1"}, {"--label=dc_1"}, {"--label=dc1", "--api-port=70000"}, {"--label=dc1", "extra"}} {
+	if c.MaxStreams != 64 || c.MaxStreamsPerSource != 4 || c.MinStreamRate != 64<<10 || c.MinStreamWindow != 30*time.Second {
+		t.Fatalf("image stream defaults: %+v", c)
+	}
+	for _, bad := range [][]string{{}, {"--label=DC1"}, {"--label=dc_1"}, {"--label=dc1", "--api-port=70000"}, {"--label=dc1", "extra"},
+		{"--label=dc1", "--max-streams-per-source=-1"}, {"--label=dc1", "--min-stream-window=0s"},
+		{"--label=dc1", "--image-rate=1000", "--min-stream-rate=2000"}} {
 		if _, err := ParseConfig(bad, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("%q: accepted", bad)
 		}

@@ -131,9 +131,9 @@ func TestReportFloodsAreLimited(t *testing.T) {
 	}
 	// An oversized report is refused, nothing stored.
 	before := sys.etcd.Dump(t, "/os/unmatched_reports/")
-	big := `{"cpu":{"model":"` + strings.Repeat("x", 300<<10) + `"}}`
+	big := `{"cpu":{"model":"` + strings.Repeat("x", contract.MaxHardwareBytes) + `"}}`
 	if code, body := report(from("127.0.0.3"), "02:00:00:00:03:01", big); code != http.StatusRequestEntityTooLarge {
-		t.Fatalf("a 300 KiB report: %d %v", code, body)
+		t.Fatalf("a report over the cap: %d %v", code, body)
 	}
 	storetest.AssertSame(t, before, sys.etcd.Dump(t, "/os/unmatched_reports/"))
 	// A machine with a task, from yet another address, is served during all this.

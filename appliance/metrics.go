@@ -29,6 +29,7 @@ type applianceMetrics struct {
 	tftpBytes     prometheus.Counter       //
 	servedBytes   *prometheus.CounterVec   // kind: boot, image
 	imageStreams  prometheus.Gauge         //
+	imageRefusals *prometheus.CounterVec   // reason
 	reports       *prometheus.CounterVec   // outcome
 	tokenRejects  prometheus.Counter       //
 	stageSeconds  *prometheus.HistogramVec // stage
@@ -63,6 +64,8 @@ func newApplianceMetrics(a *Appliance) *applianceMetrics {
 			Help: "Response body bytes of boot files (kind=boot: iPXE binaries, kernel, initramfs, scripts) and OS images (kind=image)."}, []string{"kind"}),
 		imageStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "lpmos_image_streams_active",
 			Help: "Image downloads in progress."}),
+		imageRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lpmos_image_stream_refusals_total",
+			Help: "Image streams refused (token: 401/403/409; per_source: 429; full: 503; unavailable: etcd did not answer) or cut mid-stream (too_slow: below --min-stream-rate)."}, []string{"reason"}),
 		reports: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lpmos_reports_total",
 			Help: "Hardware reports (POST /api/report), by outcome: matched, unmatched, rate_limited, bad_token, invalid, error."}, []string{"outcome"}),
 		tokenRejects: prometheus.NewCounter(prometheus.CounterOpts{Name: "lpmos_agent_token_rejected_total",
@@ -77,7 +80,7 @@ func newApplianceMetrics(a *Appliance) *applianceMetrics {
 			Help: "etcd calls that failed (unavailable or internal errors; not found and validation are answers, not errors), by operation."}, []string{"op"}),
 		stages: map[string]stageSince{},
 	}
-	reg.MustRegister(m.dhcp, m.tftpTransfers, m.tftpBytes, m.servedBytes, m.imageStreams, m.reports,
+	reg.MustRegister(m.dhcp, m.tftpTransfers, m.tftpBytes, m.servedBytes, m.imageStreams, m.imageRefusals, m.reports,
 		m.tokenRejects, m.stageSeconds, m.storeSeconds, m.storeErrors, &taskCollector{a: a})
 	return m
 }

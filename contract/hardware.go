@@ -1,5 +1,14 @@
 package contract
 
+// MaxHardwareBytes caps a hardware report (the JSON of Hardware): the appliance answers
+// 413 over it. Measured (appliance/reportsize_test.go): a large server (2 x 64 cores x 2
+// threads, 12 NVMe + 12 SAS disks with partitions, 8 NICs, 12 driverless GPUs) is
+// 21,012 bytes; each further JBOD disk with two partitions adds 585; ghw's real
+// snapshots are at most 3,602. The cap is 16 large servers (336 KB) rounded up: a
+// 424-disk storage node (255,651 bytes) fits with room, and it stays well below the
+// 1 MiB request body limit and etcd's 1.5 MiB value limit.
+const MaxHardwareBytes = 384 << 10
+
 // Hardware is the agent's report: what an operator needs to approve a wipe. Fields are
 // optional (a host-mode agent or an odd machine may not know some of them).
 type Hardware struct {

@@ -60,6 +60,7 @@ type fetcher struct {
 	ctx    context.Context
 	client *http.Client
 	url    string
+	header http.Header
 	retry  Retry
 	log    *slog.Logger
 
@@ -77,8 +78,8 @@ type fetcher struct {
 	eof     bool         // the whole file was delivered
 }
 
-func newFetcher(ctx context.Context, client *http.Client, url string, retry Retry, log *slog.Logger) *fetcher {
-	return &fetcher{ctx: ctx, client: client, url: url, retry: retry.withDefaults(), log: log, total: -1}
+func newFetcher(ctx context.Context, client *http.Client, url string, header http.Header, retry Retry, log *slog.Logger) *fetcher {
+	return &fetcher{ctx: ctx, client: client, url: url, header: header, retry: retry.withDefaults(), log: log, total: -1}
 }
 
 func (f *fetcher) Read(p []byte) (int, error) {
@@ -166,6 +167,9 @@ func (f *fetcher) open() error {
 	if err != nil {
 		cancel()
 		return fmt.Errorf("%w: %v", ErrInvalidSource, err)
+	}
+	for k, v := range f.header {
+		req.Header[k] = v
 	}
 	off := f.offset.Load()
 	if off > 0 {

@@ -106,6 +106,9 @@ type Options struct {
 	// Client fetches the image; default: a client with header and dial
 	// timeouts but no overall timeout (Retry.Stall catches hung bodies).
 	Client *http.Client
+	// Header is sent with every request of the download (the agent's token for
+	// an appliance that serves images only to approved agents).
+	Header http.Header
 	// Progress, if set, is called from one goroutine at a time.
 	Progress         func(Progress)
 	ProgressInterval time.Duration // default 1s
@@ -175,7 +178,7 @@ func Write(ctx context.Context, src Source, dst Target, opt Options) (Result, er
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	fetch := newFetcher(ctx, opt.Client, src.URL, opt.Retry, opt.Logger)
+	fetch := newFetcher(ctx, opt.Client, src.URL, opt.Header, opt.Retry, opt.Logger)
 	defer fetch.Close()
 	prog := newReporter(opt.Progress, opt.ProgressInterval, &fetch.offset, &fetch.retries)
 	defer prog.stop()

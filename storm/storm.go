@@ -388,7 +388,7 @@ func (s *storm) bootHTTP(ctx context.Context, m *machine, script string) error {
 	var body string
 	err := s.try(ctx, "boot_http", func(ctx context.Context) error {
 		return callCtx(ctx, 15*time.Second, func(ctx context.Context) error {
-			b, err := get(ctx, m.http, script, io.Discard)
+			b, err := get(ctx, m.http, script, "", io.Discard)
 			body = string(b)
 			return err
 		})
@@ -422,7 +422,7 @@ func (s *storm) bootHTTP(ctx context.Context, m *machine, script string) error {
 		err := s.try(ctx, "boot_http", func(ctx context.Context) error {
 			return callCtx(ctx, 60*time.Second, func(ctx context.Context) error {
 				var n counter
-				_, err := get(ctx, m.http, f, &n)
+				_, err := get(ctx, m.http, f, "", &n)
 				s.res.addBytes("boot_http", int64(n))
 				return err
 			})
@@ -446,7 +446,7 @@ func (s *storm) image(ctx context.Context, m *machine, ap contract.ApprovalRespo
 	return s.try(ctx, "image", func(ctx context.Context) error {
 		return callCtx(ctx, 5*time.Minute, func(ctx context.Context) error {
 			h, n := sha256.New(), counter(0)
-			if _, err := get(ctx, m.http, u.String(), io.MultiWriter(h, &n)); err != nil {
+			if _, err := get(ctx, m.http, u.String(), m.api.Token, io.MultiWriter(h, &n)); err != nil {
 				return err
 			}
 			s.res.addBytes("image", int64(n))
@@ -462,12 +462,16 @@ type counter int64
 
 func (c *counter) Write(p []byte) (int, error) { *c += counter(len(p)); return len(p), nil }
 
-// get GETs u into w; a small body (the script) is also returned. A non-200 answer is a
-// *contract.StatusError, with Retry-After as its retry_after.
-func get(ctx context.Context, c *http.Client, u string, w io.Writer) ([]byte, error) {
+// get GETs u into w, with the agent token when not "" (images); a small body (the
+// script) is also returned. A non-200 answer is a *contract.StatusError, with
+// Retry-After as its retry_after.
+func get(ctx context.Context, c *http.Client, u, token string, w io.Writer) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, permanent{err}
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := c.Do(req)
 	if err != nil {

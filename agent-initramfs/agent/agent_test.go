@@ -362,3 +362,23 @@ func (t tokenless) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	t.f.ServeHTTP(w, r)
 }
+
+// The token goes with the image download only to the regional API's own origin: an
+// image URL on another host (or scheme) gets no token.
+func TestImageAuthOnlyToTheRegionalAPI(t *testing.T) {
+	api := &contract.Client{BaseURL: "http://10.77.0.1:8081", Token: "tok"}
+	for u, want := range map[string]string{
+		"http://10.77.0.1:8081/images/u.img?task=t1": "Bearer tok",
+		"http://10.77.0.1:8082/images/u.img":         "",
+		"https://10.77.0.1:8081/images/u.img":        "",
+		"http://mirror.example/images/u.img":         "",
+		"::not a url":                                "",
+	} {
+		if got := imageAuth(u, api).Get("Authorization"); got != want {
+			t.Errorf("%s: Authorization %q, want %q", u, got, want)
+		}
+	}
+	if h := imageAuth("http://10.77.0.1:8081/images/u.img", &contract.Client{BaseURL: api.BaseURL}); h != nil {
+		t.Errorf("no token, still a header: %v", h)
+	}
+}

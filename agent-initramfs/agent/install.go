@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 
 	"lpmos.dev/lpmos/contract"
@@ -35,7 +37,7 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	// is what a person approved.
 	src := images.Source{URL: job.Image.URL, Format: images.Format(job.Image.Format), Size: job.Plan.Image.Size, SHA256: job.Plan.Image.SHA256}
 	var lastStage contract.Stage
-	res, err := images.Write(ctx, src, dst, images.Options{Progress: func(pr images.Progress) {
+	res, err := images.Write(ctx, src, dst, images.Options{Header: imageAuth(job.Image.URL, p.api), Progress: func(pr images.Progress) {
 		stage := map[images.Stage]contract.Stage{images.StageDownloading: contract.StageDownloading, images.StageSyncing: contract.StageWriting, images.StageVerifying: contract.StageVerifying}[pr.Stage]
 		if stage == "" {
 			return
@@ -55,4 +57,16 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 	}
 	p.log.Info("image written and verified", "target", target, "bytes", res.Bytes, "sha256", res.SHA256, "elapsed", res.Elapsed, "retries", res.Retries)
 	return nil
+}
+
+// imageAuth is the agent token header for the image download: the appliance streams
+// images only to the agent of an approved task. Only to the regional API's own origin
+// (the URL the approval hands out): a token never goes to another host.
+func imageAuth(imageURL string, api *contract.Client) http.Header {
+	img, err1 := url.Parse(imageURL)
+	base, err2 := url.Parse(api.BaseURL)
+	if api.Token == "" || err1 != nil || err2 != nil || img.Scheme != base.Scheme || img.Host != base.Host {
+		return nil
+	}
+	return http.Header{"Authorization": {"Bearer " + api.Token}}
 }

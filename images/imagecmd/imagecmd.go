@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,7 @@ import (
 const usage = `usage:
   lpmos-image add   --dir DIR --os-type TYPE --os-version VERSION [--format raw|gz|zst|xz] FILE
   lpmos-image list  --dir DIR [--json]
-  lpmos-image write --url URL --format F --size BYTES --sha256 HEX [--direct] [--no-readback] [--json] TARGET`
+  lpmos-image write --url URL --format F --size BYTES --sha256 HEX [--agent-token T] [--direct] [--no-readback] [--json] TARGET`
 
 // Run runs lpmos-image with args (without the program name), writing results to stdout.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -116,6 +117,7 @@ func write(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&format, "format", "", "raw, gz, zst or xz")
 	fs.Int64Var(&src.Size, "size", 0, "decompressed size in bytes")
 	fs.StringVar(&src.SHA256, "sha256", "", "sha256 of the decompressed image")
+	token := fs.String("agent-token", "", "sent as Authorization: Bearer: an appliance streams an image only to its approved task's agent (the approval's url, ?task=ID, and that task's agent token)")
 	direct := fs.Bool("direct", false, "write with O_DIRECT")
 	noReadBack := fs.Bool("no-readback", false, "skip the read-back verification")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -138,6 +140,9 @@ func write(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer dst.Close()
 	opt := images.Options{NoReadBack: *noReadBack}
+	if *token != "" {
+		opt.Header = http.Header{"Authorization": {"Bearer " + *token}}
+	}
 	if !*asJSON {
 		opt.Progress = func(p images.Progress) { fmt.Fprintln(stdout, p) }
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -76,14 +77,21 @@ func TestAddListRoundTrip(t *testing.T) {
 			t.Errorf("entry %+v", e)
 		}
 	}
-	// write: what the agent does, from the catalog's own HTTP handler.
-	srv := httptest.NewServer(cat.Handler())
+	// write: what the agent does, from the catalog's own HTTP handler behind a token
+	// check (as the appliance has).
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer T1" {
+			http.Error(w, "agent token required", http.StatusUnauthorized)
+			return
+		}
+		cat.Handler().ServeHTTP(w, r)
+	}))
 	defer srv.Close()
 	e, _ := cat.Lookup(contract.OSRef{OSType: "debian", OSVersion: "12"})
 	src := e.Source(srv.URL)
 	target := filepath.Join(t.TempDir(), "disk.img")
 	stdout.Reset()
-	if err := Run(ctx, []string{"write", "--json", "--url", src.URL, "--format", string(src.Format),
+	if err := Run(ctx, []string{"write", "--json", "--agent-token", "T1", "--url", src.URL, "--format", string(src.Format),
 		"--size", strconv.FormatInt(src.Size, 10), "--sha256", src.SHA256, target}, &stdout); err != nil {
 		t.Fatal(err)
 	}
