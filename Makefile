@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build run test test-short bench storm start-etcd initramfs testos demo clean
+.PHONY: all build run test test-short bench storm start-etcd initramfs testos demo vagrant-lab clean
 
 all: build
 
@@ -23,6 +23,10 @@ demo: build initramfs testos
 	$(BIN)/lpmos-lab
 
 # The whole system on one host: control plane + appliance dc1 on the appliance's embedded etcd.
+# The Vagrant/libvirt lab once, end to end, as its CI test runs it (root; docs/vagrant.md).
+vagrant-lab: build initramfs testos
+	$(BIN)/lpmos-lab vagrant
+
 run: build
 	./scripts/run.sh
 
