@@ -20,6 +20,8 @@ type Config struct {
 	Port          int
 	Host          string
 	EtcdEndpoints []string
+	// EtcdWait bounds the wait for etcd at start-up (0: until stopped).
+	EtcdWait time.Duration
 	// EtcdCredentials are the TLS files and etcd user it dials etcd with.
 	EtcdCredentials store.Credentials
 	UnmatchedAlert  int // unmatched reports per region above which the dashboard alerts
@@ -77,6 +79,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	var allowed string
 	fs.StringVar(&c.Host, "host", "127.0.0.1", "address to listen on (0.0.0.0: all interfaces; then name the host's DNS names in --allowed-hosts)")
 	fs.StringVar(&allowed, "allowed-hosts", "", "comma-separated Host header names served besides localhost, 127.0.0.1, ::1 and --host (DNS rebinding protection; * allows any)")
+	fs.DurationVar(&c.EtcdWait, "etcd-wait", 0, "at start, wait this long for etcd to answer (0: until stopped); TLS or user errors fail at once")
 	fs.DurationVar(&c.SessionIdle, "session-idle", DefaultSessionIdle, "a web session ends after this long without a request")
 	fs.DurationVar(&c.SessionMax, "session-max", DefaultSessionMax, "a web session ends this long after the login")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379, an appliance's embedded etcd on this host)")

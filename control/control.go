@@ -50,10 +50,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	// A signal during startup stops the server after it started, through the normal path.
-	startCtx, cancelStart := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancelStart()
-	st, err := store.Open(startCtx, store.DialConfig{Endpoints: cfg.EtcdEndpoints, Credentials: cfg.EtcdCredentials})
+	st, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w (start an appliance with its embedded etcd, or `make start-etcd`)", err)
 	}
@@ -113,4 +110,35 @@ func (s *Server) URL() string {
 		host = "127.0.0.1"
 	}
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(s.ln.Addr().(*net.TCPAddr).Port))
+}
+
+// openStore dials etcd. An etcd that does not answer yet (started after the control
+// plane, or being restarted) is waited for with backoff and a log line per attempt, up to
+// --etcd-wait (0: until stopped); a configuration etcd refuses (TLS, user) fails at once.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.Store, error) {
+	dial := store.DialConfig{Endpoints: cfg.EtcdEndpoints, Credentials: cfg.EtcdCredentials}
+	var deadline <-chan time.Time
+	if cfg.EtcdWait > 0 {
+		t := time.NewTimer(cfg.EtcdWait)
+		defer t.Stop()
+		deadline = t.C
+	}
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := store.Open(actx, dial)
+		cancel()
+		if err == nil || !errors.Is(err, store.ErrNoAnswer) {
+			return st, err
+		}
+		log.Warn("waiting for etcd", "endpoints", cfg.EtcdEndpoints, "attempt", attempt, "retry_in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (stopped while waiting)", err)
+		case <-deadline:
+			return nil, fmt.Errorf("%w (waited --etcd-wait %s)", err, cfg.EtcdWait)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
 }

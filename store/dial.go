@@ -102,10 +102,17 @@ func Open(ctx context.Context, d DialConfig) (*Store, error) {
 	defer cancel()
 	if err := s.Ping(pctx); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", d.Endpoints, d.explainAuth(err))
+		if explained := d.explainAuth(err); explained != err {
+			return nil, fmt.Errorf("etcd at %v: %w", d.Endpoints, explained)
+		}
+		return nil, fmt.Errorf("etcd at %v %w: %w", d.Endpoints, ErrNoAnswer, err)
 	}
 	return s, nil
 }
+
+// ErrNoAnswer: no etcd endpoint answered in time (down, not started yet, unreachable),
+// as opposed to a configuration etcd refused (TLS, user): a caller may wait and retry.
+var ErrNoAnswer = errors.New("does not answer")
 
 // ClientConfig checks the flags against each other and reads the files; Open dials
 // with it (tests and tools that need a bare etcd client use it too).
