@@ -94,9 +94,9 @@ func (a *Appliance) authorizeImage(w http.ResponseWriter, r *http.Request) error
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), httpjson.RequestDeadline)
 	defer cancel()
-	t, err := timeStore(a.metrics, "image_task", func() (store.Task, error) { return a.store.GetTask(ctx, taskID) })
+	t, err := timeStore(a.metrics, "image_task", func() (store.Task, error) { return a.store.GetRegionTask(ctx, a.cfg.Label, taskID) })
 	switch {
-	case errors.Is(err, store.ErrNotFound) || err == nil && t.RegionID != a.cfg.Label:
+	case errors.Is(err, store.ErrNotFound):
 		return a.reject(w, r, taskID, "", "no such task in this region")
 	case err != nil:
 		return err

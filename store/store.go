@@ -176,6 +176,16 @@ func (s *Store) GetTask(ctx context.Context, id string) (Task, error) {
 	return snap.task, nil
 }
 
+// GetRegionTask reads a task the caller knows the region of (an appliance): it never
+// reads the control-only task index, which a region's etcd role may not.
+func (s *Store) GetRegionTask(ctx context.Context, region, id string) (Task, error) {
+	snap, err := s.readTask(ctx, region, id)
+	if err != nil {
+		return Task{}, err
+	}
+	return snap.task, nil
+}
+
 func (s *Store) regionOf(ctx context.Context, id string) (string, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return "", fmt.Errorf("%w: task %q", ErrNotFound, id)
