@@ -78,10 +78,10 @@ func (o *overview) unmatchedTotal() (n int, ok bool) {
 	return o.total, o.observed
 }
 
-// unmatched lists a region's ("" for all) unmatched reports as views, newest first;
-// max > 0 keeps only the newest max.
+// unmatched lists the newest max unmatched reports of a region ("" for all) as views,
+// newest first: one page, with the page's hardware only (for the summaries).
 func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unmatchedView, error) {
-	us, err := o.st.NewestUnmatched(ctx, region, max)
+	us, _, err := o.st.UnmatchedPage(ctx, region, store.Page{Limit: max}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -95,18 +95,18 @@ func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unm
 // task is one task as a view, with the rate and ETA of its install.
 func (o *overview) task(t store.Task) taskView { return newTaskView(t, o.rates) }
 
-// newestTasks is the newest limit tasks (0: all) as views, newest first, and how many
-// match in all: keys-only index reads, then only those tasks, without hardware.
-func (o *overview) newestTasks(ctx context.Context, region string, status store.Status, limit int) ([]taskView, int, error) {
-	tasks, total, err := o.st.NewestTaskSummaries(ctx, region, status, limit)
+// taskPage is one page of tasks as views, newest first: keys-only index reads, then
+// only the page's tasks, without hardware.
+func (o *overview) taskPage(ctx context.Context, region string, status store.Status, p store.Page) ([]taskView, store.PageMarks, error) {
+	tasks, marks, err := o.st.TaskPage(ctx, region, status, p)
 	if err != nil {
-		return nil, 0, err
+		return nil, marks, err
 	}
 	out := make([]taskView, 0, len(tasks))
 	for _, t := range tasks {
 		out = append(out, o.task(t))
 	}
-	return out, total, nil
+	return out, marks, nil
 }
 
 // history is a region's health changes, newest first, as of rv (a view regions just

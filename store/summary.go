@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -88,31 +89,62 @@ func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHa
 	return out, nil
 }
 
-// NewestTaskSummaries returns the newest limit tasks of a region ("" for all) in one
-// status ("" for every status), newest first and without hardware, and how many match
-// in all. It reads the status index keys only and picks the newest by id (UUIDv7 ids
-// sort by creation time), then reads just those tasks: a dashboard over 10,000 tasks
-// reads 200 of them.
-func (s *Store) NewestTaskSummaries(ctx context.Context, region string, status Status, limit int) ([]Task, int, error) {
-	if status != "" && !status.Valid() {
-		return nil, 0, invalid("status", "unknown status %q", status)
-	}
-	refs, rev, err := s.statusRefs(ctx, region, status)
+// TaskPage returns one page of the tasks of a region ("" for every region) in one
+// status ("" for every status), newest first and without hardware reports. The pages
+// walk the status index (UUIDv7 ids sort by creation time): a range from the cursor
+// with a limit per region and status, keys only, then just the page's tasks, all at
+// one revision. A task created while a walk goes on is newer than its cursor: the
+// walk sees every task older than its start exactly once.
+func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Page) ([]Task, PageMarks, error) {
+	l, err := s.taskList(ctx, region, status)
 	if err != nil {
-		return nil, 0, err
+		return nil, PageMarks{}, err
 	}
-	total := len(refs)
-	sort.Slice(refs, func(i, j int) bool { return refs[i].id > refs[j].id })
-	if limit > 0 && len(refs) > limit {
-		refs = refs[:limit]
+	rows, marks, rev, err := s.readPage(ctx, l, p)
+	if err != nil {
+		return nil, PageMarks{}, err
+	}
+	refs := make([]taskRef, len(rows))
+	for i, r := range rows {
+		refs[i] = taskRef{region: r.label, id: r.id}
 	}
 	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return status == "" || t.Status == status })
 	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", err)
+		return nil, PageMarks{}, fmt.Errorf("list tasks: %w", err)
 	}
-	// Ids of tasks made before UUIDv7 do not sort by time: order by creation.
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
-	return out, total, nil
+	return out, marks, nil
+}
+
+// taskList is the task list of a region ("" for all) in a status ("" for all): one
+// status index range per region and status.
+func (s *Store) taskList(ctx context.Context, region string, status Status) (*pagedList, error) {
+	if status != "" && !status.Valid() {
+		return nil, invalid("status", "unknown status %q", status)
+	}
+	regions := []string{region}
+	if region == "" {
+		var err error
+		// Every region with a task has keys under the v2.1 task root.
+		if regions, err = s.childNames(ctx, taskRoot); err != nil {
+			return nil, err
+		}
+	} else if err := ValidateRegion(region); err != nil {
+		return nil, err
+	}
+	statuses := Statuses
+	if status != "" {
+		statuses = []Status{status}
+	}
+	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
+		_, err := uuid.Parse(id)
+		return err == nil
+	}}
+	for _, r := range regions {
+		for _, st := range statuses {
+			l.ranges = append(l.ranges, pageRange{label: r, prefix: statusIndexKey(r, st, "")})
+		}
+	}
+	return l, nil
 }
 
 // statusRefs reads the status index keys only: the tasks of a region ("" for every

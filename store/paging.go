@@ -1,0 +1,329 @@
+package store
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Lists that grow with the fleet (tasks, unmatched reports, the audit trail) are read a
+// page at a time, newest first. Each is made of key ranges whose keys end in a
+// time-ordered id (UUIDv7 task ids, {timestamp}-{mac} report ids, timestamped audit
+// ids), so a place in a list is the id last seen, and the next page is an etcd range
+// from there with a limit, keys only: a page costs the same on the first page and
+// the hundredth, with 10 tasks or 100,000.
+
+// MaxPageLimit bounds one page of any list (the HTTP layers bound it lower).
+const MaxPageLimit = 5000
+
+// Page asks for one page of a list. At most one of After and Before is set.
+type Page struct {
+	Limit  int    // rows, 1..MaxPageLimit
+	After  string // a cursor: the rows older than it (the next page)
+	Before string // a cursor: the rows newer than it (the previous page)
+}
+
+// PageMarks are the cursors of the pages beside one page: Next the older rows (""
+// when none), Prev the newer rows ("" on the first page).
+type PageMarks struct {
+	Next, Prev string
+}
+
+// pageRange is one range of a list: every key is prefix + id, ids in time order.
+type pageRange struct {
+	label  string // tells rows of equal id apart across ranges (the region)
+	prefix string
+}
+
+// pagedList is a list as the paging reads it.
+type pagedList struct {
+	// scope names the list and its filters: a cursor from another list (or other
+	// filters) is refused rather than read as a place in this one.
+	scope  string
+	ranges []pageRange
+	// validID says whether a cursor's id can be an id of this list.
+	validID func(string) bool
+	// scan: the ranges are not in id order (the audit trail of a region is grouped by
+	// task): each is read whole, keys only, and ordered here. label is then the part
+	// of the key between the prefix and the id.
+	scan bool
+	// keep, when set, filters rows by value (the audit trail by actor or action): the
+	// ranges are read whole with their values (scan).
+	keep func(value []byte) bool
+	// keepID, when set, filters rows by id; it may only cut the old end of the list
+	// (a lower bound on time), so a limited read stays exact.
+	keepID func(id string) bool
+}
+
+// pageRow is one row of a page: its key, id and label, and its value when the list
+// read values.
+type pageRow struct {
+	key, id, label string
+	value          []byte
+}
+
+// pagePos is a place in a list: rows are ordered by id, then label, newest first.
+type pagePos struct{ id, label string }
+
+func (a pagePos) newerThan(b pagePos) bool {
+	return a.id > b.id || (a.id == b.id && a.label > b.label)
+}
+
+// cursor is a place in list l, as the HTTP layers pass it around: opaque, URL-safe.
+func (l *pagedList) cursor(p pagePos) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(l.scope + "\x00" + p.id + "\x00" + p.label))
+}
+
+// parseCursor reads a cursor of list l; field names the parameter it came in.
+func (l *pagedList) parseCursor(field, c string) (pagePos, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	parts := strings.Split(string(b), "\x00")
+	if err != nil || len(c) > 1024 || len(parts) != 3 {
+		return pagePos{}, invalid(field, "%q is not a cursor of this list (use the next or prev value a list returned)", clip(c))
+	}
+	if parts[0] != l.scope {
+		return pagePos{}, invalid(field, "the cursor belongs to another list or other filters: start again from the first page")
+	}
+	if parts[1] == "" || strings.Contains(parts[1], "/") || !l.validID(parts[1]) {
+		return pagePos{}, invalid(field, "the cursor names no place in this list")
+	}
+	return pagePos{id: parts[1], label: parts[2]}, nil
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// readPage reads one page of l, newest first, at one revision (returned, for reading
+// the rows' tasks or values at that same view).
+func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, PageMarks, int64, error) {
+	if p.Limit < 1 || p.Limit > MaxPageLimit {
+		return nil, PageMarks{}, 0, invalid("limit", "%d is not 1-%d", p.Limit, MaxPageLimit)
+	}
+	if p.After != "" && p.Before != "" {
+		return nil, PageMarks{}, 0, invalid("before", "give after or before, not both")
+	}
+	var at *pagePos
+	newer := p.Before != ""
+	for field, c := range map[string]string{"after": p.After, "before": p.Before} {
+		if c == "" {
+			continue
+		}
+		pos, err := l.parseCursor(field, c)
+		if err != nil {
+			return nil, PageMarks{}, 0, err
+		}
+		at = &pos
+	}
+	rows, rev, err := s.pageRows(ctx, l, p.Limit+1, at, newer)
+	if err != nil {
+		return nil, PageMarks{}, 0, err
+	}
+	more := len(rows) > p.Limit
+	if more {
+		rows = rows[:p.Limit]
+	}
+	var m PageMarks
+	if newer {
+		if !more {
+			// Nothing newer than this page: it is the first page, and a first page is
+			// full.
+			return s.readPage(ctx, l, Page{Limit: p.Limit})
+		}
+		for i, j := 0, len(rows)-1; i < j; i, j = i+1, j-1 {
+			rows[i], rows[j] = rows[j], rows[i]
+		}
+		m.Prev = l.cursor(rows[0].pos())
+		m.Next = l.cursor(rows[len(rows)-1].pos())
+		return rows, m, rev, nil
+	}
+	if more {
+		m.Next = l.cursor(rows[len(rows)-1].pos())
+	}
+	if at != nil {
+		m.Prev = l.cursor(*at) // the rows newer than the cursor: the page before
+		if len(rows) > 0 {
+			m.Prev = l.cursor(rows[0].pos())
+		}
+	}
+	return rows, m, rev, nil
+}
+
+func (r pageRow) pos() pagePos { return pagePos{id: r.id, label: r.label} }
+
+// pageRows reads up to n rows of l beyond at (nil: from the newest), newest first, or
+// oldest first when newer (the rows newer than at).
+func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, newer bool) ([]pageRow, int64, error) {
+	reads := make([]rangeRead, 0, len(l.ranges))
+	for _, r := range l.ranges {
+		rd := rangeRead{key: r.prefix, end: clientv3.GetPrefixRangeEnd(r.prefix), keysOnly: l.keep == nil}
+		if !l.scan {
+			// A range from the cursor with a limit: etcd does the seeking.
+			rd.order, rd.limit = clientv3.SortDescend, int64(n)
+			switch {
+			case at != nil && newer:
+				rd.order, rd.key = clientv3.SortAscend, r.prefix+at.id
+				if r.label <= at.label {
+					rd.key += "\x00" // the cursor's own row is not newer than itself
+				}
+			case at != nil:
+				rd.end = r.prefix + at.id
+				if r.label < at.label {
+					rd.end += "\x00" // the same id in a range after the cursor's is older
+				}
+			}
+		}
+		reads = append(reads, rd)
+	}
+	resps, rev, err := s.readAtOneRev(ctx, reads)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read page: %w", err)
+	}
+	var rows []pageRow
+	for i, kvs := range resps {
+		r := l.ranges[i]
+		for _, kv := range kvs {
+			row, ok := l.row(r, kv)
+			if !ok || (l.keepID != nil && !l.keepID(row.id)) || (l.keep != nil && !l.keep(kv.Value)) {
+				continue
+			}
+			if at != nil && (newer != row.pos().newerThan(*at) || row.pos() == *at) {
+				continue // a scan reads everything; a limited read is already beyond at
+			}
+			rows = append(rows, row)
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].pos().newerThan(rows[j].pos()) != newer })
+	if len(rows) > n {
+		rows = rows[:n]
+	}
+	return rows, rev, nil
+}
+
+// rangeRead is one range read of a page: [key, end), sorted by key in order and
+// limited when limit > 0.
+type rangeRead struct {
+	key, end string
+	keysOnly bool
+	order    clientv3.SortOrder
+	limit    int64
+}
+
+func (rd rangeRead) op(rev int64) clientv3.Op {
+	opts := []clientv3.OpOption{clientv3.WithRange(rd.end)}
+	if rd.keysOnly {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	if rd.limit > 0 {
+		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, rd.order), clientv3.WithLimit(rd.limit))
+	}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	return clientv3.OpGet(rd.key, opts...)
+}
+
+// row is kv as a row of range r, or false for a key that is not one (a foreign key
+// under the prefix).
+func (l *pagedList) row(r pageRange, kv *mvccpb.KeyValue) (pageRow, bool) {
+	rest, ok := strings.CutPrefix(string(kv.Key), r.prefix)
+	if !ok || rest == "" {
+		return pageRow{}, false
+	}
+	row := pageRow{key: string(kv.Key), id: rest, label: r.label, value: kv.Value}
+	if l.scan {
+		i := strings.LastIndex(rest, "/")
+		row.id = rest[i+1:]
+		if i >= 0 {
+			row.label = rest[:i]
+		}
+	}
+	if row.id == "" || strings.Contains(row.id, "/") {
+		return pageRow{}, false
+	}
+	return row, true
+}
+
+// readAtOneRev runs reads in transactions of at most 100 (etcd's default limit is
+// 128 operations), all at the first one's revision: one consistent view.
+func (s *Store) readAtOneRev(ctx context.Context, reads []rangeRead) ([][]*mvccpb.KeyValue, int64, error) {
+	out := make([][]*mvccpb.KeyValue, 0, len(reads))
+	var rev int64
+	for len(reads) > 0 || rev == 0 {
+		batch := reads[:min(len(reads), 100)]
+		reads = reads[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, rd := range batch {
+			ops[i] = rd.op(rev)
+		}
+		resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, r := range resp.Responses {
+			out = append(out, r.GetResponseRange().Kvs)
+		}
+	}
+	return out, rev, nil
+}
+
+// readValues reads the values of keys at revision rev, in batches: a page's values
+// after a keys-only page read. A key gone at rev is left out.
+func (s *Store) readValues(ctx context.Context, keys []string, rev int64) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(keys))
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), 100)]
+		keys = keys[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, k := range batch {
+			ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+		}
+		resp, err := s.c.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				out[string(kv.Key)] = kv.Value
+			}
+		}
+	}
+	return out, nil
+}
+
+// childNames lists the first path segments under root (the regions under a v2.1
+// root such as /os/install/task/), one short keys-only read per name: O(regions),
+// never O(keys).
+func (s *Store) childNames(ctx context.Context, root string) ([]string, error) {
+	var out []string
+	from, end := root, clientv3.GetPrefixRangeEnd(root)
+	for len(out) < 10000 {
+		resp, err := s.c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1))
+		if err != nil {
+			return nil, fmt.Errorf("list regions under %s: %w", root, err)
+		}
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		k := string(resp.Kvs[0].Key)
+		name, _, ok := strings.Cut(k[len(root):], "/")
+		if !ok || ValidateRegion(name) != nil {
+			from = k + "\x00" // not a region's key: step over it
+			continue
+		}
+		out = append(out, name)
+		from = clientv3.GetPrefixRangeEnd(root + name + "/")
+	}
+	return out, nil
+}
