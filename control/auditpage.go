@@ -28,7 +28,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	regions, _, err := s.overview.regions(r.Context())
+	regions, err := s.store.RegionNames(r.Context())
 	if err != nil {
 		return err
 	}

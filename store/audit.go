@@ -219,7 +219,7 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, p Page) ([]AuditEn
 	}
 	rows, marks, rev, err := s.readPage(ctx, l, p)
 	if err != nil {
-		return nil, PageMarks{}, fmt.Errorf("list audit: %w", err)
+		return nil, PageMarks{}, err // a bad cursor says so as it is
 	}
 	var values map[string][]byte
 	if l.keep == nil {

@@ -211,16 +211,20 @@ func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, 
 // rangeRead is one range read of a page: [key, end), sorted by key in order and
 // limited when limit > 0.
 type rangeRead struct {
-	key, end string
-	keysOnly bool
-	order    clientv3.SortOrder
-	limit    int64
+	key, end  string
+	keysOnly  bool
+	countOnly bool
+	order     clientv3.SortOrder
+	limit     int64
 }
 
 func (rd rangeRead) op(rev int64) clientv3.Op {
 	opts := []clientv3.OpOption{clientv3.WithRange(rd.end)}
 	if rd.keysOnly {
 		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	if rd.countOnly {
+		opts = append(opts, clientv3.WithCountOnly())
 	}
 	if rd.limit > 0 {
 		opts = append(opts, clientv3.WithSort(clientv3.SortByKey, rd.order), clientv3.WithLimit(rd.limit))
@@ -250,6 +254,28 @@ func (l *pagedList) row(r pageRange, kv *mvccpb.KeyValue) (pageRow, bool) {
 		return pageRow{}, false
 	}
 	return row, true
+}
+
+// countRows counts the rows of a list that is in id order (not a scan), all ranges
+// at one revision: etcd counts, nothing is sent.
+func (s *Store) countRows(ctx context.Context, l *pagedList) (int, error) {
+	ops := make([]clientv3.Op, 0, len(l.ranges))
+	for _, r := range l.ranges {
+		ops = append(ops, rangeRead{key: r.prefix, end: clientv3.GetPrefixRangeEnd(r.prefix), countOnly: true}.op(0))
+	}
+	n := 0
+	for len(ops) > 0 {
+		batch := ops[:min(len(ops), 100)]
+		ops = ops[len(batch):]
+		resp, err := s.c.Txn(ctx).Then(batch...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("count: %w", err)
+		}
+		for _, r := range resp.Responses {
+			n += int(r.GetResponseRange().Count)
+		}
+	}
+	return n, nil
 }
 
 // readAtOneRev runs reads in transactions of at most 100 (etcd's default limit is
@@ -325,5 +351,27 @@ func (s *Store) childNames(ctx context.Context, root string) ([]string, error) {
 		out = append(out, name)
 		from = clientv3.GetPrefixRangeEnd(root + name + "/")
 	}
+	return out, nil
+}
+
+// RegionNames lists every region a task, an unmatched report or an appliance has
+// used, sorted: O(regions) short reads, where ListRegions reads every task's index
+// key to count them.
+func (s *Store) RegionNames(ctx context.Context) ([]string, error) {
+	seen := map[string]bool{}
+	for _, root := range []string{taskRoot, unmatchedRoot, regionRoot} {
+		names, err := s.childNames(ctx, root)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			seen[n] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
 	return out, nil
 }

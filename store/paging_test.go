@@ -143,7 +143,19 @@ func TestTaskPagesWalk10k(t *testing.T) {
 	for _, id := range added {
 		pending[id] = false // may be seen or not: created at the start of this list
 	}
-	assertOnceInOrder(t, walkTasks(t, s, "dc2", store.StatusPending, 333, nil), pending)
+	dc2Pending := walkTasks(t, s, "dc2", store.StatusPending, 333, nil)
+	assertOnceInOrder(t, dc2Pending, pending)
+
+	// The counts agree with the walks, and the regions are named.
+	if n, err := s.CountTasks(ctx, "", ""); err != nil || n != len(ids)+len(added) {
+		t.Fatalf("CountTasks of all: %d, %v; want %d", n, err, len(ids)+len(added))
+	}
+	if n, err := s.CountTasks(ctx, "dc2", store.StatusPending); err != nil || n != len(dc2Pending) {
+		t.Fatalf("CountTasks of dc2's pending: %d, %v; want %d", n, err, len(dc2Pending))
+	}
+	if names, err := s.RegionNames(ctx); err != nil || fmt.Sprint(names) != fmt.Sprint(regions) {
+		t.Fatalf("RegionNames: %v, %v; want %v", names, err, regions)
+	}
 
 	// Back and forth: page 3's previous page is page 2.
 	p1, m1, _ := s.TaskPage(ctx, "dc1", "", store.Page{Limit: 100})

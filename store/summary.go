@@ -115,6 +115,16 @@ func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Pa
 	return out, marks, nil
 }
 
+// CountTasks counts the tasks of a region ("" for all) in a status ("" for all)
+// through the status index: etcd counts, no key is sent.
+func (s *Store) CountTasks(ctx context.Context, region string, status Status) (int, error) {
+	l, err := s.taskList(ctx, region, status)
+	if err != nil {
+		return 0, err
+	}
+	return s.countRows(ctx, l)
+}
+
 // taskList is the task list of a region ("" for all) in a status ("" for all): one
 // status index range per region and status.
 func (s *Store) taskList(ctx context.Context, region string, status Status) (*pagedList, error) {

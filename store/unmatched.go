@@ -111,7 +111,7 @@ func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHa
 	}
 	rows, marks, rev, err := s.readPage(ctx, l, p)
 	if err != nil {
-		return nil, PageMarks{}, fmt.Errorf("list unmatched reports: %w", err)
+		return nil, PageMarks{}, err // a bad cursor says so as it is
 	}
 	var values map[string][]byte
 	if withHardware {
