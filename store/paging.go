@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -58,6 +60,9 @@ type pagedList struct {
 	// keepID, when set, filters rows by id; it may only cut the old end of the list
 	// (a lower bound on time), so a limited read stays exact.
 	keepID func(id string) bool
+	// timed, when set, says the ids carry their time: older rows are read by windows
+	// of time (olderRows).
+	timed *timedIDs
 }
 
 // pageRow is one row of a page: its key, id and label, and its value when the list
@@ -162,6 +167,11 @@ func (r pageRow) pos() pagePos { return pagePos{id: r.id, label: r.label} }
 // pageRows reads up to n rows of l beyond at (nil: from the newest), newest first, or
 // oldest first when newer (the rows newer than at).
 func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, newer bool) ([]pageRow, int64, error) {
+	if !newer && !l.scan && l.timed != nil {
+		if rows, rev, ok, err := s.olderRows(ctx, l, n, at); ok || err != nil {
+			return rows, rev, err
+		}
+	}
 	reads := make([]rangeRead, 0, len(l.ranges))
 	for _, r := range l.ranges {
 		rd := rangeRead{key: r.prefix, end: clientv3.GetPrefixRangeEnd(r.prefix), keysOnly: l.keep == nil}
@@ -183,14 +193,20 @@ func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, 
 		}
 		reads = append(reads, rd)
 	}
-	resps, rev, err := s.readAtOneRev(ctx, reads)
+	resps, rev, err := s.readAtOneRev(ctx, reads, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read page: %w", err)
 	}
+	return l.rows(resps, n, at, newer), rev, nil
+}
+
+// rows turns range responses (one per range of l, in order) into at most n rows
+// beyond at, newest first (oldest first when newer).
+func (l *pagedList) rows(resps []*etcdserverpb.RangeResponse, n int, at *pagePos, newer bool) []pageRow {
 	var rows []pageRow
-	for i, kvs := range resps {
+	for i, resp := range resps {
 		r := l.ranges[i]
-		for _, kv := range kvs {
+		for _, kv := range resp.GetKvs() {
 			row, ok := l.row(r, kv)
 			if !ok || (l.keepID != nil && !l.keepID(row.id)) || (l.keep != nil && !l.keep(kv.Value)) {
 				continue
@@ -205,7 +221,119 @@ func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, 
 	if len(rows) > n {
 		rows = rows[:n]
 	}
-	return rows, rev, nil
+	return rows
+}
+
+// timedIDs are ids that carry their time (UUIDv7 task ids, {timestamp}-{mac} report
+// ids), so a list of them can be read backwards by time windows.
+type timedIDs struct {
+	time  func(id string) (time.Time, bool)
+	floor func(t time.Time) string // the least id of time t: every id of t or later sorts at or above it
+	grain time.Duration            // the ids' resolution
+}
+
+// Windows: etcd applies a limit to an ascending range only. A descending one (newest
+// first) reads every key of the range, values included, and sorts them before it
+// cuts: a first page would cost the whole list. So the older rows are read by
+// windows of time from the cursor backwards, each counted first (etcd's index only)
+// and narrowed while it holds far more than the page needs, then read: a page reads
+// about its own rows, and an empty stretch of time costs a widening of the window.
+const (
+	firstWindow = time.Minute
+	// windowSlack: a window holding more than this many times the rows still needed
+	// is narrowed.
+	windowSlack = 4
+)
+
+// epoch: no id of a list predates it; the window that reaches it is the range's
+// start.
+var epoch = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// olderRows is pageRows' older direction by windows (see firstWindow). ok is false
+// when the cursor's id carries no time: the caller reads the plain way.
+func (s *Store) olderRows(ctx context.Context, l *pagedList, n int, at *pagePos) (rows []pageRow, rev int64, ok bool, err error) {
+	tHi := s.now().Add(time.Minute) // ids of a clock a little ahead are in the first window
+	his := make([]string, len(l.ranges))
+	for i, r := range l.ranges {
+		his[i] = clientv3.GetPrefixRangeEnd(r.prefix)
+		if at != nil {
+			his[i] = r.prefix + at.id
+			if r.label < at.label {
+				his[i] += "\x00"
+			}
+		}
+	}
+	if at != nil {
+		t, ok := l.timed.time(at.id)
+		if !ok {
+			return nil, 0, false, nil
+		}
+		tHi = t
+	}
+	w := firstWindow
+	for step := 0; step < 1000; step++ {
+		start := tHi.Add(-w)
+		atStart := start.Before(epoch)
+		los := make([]string, len(l.ranges))
+		reads := make([]rangeRead, len(l.ranges))
+		for i, r := range l.ranges {
+			los[i] = r.prefix + l.timed.floor(start)
+			switch {
+			case atStart:
+				los[i] = r.prefix
+			case his[i] < los[i]:
+				los[i] = his[i] // an id older than its time says: nothing newer here
+			}
+			reads[i] = rangeRead{key: los[i], end: his[i], countOnly: true}
+		}
+		counts, r, err := s.readAtOneRev(ctx, reads, rev)
+		if err != nil {
+			return nil, 0, true, fmt.Errorf("read page: %w", err)
+		}
+		rev = r
+		need, total := n-len(rows), int64(0)
+		for _, c := range counts {
+			total += c.Count
+		}
+		if total > int64(windowSlack*need+16) && w > l.timed.grain {
+			// Too many rows in the window: narrow it to about twice what is needed,
+			// supposing them evenly spread.
+			w = max(l.timed.grain, time.Duration(float64(w)*float64(2*need+8)/float64(total)))
+			continue
+		}
+		if total > 0 {
+			var reads []rangeRead
+			var read []int // which ranges
+			for i, c := range counts {
+				if c.Count > 0 {
+					reads = append(reads, rangeRead{key: los[i], end: his[i], keysOnly: l.keep == nil,
+						order: clientv3.SortDescend, limit: int64(need)})
+					read = append(read, i)
+				}
+			}
+			resps, _, err := s.readAtOneRev(ctx, reads, rev)
+			if err != nil {
+				return nil, 0, true, fmt.Errorf("read page: %w", err)
+			}
+			all := make([]*etcdserverpb.RangeResponse, len(l.ranges))
+			for j, i := range read {
+				all[i] = resps[j]
+			}
+			// Every row of this window is older than every row of the ones before.
+			rows = append(rows, l.rows(all, need, at, false)...)
+		}
+		if len(rows) >= n || atStart {
+			return rows, rev, true, nil
+		}
+		copy(his, los)
+		tHi = start
+		if total == 0 {
+			w *= 8 // nothing here: look further back faster
+		} else {
+			w *= 2
+		}
+	}
+	return nil, 0, true, fmt.Errorf("read page: no end after 1000 windows")
 }
 
 // rangeRead is one range read of a page: [key, end), sorted by key in order and
@@ -279,10 +407,9 @@ func (s *Store) countRows(ctx context.Context, l *pagedList) (int, error) {
 }
 
 // readAtOneRev runs reads in transactions of at most 100 (etcd's default limit is
-// 128 operations), all at the first one's revision: one consistent view.
-func (s *Store) readAtOneRev(ctx context.Context, reads []rangeRead) ([][]*mvccpb.KeyValue, int64, error) {
-	out := make([][]*mvccpb.KeyValue, 0, len(reads))
-	var rev int64
+// 128 operations), all at revision rev (0: the first one's): one consistent view.
+func (s *Store) readAtOneRev(ctx context.Context, reads []rangeRead, rev int64) ([]*etcdserverpb.RangeResponse, int64, error) {
+	out := make([]*etcdserverpb.RangeResponse, 0, len(reads))
 	for len(reads) > 0 || rev == 0 {
 		batch := reads[:min(len(reads), 100)]
 		reads = reads[len(batch):]
@@ -298,7 +425,7 @@ func (s *Store) readAtOneRev(ctx context.Context, reads []rangeRead) ([][]*mvccp
 			rev = resp.Header.Revision
 		}
 		for _, r := range resp.Responses {
-			out = append(out, r.GetResponseRange().Kvs)
+			out = append(out, r.GetResponseRange())
 		}
 	}
 	return out, rev, nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -148,7 +150,7 @@ func (s *Store) taskList(ctx context.Context, region string, status Status) (*pa
 	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
 		_, err := uuid.Parse(id)
 		return err == nil
-	}}
+	}, timed: taskIDTimes}
 	for _, r := range regions {
 		for _, st := range statuses {
 			l.ranges = append(l.ranges, pageRange{label: r, prefix: statusIndexKey(r, st, "")})
@@ -183,4 +185,22 @@ func (s *Store) statusRefs(ctx context.Context, region string, status Status) ([
 		}
 	}
 	return refs, idx.Header.Revision, nil
+}
+
+// taskIDTimes: a UUIDv7 task id starts with its creation time in milliseconds (48
+// bits, as 8+4 hex digits).
+var taskIDTimes = &timedIDs{
+	time: func(id string) (time.Time, bool) {
+		u, err := uuid.Parse(id)
+		if err != nil || u.Version() != 7 {
+			return time.Time{}, false
+		}
+		ms, err := strconv.ParseInt(id[:8]+id[9:13], 16, 64)
+		return time.UnixMilli(ms), err == nil
+	},
+	floor: func(t time.Time) string {
+		ms := max(t.UnixMilli(), 0)
+		return fmt.Sprintf("%08x-%04x", ms>>16, ms&0xffff)
+	},
+	grain: time.Millisecond,
 }

@@ -105,7 +105,8 @@ func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHa
 	l := &pagedList{scope: "unmatched/" + region, validID: func(id string) bool {
 		_, ok := unmatchedIDTime(id)
 		return ok
-	}}
+	}, timed: &timedIDs{time: unmatchedIDTime, grain: time.Second,
+		floor: func(t time.Time) string { return t.UTC().Format("20060102150405") }}}
 	for _, r := range regions {
 		l.ranges = append(l.ranges, pageRange{label: r, prefix: unmatchedPrefix(r)})
 	}
