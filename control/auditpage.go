@@ -28,7 +28,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	regions, err := s.store.RegionNames(r.Context())
+	regions, err := s.overview.regionNames(r.Context())
 	if err != nil {
 		return err
 	}

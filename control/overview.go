@@ -23,8 +23,9 @@ type overview struct {
 	health *healthLog
 
 	mu       sync.Mutex
-	total    int  // unmatched reports, as the hub last observed them
-	observed bool // total is set
+	total    int      // unmatched reports, as the hub last observed them
+	names    []string // the regions' names, as the hub last observed them
+	observed bool     // total and names are set
 }
 
 func newOverview(st *store.Store, alert int) *overview {
@@ -63,10 +64,27 @@ func (o *overview) observe(ctx context.Context) ([]regionView, int, error) {
 	}
 	o.health.record(rv)
 	o.health.annotate(rv) // a region that just went offline: its last heartbeat
+	names := make([]string, len(rv))
+	for i, r := range rv {
+		names[i] = r.Name
+	}
 	o.mu.Lock()
-	o.total, o.observed = total, true
+	o.total, o.names, o.observed = total, names, true
 	o.mu.Unlock()
 	return rv, total, nil
+}
+
+// regionNames is the regions' names as last observed (a region appears with the
+// hub's next observation, within its flush delay), read from the store before the
+// first observation: a filter's choices without reading every region's counts.
+func (o *overview) regionNames(ctx context.Context) ([]string, error) {
+	o.mu.Lock()
+	names, ok := o.names, o.observed
+	o.mu.Unlock()
+	if ok {
+		return names, nil
+	}
+	return o.st.RegionNames(ctx)
 }
 
 // unmatchedTotal is the number of unmatched reports as last observed (ok is false

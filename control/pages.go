@@ -102,7 +102,7 @@ func (s *Server) tasksPage(w http.ResponseWriter, r *http.Request) error {
 	// Region names and a count, not the regions' views: this page costs the same with
 	// 100 tasks or 100,000.
 	ctx := r.Context()
-	regions, err := s.store.RegionNames(ctx)
+	regions, err := s.overview.regionNames(ctx)
 	if err != nil {
 		return err
 	}

@@ -63,6 +63,9 @@ type pagedList struct {
 	// timed, when set, says the ids carry their time: older rows are read by windows
 	// of time (olderRows).
 	timed *timedIDs
+	// values: the rows need their (small) values, such as the region a task index key
+	// names.
+	values bool
 }
 
 // pageRow is one row of a page: its key, id and label, and its value when the list
@@ -174,7 +177,7 @@ func (s *Store) pageRows(ctx context.Context, l *pagedList, n int, at *pagePos, 
 	}
 	reads := make([]rangeRead, 0, len(l.ranges))
 	for _, r := range l.ranges {
-		rd := rangeRead{key: r.prefix, end: clientv3.GetPrefixRangeEnd(r.prefix), keysOnly: l.keep == nil}
+		rd := rangeRead{key: r.prefix, end: clientv3.GetPrefixRangeEnd(r.prefix), keysOnly: l.keep == nil && !l.values}
 		if !l.scan {
 			// A range from the cursor with a limit: etcd does the seeking.
 			rd.order, rd.limit = clientv3.SortDescend, int64(n)
@@ -306,7 +309,7 @@ func (s *Store) olderRows(ctx context.Context, l *pagedList, n int, at *pagePos)
 			var read []int // which ranges
 			for i, c := range counts {
 				if c.Count > 0 {
-					reads = append(reads, rangeRead{key: los[i], end: his[i], keysOnly: l.keep == nil,
+					reads = append(reads, rangeRead{key: los[i], end: his[i], keysOnly: l.keep == nil && !l.values,
 						order: clientv3.SortDescend, limit: int64(need)})
 					read = append(read, i)
 				}

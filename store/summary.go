@@ -109,6 +109,9 @@ func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Pa
 	refs := make([]taskRef, len(rows))
 	for i, r := range rows {
 		refs[i] = taskRef{region: r.label, id: r.id}
+		if l.values {
+			refs[i].region = string(r.value) // the task index names the region
+		}
 	}
 	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return status == "" || t.Status == status })
 	if err != nil {
@@ -128,10 +131,19 @@ func (s *Store) CountTasks(ctx context.Context, region string, status Status) (i
 }
 
 // taskList is the task list of a region ("" for all) in a status ("" for all): one
-// status index range per region and status.
+// status index range per region and status; every task of every region is the task
+// index (id -> region), one range.
 func (s *Store) taskList(ctx context.Context, region string, status Status) (*pagedList, error) {
 	if status != "" && !status.Valid() {
 		return nil, invalid("status", "unknown status %q", status)
+	}
+	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
+		_, err := uuid.Parse(id)
+		return err == nil
+	}, timed: taskIDTimes}
+	if region == "" && status == "" {
+		l.ranges, l.values = []pageRange{{prefix: taskRegionIndexKey("")}}, true
+		return l, nil
 	}
 	regions := []string{region}
 	if region == "" {
@@ -147,10 +159,6 @@ func (s *Store) taskList(ctx context.Context, region string, status Status) (*pa
 	if status != "" {
 		statuses = []Status{status}
 	}
-	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
-		_, err := uuid.Parse(id)
-		return err == nil
-	}, timed: taskIDTimes}
 	for _, r := range regions {
 		for _, st := range statuses {
 			l.ranges = append(l.ranges, pageRange{label: r, prefix: statusIndexKey(r, st, "")})
