@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -15,27 +14,6 @@ import (
 // summaryBatch is how many tasks one read transaction fetches: two range ops each,
 // under etcd's default limit of 128 operations per transaction.
 const summaryBatch = 50
-
-// ListTaskSummaries returns the tasks of a region ("" for every region) in one
-// status, oldest first, without their hardware reports (Hardware is nil): what a
-// task list shows. It finds them through the status index (keys only), so it costs
-// nothing per task in another status, then reads those tasks, all at the index
-// read's revision (one consistent view).
-func (s *Store) ListTaskSummaries(ctx context.Context, region string, status Status) ([]Task, error) {
-	if !status.Valid() {
-		return nil, invalid("status", "unknown status %q", status)
-	}
-	refs, rev, err := s.statusRefs(ctx, region, status)
-	if err != nil {
-		return nil, err
-	}
-	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return t.Status == status })
-	if err != nil {
-		return nil, fmt.Errorf("list tasks in %s: %w", status, err)
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
-}
 
 // taskRef names a task by its region and id.
 type taskRef struct{ region, id string }
