@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -149,10 +148,11 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 		f.MAC = mac
 		tasks, err = s.store.ListTasks(r.Context(), f)
 	} else {
-		tasks, marks, err = s.store.TaskPage(r.Context(), f.Region, f.Status, p)
-		if err == nil && withHW {
-			tasks, err = s.withHardware(r.Context(), tasks)
+		page := s.store.TaskPage
+		if withHW {
+			page = s.store.TaskPageWhole
 		}
+		tasks, marks, err = page(r.Context(), f.Region, f.Status, p)
 	}
 	if err != nil {
 		return err
@@ -174,21 +174,6 @@ func hardwareParam(q url.Values) (bool, error) {
 	default:
 		return false, &store.ValidationError{Field: "hardware", Message: fmt.Sprintf("%q is not 1 or 0", v)}
 	}
-}
-
-// withHardware reads a page's tasks whole (at most a page: apiPage.max point reads).
-func (s *Server) withHardware(ctx context.Context, tasks []store.Task) ([]store.Task, error) {
-	for i, t := range tasks {
-		full, err := s.store.GetTask(ctx, t.TaskID)
-		if errors.Is(err, store.ErrNotFound) {
-			continue // deleted since the page was read: keep the summary
-		}
-		if err != nil {
-			return nil, err
-		}
-		tasks[i] = full
-	}
-	return tasks, nil
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {

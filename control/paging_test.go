@@ -115,6 +115,20 @@ func TestAPIPages(t *testing.T) {
 	if reports, _ = body["reports"].([]any); code != 200 || len(reports) != 20 || body["next"] != "" {
 		t.Fatalf("unmatched last page: %d, %d reports, next %v", code, len(reports), body["next"])
 	}
+	// The newest task reports: its hardware is in a page only when asked for.
+	if _, err := etcd.Store.Report(context.Background(), "dc1", "02:00:00:00:00:e5", json.RawMessage(`{"cpu":{"cores":8}}`)); err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]bool{"?limit=2": false, "?limit=2&hardware=1": true} {
+		code, body = getJSON(t, api+"/tasks"+q)
+		tasks, _ := body["tasks"].([]any)
+		if code != 200 || len(tasks) != 2 || tasks[0].(map[string]any)["task_id"] != ids[len(ids)-1] {
+			t.Fatalf("GET /tasks%s: %d %v", q, code, body)
+		}
+		if _, has := tasks[0].(map[string]any)["hardware"]; has != want {
+			t.Fatalf("GET /tasks%s: hardware in the newest task: %v, want %v", q, has, want)
+		}
+	}
 	code, body = getJSON(t, api+"/unmatched?hardware=1&limit=3")
 	if reports, _ = body["reports"].([]any); code != 200 || len(reports) != 3 || reports[0].(map[string]any)["hardware"] == nil {
 		t.Fatalf("unmatched with hardware: %d %v", code, body)

@@ -18,15 +18,10 @@ const summaryBatch = 50
 // taskRef names a task by its region and id.
 type taskRef struct{ region, id string }
 
-// readSummaries reads the tasks refs name, all at revision rev, without their hardware
-// reports, in summaryBatch-sized transactions; keep filters out tasks that changed
-// meanwhile (the index and the task agree at one revision; never crash on foreign
-// keys all the same).
-func (s *Store) readSummaries(ctx context.Context, refs []taskRef, rev int64, keep func(Task) bool) ([]Task, error) {
-	return s.readTasks(ctx, refs, rev, false, keep)
-}
-
-// readTasks is readSummaries, with the hardware reports when withHardware.
+// readTasks reads the tasks refs name, all at revision rev, with their hardware
+// reports only when withHardware, in summaryBatch-sized transactions; keep filters out
+// tasks that changed meanwhile (the index and the task agree at one revision; never
+// crash on foreign keys all the same).
 func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHardware bool, keep func(Task) bool) ([]Task, error) {
 	var out []Task
 	for len(refs) > 0 {
@@ -76,6 +71,16 @@ func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHa
 // one revision. A task created while a walk goes on is newer than its cursor: the
 // walk sees every task older than its start exactly once.
 func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Page) ([]Task, PageMarks, error) {
+	return s.taskPage(ctx, region, status, p, false)
+}
+
+// TaskPageWhole is TaskPage with each task's hardware report: a page of them, never
+// more.
+func (s *Store) TaskPageWhole(ctx context.Context, region string, status Status, p Page) ([]Task, PageMarks, error) {
+	return s.taskPage(ctx, region, status, p, true)
+}
+
+func (s *Store) taskPage(ctx context.Context, region string, status Status, p Page, withHardware bool) ([]Task, PageMarks, error) {
 	l, err := s.taskList(ctx, region, status)
 	if err != nil {
 		return nil, PageMarks{}, err
@@ -91,7 +96,7 @@ func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Pa
 			refs[i].region = string(r.value) // the task index names the region
 		}
 	}
-	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return status == "" || t.Status == status })
+	out, err := s.readTasks(ctx, refs, rev, withHardware, func(t Task) bool { return status == "" || t.Status == status })
 	if err != nil {
 		return nil, PageMarks{}, fmt.Errorf("list tasks: %w", err)
 	}
