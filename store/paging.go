@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -121,9 +122,9 @@ func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, 
 	}
 	var at *pagePos
 	newer := p.Before != ""
-	for field, c := range map[string]string{"after": p.After, "before": p.Before} {
-		if c == "" {
-			continue
+	if field, c := "after", p.After; p.After != "" || newer {
+		if newer {
+			field, c = "before", p.Before
 		}
 		pos, err := l.parseCursor(field, c)
 		if err != nil {
@@ -146,9 +147,7 @@ func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, 
 			// full.
 			return s.readPage(ctx, l, Page{Limit: p.Limit})
 		}
-		for i, j := 0, len(rows)-1; i < j; i, j = i+1, j-1 {
-			rows[i], rows[j] = rows[j], rows[i]
-		}
+		slices.Reverse(rows)
 		m.Prev = l.cursor(rows[0].pos())
 		m.Next = l.cursor(rows[len(rows)-1].pos())
 		return rows, m, rev, nil
