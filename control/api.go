@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
+	"net/url"
 	"strings"
 	"time"
 
@@ -24,6 +24,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/tasks/{id}/reset-agent-token", h(s.resetAgentToken))
 	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
 	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
+	mux.HandleFunc("GET /api/v1/unmatched/{region}/{id}", h(s.getUnmatched))
 	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))
 	mux.HandleFunc("GET /api/v1/audit", h(s.listAudit))
 	mux.HandleFunc("/api/", h(func(w http.ResponseWriter, r *http.Request) error {
@@ -38,10 +39,16 @@ func (s *Server) routes() http.Handler {
 	return s.metrics.http.Wrap(mux, s.guard(mux))
 }
 
-// listAudit is GET /api/v1/audit?region=&task=&user=&action=&since=RFC3339&limit=.
+// listAudit is GET /api/v1/audit?region=&task=&user=&action=&since=RFC3339&limit=&after=:
+// a page of entries, newest first, and the cursor of the next.
 func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	f := store.AuditFilter{Region: q.Get("region"), TaskID: q.Get("task"), Actor: q.Get("user"), Action: q.Get("action")}
+	if f.Region != "" {
+		if err := store.ValidateRegion(f.Region); err != nil {
+			return err
+		}
+	}
 	if v := q.Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
@@ -49,18 +56,15 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 		}
 		f.Since = t
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return &store.ValidationError{Field: "limit", Message: fmt.Sprintf("%q is not 1-1000", v)}
-		}
-		f.Limit = n
-	}
-	entries, err := s.store.ListAudit(r.Context(), f)
+	p, err := apiPage.page(q, false)
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries)})
+	entries, marks, err := s.store.AuditPage(r.Context(), f, p)
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries), "next": marks.Next})
 	return nil
 }
 
@@ -108,6 +112,10 @@ func (s *Server) catalogWarning(ctx context.Context, t store.Task) string {
 	return fmt.Sprintf("region %s has no image for %s yet (its catalog has: %s); upload it before approving", t.RegionID, t.OSRef, strings.Join(have, ", "))
 }
 
+// listTasks is GET /api/v1/tasks?region=&status=&limit=&after=&hardware=1: a page of
+// tasks, newest first, without their hardware reports unless asked (a page of 500
+// reports can weigh 100 MB), and the cursor of the next page. ?mac= lists that MAC's
+// tasks (few) in one answer, oldest first, as before pages.
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	f := store.ListFilter{Region: q.Get("region"), Status: store.Status(q.Get("status"))}
@@ -119,22 +127,53 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if f.Status != "" && !f.Status.Valid() {
 		return &store.ValidationError{Field: "status", Message: "unknown status " + string(f.Status)}
 	}
+	p, err := apiPage.page(q, false)
+	if err != nil {
+		return err
+	}
+	withHW, err := hardwareParam(q)
+	if err != nil {
+		return err
+	}
+	var tasks []store.Task
+	var marks store.PageMarks
 	if m := q.Get("mac"); m != "" {
+		if p.After != "" {
+			return &store.ValidationError{Field: "after", Message: "a MAC's tasks are one page: no cursor"}
+		}
 		mac, err := store.NormalizeMAC(m)
 		if err != nil {
 			return err
 		}
 		f.MAC = mac
+		tasks, err = s.store.ListTasks(r.Context(), f)
+	} else {
+		page := s.store.TaskPage
+		if withHW {
+			page = s.store.TaskPageWhole
+		}
+		tasks, marks, err = page(r.Context(), f.Region, f.Status, p)
 	}
-	tasks, err := s.store.ListTasks(r.Context(), f)
 	if err != nil {
 		return err
 	}
 	if tasks == nil {
 		tasks = []store.Task{}
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": tasks, "count": len(tasks)})
+	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": tasks, "count": len(tasks), "next": marks.Next})
 	return nil
+}
+
+// hardwareParam reads ?hardware=: "1" or "true" asks for each row's hardware report.
+func hardwareParam(q url.Values) (bool, error) {
+	switch v := q.Get("hardware"); v {
+	case "", "0", "false":
+		return false, nil
+	case "1", "true":
+		return true, nil
+	default:
+		return false, &store.ValidationError{Field: "hardware", Message: fmt.Sprintf("%q is not 1 or 0", v)}
+	}
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
@@ -201,18 +240,63 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// unmatchedSummary is an unmatched report in a list: what its key says (no value is
+// read), and where its whole report is.
+type unmatchedSummary struct {
+	ID         string    `json:"id"`
+	Region     string    `json:"region"`
+	MACAddress string    `json:"mac_address"`
+	ReceivedAt time.Time `json:"received_at"` // to the second
+	URL        string    `json:"url"`         // the whole report, hardware included
+}
+
+// listUnmatched is GET /api/v1/unmatched?region=&limit=&after=&hardware=1: a page of
+// reports, newest first, as summaries (or whole, hardware included, with
+// ?hardware=1: at most a page of them), and the cursor of the next page.
 func (s *Server) listUnmatched(w http.ResponseWriter, r *http.Request) error {
-	region := r.URL.Query().Get("region")
+	q := r.URL.Query()
+	region := q.Get("region")
 	if region != "" {
 		if err := store.ValidateRegion(region); err != nil {
 			return err
 		}
 	}
-	reports, err := s.store.ListUnmatched(r.Context(), region)
+	p, err := apiPage.page(q, false)
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"reports": reports, "count": len(reports)})
+	withHW, err := hardwareParam(q)
+	if err != nil {
+		return err
+	}
+	reports, marks, err := s.store.UnmatchedPage(r.Context(), region, p, withHW)
+	if err != nil {
+		return err
+	}
+	var list any = reports
+	if !withHW {
+		sums := make([]unmatchedSummary, len(reports))
+		for i, u := range reports {
+			sums[i] = unmatchedSummary{ID: u.ID, Region: u.Region, MACAddress: u.MACAddress, ReceivedAt: u.ReceivedAt,
+				URL: "/api/v1/unmatched/" + u.Region + "/" + url.PathEscape(u.ID)}
+		}
+		list = sums
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"reports": list, "count": len(reports), "next": marks.Next})
+	return nil
+}
+
+// getUnmatched is GET /api/v1/unmatched/{region}/{id}: one report, hardware included.
+func (s *Server) getUnmatched(w http.ResponseWriter, r *http.Request) error {
+	region := r.PathValue("region")
+	if err := store.ValidateRegion(region); err != nil {
+		return err
+	}
+	u, err := s.store.GetUnmatched(r.Context(), region, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	httpjson.Write(w, http.StatusOK, u)
 	return nil
 }
 

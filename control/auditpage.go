@@ -11,7 +11,7 @@ import (
 // user (actor) and action. The entries are the store's, shown as they are.
 func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f := store.AuditFilter{Region: q.Get("region"), TaskID: q.Get("task"), Actor: q.Get("user"), Action: q.Get("action"), Limit: 200}
+	f := store.AuditFilter{Region: q.Get("region"), TaskID: q.Get("task"), Actor: q.Get("user"), Action: q.Get("action")}
 	if f.Region != "" && store.ValidateRegion(f.Region) != nil {
 		f.Region = ""
 	}
@@ -20,16 +20,21 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 			f.Since = t
 		}
 	}
-	entries, err := s.store.ListAudit(r.Context(), f)
+	p, err := uiPage.page(q, true)
 	if err != nil {
 		return err
 	}
-	regions, _, err := s.overview.regions(r.Context())
+	entries, marks, err := s.store.AuditPage(r.Context(), f, p)
+	if err != nil {
+		return err
+	}
+	regions, err := s.overview.regionNames(r.Context())
 	if err != nil {
 		return err
 	}
 	s.render(w, r, http.StatusOK, "audit", page{Title: "Audit", Nav: "audit"},
-		map[string]any{"Entries": entries, "Filter": f, "Since": q.Get("since"), "Regions": regions, "Actions": auditActions})
+		map[string]any{"Entries": entries, "Filter": f, "Since": q.Get("since"), "Regions": regions, "Actions": auditActions,
+			"Links": linksFor(r, "/audit", marks)})
 	return nil
 }
 

@@ -186,6 +186,14 @@ func (s *Server) authenticate(r *http.Request) (*identity, error) {
 	return &identity{User: u, Session: &sess}, nil
 }
 
+// now is the control plane's clock: Config.Clock in tests, else the wall clock.
+func (s *Server) now() time.Time {
+	if s.cfg.Clock != nil {
+		return s.cfg.Clock()
+	}
+	return time.Now()
+}
+
 func (s *Server) sessionLimits() store.SessionLimits {
 	return store.SessionLimits{Idle: s.cfg.SessionIdle, Max: s.cfg.SessionMax}
 }
@@ -204,6 +212,9 @@ func (s *Server) unauthenticated(w http.ResponseWriter, r *http.Request, err err
 	}
 	if c, cerr := r.Cookie(sessionCookie); cerr == nil && c.Value != "" {
 		clearSessionCookie(w, r) // expired or unknown: stop sending it
+		if r.Header.Get("Authorization") == "" {
+			s.live.endSession(c.Value, "session expired") // its feeds end now, not at their own check
+		}
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Path != "/live" && r.Header.Get("Authorization") == "" {
 		http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
@@ -339,7 +350,7 @@ func (s *Server) logoutSubmit(w http.ResponseWriter, r *http.Request) error {
 		if err := s.store.Logout(r.Context(), c.Value); err != nil {
 			return err
 		}
-		s.live.endSession(c.Value)
+		s.live.endSession(c.Value, "logged out")
 	}
 	clearSessionCookie(w, r)
 	http.Redirect(w, r, "/login", http.StatusSeeOther)

@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
 )
 
 // The live push: one etcd watch (store.WatchAll) feeds a hub that re-reads what changed
@@ -31,6 +32,9 @@ const (
 	pingEvery     = 5 * time.Second
 	unmatchedMax  = 50
 	liveReadLimit = 512
+	// sessionRecheck: how soon a feed asks again whether its session ended when etcd
+	// did not answer.
+	sessionRecheck = 5 * time.Second
 )
 
 // liveMsg is one message to the browser. Type says which fields are set.
@@ -50,11 +54,11 @@ type liveMsg struct {
 }
 
 type subscriber struct {
-	user      string // who is watching, for the per-user cap
-	session   string // the session cookie it came with ("" for a bearer token)
-	loggedOut bool   // set before gone closes when the session logged out
-	ch        chan []byte
-	gone      chan struct{} // closed when the hub drops a subscriber too slow to keep up
+	user    string // who is watching, for the per-user cap
+	session string // the session cookie it came with ("" for a bearer token)
+	ended   string // set before gone closes when the session ended: why ("logged out")
+	ch      chan []byte
+	gone    chan struct{} // closed when the hub drops a subscriber too slow to keep up
 }
 
 type hub struct {
@@ -272,9 +276,10 @@ func (h *hub) subscribe(user, session string) *subscriber {
 	return s
 }
 
-// endSession drops the live connections of a session that logged out: a feed must not
-// outlive the login it was opened with.
-func (h *hub) endSession(session string) {
+// endSession drops the live connections of a session that ended (logged out, idle,
+// too old), telling each page why: a feed must not outlive the login it was opened
+// with.
+func (h *hub) endSession(session, why string) {
 	if session == "" {
 		return
 	}
@@ -282,7 +287,7 @@ func (h *hub) endSession(session string) {
 	defer h.mu.Unlock()
 	for s := range h.subs {
 		if s.session == session {
-			s.loggedOut = true
+			s.ended = why
 			delete(h.subs, s)
 			close(s.gone)
 		}
@@ -320,7 +325,7 @@ func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
 	}
 	// The newest maxSnapTasks, without hardware (a snapshot per page load must not
 	// read every report), sent oldest first as before.
-	tasks, _, err := h.st.NewestTaskSummaries(ctx, "", "", maxSnapTasks)
+	tasks, _, err := h.st.TaskPage(ctx, "", "", store.Page{Limit: maxSnapTasks})
 	if err != nil {
 		return m, err
 	}
@@ -351,8 +356,17 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 		user = id.User.Name
 	}
 	session := ""
+	// A feed on a session ends with it: when the session would end (idle or too old)
+	// the store is asked again, since a request elsewhere may have kept it alive.
+	var ends *time.Timer
+	var endsC <-chan time.Time
 	if c, err := r.Cookie(sessionCookie); err == nil && r.Header.Get("Authorization") == "" {
-		session = c.Value
+		if id := identityFrom(r.Context()); id != nil && id.Session != nil {
+			session = c.Value
+			ends = time.NewTimer(s.sessionLimits().Ends(*id.Session).Sub(s.now()))
+			defer ends.Stop()
+			endsC = ends.C
+		}
 	}
 	sub := h.subscribe(user, session)
 	if sub == nil {
@@ -385,9 +399,24 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-endsC:
+			cctx, cancel := context.WithTimeout(ctx, httpjson.RequestDeadline)
+			at, err := s.store.SessionEnds(cctx, session, s.sessionLimits())
+			cancel()
+			switch {
+			case errors.Is(err, store.ErrUnauthorized):
+				s.log.Info("live: session ended", "user", user, "why", err)
+				h.endSession(session, "session expired") // this session's other feeds too
+				c.Close(websocket.StatusPolicyViolation, "session expired")
+				return
+			case err != nil:
+				ends.Reset(sessionRecheck) // etcd does not answer: ask again soon
+			default:
+				ends.Reset(at.Sub(s.now()))
+			}
 		case <-sub.gone:
-			if sub.loggedOut {
-				c.Close(websocket.StatusPolicyViolation, "logged out")
+			if sub.ended != "" {
+				c.Close(websocket.StatusPolicyViolation, sub.ended)
 			} else {
 				c.Close(websocket.StatusGoingAway, "reconnect")
 			}

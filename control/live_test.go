@@ -3,6 +3,7 @@ package control_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/etcdserver"
+	"lpmos.dev/lpmos/store/storetest"
 )
 
 type liveMsg struct {
@@ -198,5 +200,94 @@ func TestLiveEndsAtLogout(t *testing.T) {
 			t.Fatalf("the live feed after logout: %v, want closed as logged out", err)
 		}
 		return
+	}
+}
+
+// A session's live feed ends when the session does, idle or at its absolute limit,
+// though the page makes no request (a feed is not activity); a bearer token's feed
+// and another session's stay open. Short configured limits, no sleeping: the test
+// waits for the close, then for a push on the feeds that stay.
+func TestLiveEndsWhenSessionExpires(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		lim  store.SessionLimits
+	}{
+		{"idle", store.SessionLimits{Idle: 3 * time.Second, Max: time.Hour}},
+		{"absolute", store.SessionLimits{Idle: time.Hour, Max: 3 * time.Second}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			etcd := storetest.Start(t)
+			cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: etcd.Endpoints, SessionIdle: c.lim.Idle, SessionMax: c.lim.Max},
+				slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cp.Stop() })
+			wsURL := "ws" + strings.TrimPrefix(cp.URL(), "http") + "/live"
+			password, token := makeUser(t, etcd.Store, "lena", store.RoleViewer)
+			dial := func(h http.Header) *websocket.Conn {
+				t.Helper()
+				h.Set("Origin", cp.URL())
+				conn, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: h})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.CloseNow() })
+				if _, _, err := conn.Read(ctx); err != nil { // the snapshot
+					t.Fatal(err)
+				}
+				return conn
+			}
+			bearer := dial(http.Header{"Authorization": {"Bearer " + token}})
+			_, cookie, sess, err := etcd.Store.Login(ctx, "lena", password, c.lim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			feed := dial(http.Header{"Cookie": {"lpmos_session=" + cookie}})
+			ends := c.lim.Ends(sess)
+
+			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+			defer rcancel()
+			for {
+				_, _, err := feed.Read(rctx)
+				if err == nil {
+					continue // a push on its way
+				}
+				if websocket.CloseStatus(err) != websocket.StatusPolicyViolation || !strings.Contains(err.Error(), "session expired") {
+					t.Fatalf("the feed of an expiring session: %v, want closed as expired", err)
+				}
+				break
+			}
+			if early := time.Until(ends); early > 100*time.Millisecond {
+				t.Fatalf("the feed closed %s before its session ended", early)
+			}
+			if _, _, err := etcd.Store.SessionUser(ctx, cookie, c.lim); !errors.Is(err, store.ErrUnauthorized) {
+				t.Fatalf("the session after its feed closed: %v, want ended", err)
+			}
+			// A session opened now, and the bearer token's feed, still get pushes.
+			_, cookie2, _, err := etcd.Store.Login(ctx, "lena", password, c.lim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh := dial(http.Header{"Cookie": {"lpmos_session=" + cookie2}})
+			task, err := etcd.Store.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: "00:00:00:00:00:07", OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, conn := range map[string]*websocket.Conn{"bearer": bearer, "fresh session": fresh} {
+				for {
+					_, b, err := conn.Read(rctx)
+					if err != nil {
+						t.Fatalf("the %s feed: %v", name, err)
+					}
+					var m liveMsg
+					if json.Unmarshal(b, &m) == nil && m.Type == "task" && m.Task.ID == task.TaskID {
+						break
+					}
+				}
+			}
+		})
 	}
 }

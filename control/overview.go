@@ -23,8 +23,9 @@ type overview struct {
 	health *healthLog
 
 	mu       sync.Mutex
-	total    int  // unmatched reports, as the hub last observed them
-	observed bool // total is set
+	total    int      // unmatched reports, as the hub last observed them
+	names    []string // the regions' names, as the hub last observed them
+	observed bool     // total and names are set
 }
 
 func newOverview(st *store.Store, alert int) *overview {
@@ -63,10 +64,27 @@ func (o *overview) observe(ctx context.Context) ([]regionView, int, error) {
 	}
 	o.health.record(rv)
 	o.health.annotate(rv) // a region that just went offline: its last heartbeat
+	names := make([]string, len(rv))
+	for i, r := range rv {
+		names[i] = r.Name
+	}
 	o.mu.Lock()
-	o.total, o.observed = total, true
+	o.total, o.names, o.observed = total, names, true
 	o.mu.Unlock()
 	return rv, total, nil
+}
+
+// regionNames is the regions' names as last observed (a region appears with the
+// hub's next observation, within its flush delay), read from the store before the
+// first observation: a filter's choices without reading every region's counts.
+func (o *overview) regionNames(ctx context.Context) ([]string, error) {
+	o.mu.Lock()
+	names, ok := o.names, o.observed
+	o.mu.Unlock()
+	if ok {
+		return names, nil
+	}
+	return o.st.RegionNames(ctx)
 }
 
 // unmatchedTotal is the number of unmatched reports as last observed (ok is false
@@ -78,10 +96,10 @@ func (o *overview) unmatchedTotal() (n int, ok bool) {
 	return o.total, o.observed
 }
 
-// unmatched lists a region's ("" for all) unmatched reports as views, newest first;
-// max > 0 keeps only the newest max.
+// unmatched lists the newest max unmatched reports of a region ("" for all) as views,
+// newest first: one page, with the page's hardware only (for the summaries).
 func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unmatchedView, error) {
-	us, err := o.st.NewestUnmatched(ctx, region, max)
+	us, _, err := o.st.UnmatchedPage(ctx, region, store.Page{Limit: max}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -95,18 +113,18 @@ func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unm
 // task is one task as a view, with the rate and ETA of its install.
 func (o *overview) task(t store.Task) taskView { return newTaskView(t, o.rates) }
 
-// newestTasks is the newest limit tasks (0: all) as views, newest first, and how many
-// match in all: keys-only index reads, then only those tasks, without hardware.
-func (o *overview) newestTasks(ctx context.Context, region string, status store.Status, limit int) ([]taskView, int, error) {
-	tasks, total, err := o.st.NewestTaskSummaries(ctx, region, status, limit)
+// taskPage is one page of tasks as views, newest first: keys-only index reads, then
+// only the page's tasks, without hardware.
+func (o *overview) taskPage(ctx context.Context, region string, status store.Status, p store.Page) ([]taskView, store.PageMarks, error) {
+	tasks, marks, err := o.st.TaskPage(ctx, region, status, p)
 	if err != nil {
-		return nil, 0, err
+		return nil, marks, err
 	}
 	out := make([]taskView, 0, len(tasks))
 	for _, t := range tasks {
 		out = append(out, o.task(t))
 	}
-	return out, total, nil
+	return out, marks, nil
 }
 
 // history is a region's health changes, newest first, as of rv (a view regions just

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -45,11 +44,12 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	// The newest dashboardTasks only (keys-only index reads, then just those tasks,
-	// without hardware); the filters narrow the rest.
-	tasks, matching, err := s.overview.newestTasks(ctx, f.Region, store.Status(f.Status), dashboardTasks)
+	// without hardware); the task list pages through the rest.
+	tasks, _, err := s.overview.taskPage(ctx, f.Region, store.Status(f.Status), store.Page{Limit: dashboardTasks})
 	if err != nil {
 		return err
 	}
+	matching := countIn(regions, f.Region, tasksIn(f.Status))
 	var alerting []regionView
 	for _, rv := range regions {
 		if rv.Alert {
@@ -65,13 +65,62 @@ func (s *Server) dashboardPage(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// unmatchedPage bounds the unmatched page: the newest reports, the region filter for
-// the rest.
-const unmatchedPage = 200
-
 // dashboardTasks bounds the dashboard's task list: a page of thousands of rows helps
-// nobody, and the filters find the rest.
+// nobody, and the task list (/tasks) pages through the rest.
 const dashboardTasks = 200
+
+// tasksIn counts a region's tasks in status ("" for all), for countIn.
+func tasksIn(status string) func(regionView) int {
+	return func(rv regionView) int {
+		if status == "" {
+			return rv.Total
+		}
+		return rv.CountMap[status]
+	}
+}
+
+// ---- task list
+
+// tasksPage is GET /tasks: every task, newest first, a page at a time, filtered by
+// region and status. Invalid filters and cursors are a 400 (a link that names
+// something else must not show another list).
+func (s *Server) tasksPage(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := listFilter{Region: q.Get("region"), Status: q.Get("status")}
+	if f.Region != "" {
+		if err := store.ValidateRegion(f.Region); err != nil {
+			return err
+		}
+	}
+	if f.Status != "" && !store.Status(f.Status).Valid() {
+		return &store.ValidationError{Field: "status", Message: fmt.Sprintf("unknown status %q", f.Status)}
+	}
+	p, err := uiPage.page(q, true)
+	if err != nil {
+		return err
+	}
+	// Region names and a count, not the regions' views: this page costs the same with
+	// 100 tasks or 100,000.
+	ctx := r.Context()
+	regions, err := s.overview.regionNames(ctx)
+	if err != nil {
+		return err
+	}
+	total, err := s.store.CountTasks(ctx, f.Region, store.Status(f.Status))
+	if err != nil {
+		return err
+	}
+	tasks, marks, err := s.overview.taskPage(ctx, f.Region, store.Status(f.Status), p)
+	if err != nil {
+		return err
+	}
+	// Below the newest page the table has no row template: live pushes update its
+	// rows and add none.
+	s.render(w, r, http.StatusOK, "tasks", page{Title: "Tasks", Nav: "tasks", Filter: f},
+		map[string]any{"Tasks": tasks, "Regions": regions, "Statuses": store.Statuses, "Filter": f,
+			"Total": total, "Links": linksFor(r, "/tasks", marks), "Newest": marks.Prev == ""})
+	return nil
+}
 
 // countIn sums n over the regions, or takes it from one region when region is set (0
 // for a region nobody has used).
@@ -395,7 +444,17 @@ type unmatchedItem struct {
 }
 
 func (s *Server) unmatchedPage(w http.ResponseWriter, r *http.Request) error {
-	return s.renderUnmatched(w, r, http.StatusOK, "", nil)
+	q := r.URL.Query()
+	if region := q.Get("region"); region != "" {
+		if err := store.ValidateRegion(region); err != nil {
+			return err
+		}
+	}
+	p, err := uiPage.page(q, true)
+	if err != nil {
+		return err
+	}
+	return s.renderUnmatched(w, r, http.StatusOK, p, nil)
 }
 
 // matchFailure carries a refused match back onto its report's form.
@@ -404,15 +463,15 @@ type matchFailure struct {
 	Errors                                   map[string]string
 }
 
-func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code int, flash string, failed *matchFailure) error {
+// renderUnmatched shows page p of the unmatched reports (the first page, of every
+// region, when a refused match comes back with its form).
+func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code int, p store.Page, failed *matchFailure) error {
 	region := r.URL.Query().Get("region")
-	if region != "" && store.ValidateRegion(region) != nil {
-		region = ""
-	}
 	if failed != nil {
-		region = ""
+		region, p = "", store.Page{Limit: uiPage.def}
 	}
-	regions, total, err := s.overview.regions(r.Context())
+	ctx := r.Context()
+	regions, total, err := s.overview.regions(ctx)
 	if err != nil {
 		return err
 	}
@@ -420,30 +479,28 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	for _, rv := range regions {
 		catalogs[rv.Name] = rv.Images
 	}
-	// The regions' counts say when there is nothing to read.
+	// One page, with the page's hardware only; the regions' counts say when there is
+	// nothing to read.
 	var reports []store.UnmatchedReport
-	var pending []store.Task
+	var marks store.PageMarks
 	if countIn(regions, region, func(rv regionView) int { return rv.Unmatched }) > 0 {
-		// The newest unmatchedPage only: a flood of reports must not make a page of
-		// thousands (the region filter narrows it).
-		if reports, err = s.store.NewestUnmatched(r.Context(), region, unmatchedPage); err != nil {
+		if reports, marks, err = s.store.UnmatchedPage(ctx, region, p, true); err != nil {
 			return err
 		}
-		slices.Reverse(reports) // oldest first, as the loop below expects
-		if countIn(regions, region, func(rv regionView) int { return rv.CountMap[string(store.StatusPending)] }) > 0 {
-			// Link targets: through the status index, without any task's hardware.
-			if pending, err = s.store.ListTaskSummaries(r.Context(), region, store.StatusPending); err != nil {
-				return err
-			}
-		}
 	}
+	pending := countIn(regions, region, tasksIn(string(store.StatusPending))) > 0
 	items := make([]unmatchedItem, 0, len(reports))
-	for i := len(reports) - 1; i >= 0; i-- {
-		u := reports[i]
+	for _, u := range reports {
 		it := unmatchedItem{Report: u, HW: parseHardware(u.Hardware, u.MACAddress), Images: catalogs[u.Region], Errors: map[string]string{}}
-		for _, t := range pending {
-			if t.RegionID == u.Region && t.TargetMAC == u.MACAddress {
-				it.Pending = append(it.Pending, t)
+		if pending {
+			// Link target: the MAC's open task, through the MAC index (one read, not
+			// every pending task of the fleet).
+			t, err := s.store.OpenTaskForMAC(ctx, u.Region, u.MACAddress)
+			switch {
+			case err == nil && t.Status == store.StatusPending:
+				it.Pending = []store.Task{t}
+			case err != nil && !errors.Is(err, store.ErrNotFound):
+				return err
 			}
 		}
 		if failed != nil && failed.ID == u.ID && failed.Region == u.Region {
@@ -455,8 +512,9 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 		}
 		items = append(items, it)
 	}
-	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Flash: flash, Unmatched: total, counted: true},
-		map[string]any{"Items": items, "Region": region, "Regions": regions, "Failed": failed})
+	s.render(w, r, code, "unmatched", page{Title: "Unmatched reports", Nav: "unmatched", Unmatched: total, counted: true},
+		map[string]any{"Items": items, "Region": region, "Regions": regions, "Failed": failed,
+			"Links": linksFor(r, "/unmatched", marks), "Total": countIn(regions, region, func(rv regionView) int { return rv.Unmatched })})
 	return nil
 }
 
@@ -484,7 +542,7 @@ func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
 			fail.Errors["os_version"] = "is required"
 		}
 		if len(fail.Errors) > 0 {
-			return s.renderUnmatched(w, r, http.StatusBadRequest, "", fail)
+			return s.renderUnmatched(w, r, http.StatusBadRequest, store.Page{}, fail)
 		}
 	}
 	t, err := s.store.MatchUnmatched(r.Context(), region, id, m)
@@ -498,7 +556,7 @@ func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
 		default:
 			return err
 		}
-		return s.renderUnmatched(w, r, httpjson.StatusFor(err), "", fail)
+		return s.renderUnmatched(w, r, httpjson.StatusFor(err), store.Page{}, fail)
 	}
 	s.log.Info("unmatched report matched", "report", id, "task", t.TaskID, "via", "web")
 	http.Redirect(w, r, "/tasks/"+url.PathEscape(t.TaskID)+"?flash=matched", http.StatusSeeOther)
@@ -525,13 +583,14 @@ func (s *Server) regionPage(w http.ResponseWriter, r *http.Request) error {
 	if rv == nil {
 		return fmt.Errorf("%w: region %s (no appliance, task or report has used it)", store.ErrNotFound, name)
 	}
-	tasks, _, err := s.overview.newestTasks(r.Context(), name, "", 0)
+	// The newest of each, as on the dashboard; the lists page through the rest.
+	tasks, _, err := s.overview.taskPage(r.Context(), name, "", store.Page{Limit: dashboardTasks})
 	if err != nil {
 		return err
 	}
 	var unmatched []unmatchedView
 	if rv.Unmatched > 0 {
-		if unmatched, err = s.overview.unmatched(r.Context(), name, 0); err != nil {
+		if unmatched, err = s.overview.unmatched(r.Context(), name, unmatchedMax); err != nil {
 			return err
 		}
 	}

@@ -26,7 +26,7 @@ var staticFS embed.FS
 
 // pages holds every page's template, parsed once at start: a broken template fails
 // the build's tests, not an operator's request.
-var pages = parsePages("dashboard", "task", "create", "confirm", "unmatched", "region", "error", "audit", "login")
+var pages = parsePages("dashboard", "tasks", "task", "create", "confirm", "unmatched", "region", "error", "audit", "login")
 
 func parsePages(names ...string) map[string]*template.Template {
 	funcs := template.FuncMap{
@@ -95,6 +95,7 @@ func (s *Server) pageRoutes(mux *http.ServeMux) {
 	})))
 	mux.Handle("POST /logout", post(s.logoutSubmit))
 	mux.Handle("GET /{$}", s.pageHandler(s.dashboardPage))
+	mux.Handle("GET /tasks", s.pageHandler(s.tasksPage))
 	mux.Handle("GET /tasks/create", s.pageHandler(s.createPage))
 	mux.Handle("POST /tasks/create", post(s.createSubmit))
 	mux.Handle("GET /tasks/{id}", s.pageHandler(s.taskPage))

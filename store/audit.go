@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -115,13 +114,18 @@ func auditKey(region, taskID, id string) string {
 	return auditPrefix(region) + taskID + "/" + id
 }
 
+// auditID is an entry's id: its time, so ids sort by time, and rnd.
+func auditID(t time.Time, rnd string) string {
+	return t.UTC().Format("20060102T150405.000000000Z") + "-" + rnd
+}
+
 // newAudit fills an entry for ctx's actor at now. The id sorts by time.
 func newAudit(ctx context.Context, now time.Time, action, region, taskID string) *AuditEntry {
 	a := ActorFrom(ctx)
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	return &AuditEntry{
-		ID: now.UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(rnd[:]), Time: now,
+		ID: auditID(now, hex.EncodeToString(rnd[:])), Time: now,
 		Actor: a.String(), Kind: a.Kind, Source: a.Source, Action: action, Region: region, TaskID: taskID,
 	}
 }
@@ -161,55 +165,83 @@ type AuditFilter struct {
 	Limit                         int // newest first; default and maximum 1000
 }
 
-// ListAudit returns entries matching f, newest first. A task's entries are one range
-// read (its region is found through the task index when f.Region is empty).
+// ListAudit returns the newest f.Limit entries matching f, newest first.
 func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error) {
+	if f.Limit <= 0 || f.Limit > 1000 {
+		f.Limit = 1000
+	}
+	out, _, err := s.AuditPage(ctx, f, Page{Limit: f.Limit})
+	return out, err
+}
+
+// AuditPage returns one page of the entries matching f (f.Limit is not used), newest
+// first. A task's entries are one range read from the cursor with a limit (its region
+// is found through the task index when f.Region is empty). A region's entries are
+// grouped by task, not by time, so the region (or everything) is read keys only and
+// ordered here, and only the page's entries are read whole; a user or action filter
+// needs the entries' values, so it reads the region whole (as the trail was read
+// before it had pages).
+func (s *Store) AuditPage(ctx context.Context, f AuditFilter, p Page) ([]AuditEntry, PageMarks, error) {
 	prefix := "/os/audit/"
 	if f.Region != "" {
 		if err := ValidateRegion(f.Region); err != nil {
-			return nil, err
+			return nil, PageMarks{}, err
 		}
 		prefix = auditPrefix(f.Region)
 	}
+	l := &pagedList{scope: fmt.Sprintf("audit/%s/%s/%s/%s/%d", f.Region, f.TaskID, f.Actor, f.Action, f.Since.Unix()),
+		validID: func(id string) bool { return len(id) <= 64 }, scan: true}
 	if f.TaskID != "" {
 		region := f.Region
 		if region == "" {
 			r, err := s.regionOf(ctx, f.TaskID)
 			if errors.Is(err, ErrNotFound) {
-				return []AuditEntry{}, nil
+				return []AuditEntry{}, PageMarks{}, nil
 			}
 			if err != nil {
-				return nil, err
+				return nil, PageMarks{}, err
 			}
 			region = r
 		}
-		prefix = auditPrefix(region) + f.TaskID + "/"
+		prefix, l.scan = auditPrefix(region)+f.TaskID+"/", false // ids in time order
 	}
-	if f.Limit <= 0 || f.Limit > 1000 {
-		f.Limit = 1000
+	l.ranges = []pageRange{{prefix: prefix}}
+	if !f.Since.IsZero() {
+		from := auditID(f.Since, "")
+		l.keepID = func(id string) bool { return id >= from }
 	}
-	resp, err := s.c.Get(ctx, prefix, clientv3.WithPrefix())
+	if f.Actor != "" || f.Action != "" {
+		l.scan, l.keep = true, func(v []byte) bool {
+			var e AuditEntry
+			return json.Unmarshal(v, &e) == nil && (f.Actor == "" || e.Actor == f.Actor) &&
+				(f.Action == "" || e.Action == f.Action || strings.HasPrefix(e.Action, f.Action+"."))
+		}
+	}
+	rows, marks, rev, err := s.readPage(ctx, l, p)
 	if err != nil {
-		return nil, fmt.Errorf("list audit: %w", err)
+		return nil, PageMarks{}, err // a bad cursor says so as it is
+	}
+	var values map[string][]byte
+	if l.keep == nil {
+		keys := make([]string, len(rows))
+		for i, r := range rows {
+			keys[i] = r.key
+		}
+		if values, err = s.readValues(ctx, keys, rev); err != nil {
+			return nil, PageMarks{}, fmt.Errorf("list audit: %w", err)
+		}
 	}
 	out := []AuditEntry{}
-	for _, kv := range resp.Kvs {
-		var e AuditEntry
-		if json.Unmarshal(kv.Value, &e) != nil {
-			continue
+	for _, r := range rows {
+		v := r.value
+		if l.keep == nil {
+			v = values[r.key]
 		}
-		switch {
-		case f.TaskID != "" && e.TaskID != f.TaskID,
-			f.Actor != "" && e.Actor != f.Actor,
-			f.Action != "" && e.Action != f.Action && !strings.HasPrefix(e.Action, f.Action+"."),
-			!f.Since.IsZero() && e.Time.Before(f.Since):
+		var e AuditEntry
+		if json.Unmarshal(v, &e) != nil || (f.TaskID != "" && e.TaskID != f.TaskID) {
 			continue
 		}
 		out = append(out, e)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
-	if len(out) > f.Limit {
-		out = out[:f.Limit]
-	}
-	return out, nil
+	return out, marks, nil
 }

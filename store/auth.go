@@ -550,13 +550,9 @@ func (s *Store) SessionUser(ctx context.Context, cookie string, lim SessionLimit
 		return User{}, Session{}, fmt.Errorf("session: %w", err)
 	}
 	now := s.now()
-	switch {
-	case now.Sub(sess.LastSeen) >= lim.Idle:
+	if err := lim.check(sess, now); err != nil {
 		s.c.Delete(ctx, key)
-		return User{}, Session{}, fmt.Errorf("%w: session of %s idle since %s", ErrUnauthorized, sess.User, sess.LastSeen.Format(time.RFC3339))
-	case now.Sub(sess.CreatedAt) >= lim.Max:
-		s.c.Delete(ctx, key)
-		return User{}, Session{}, fmt.Errorf("%w: session of %s older than %s", ErrUnauthorized, sess.User, lim.Max)
+		return User{}, Session{}, err
 	}
 	u, err := s.enabledUser(ctx, sess.User)
 	if err != nil {
@@ -572,6 +568,56 @@ func (s *Store) SessionUser(ctx context.Context, cookie string, lim SessionLimit
 		}
 	}
 	return u, sess, nil
+}
+
+// check says why sess has ended at now (idle, or past its absolute limit), or nil.
+func (lim SessionLimits) check(sess Session, now time.Time) error {
+	switch {
+	case now.Sub(sess.LastSeen) >= lim.Idle:
+		return fmt.Errorf("%w: session of %s idle since %s", ErrUnauthorized, sess.User, sess.LastSeen.Format(time.RFC3339))
+	case now.Sub(sess.CreatedAt) >= lim.Max:
+		return fmt.Errorf("%w: session of %s older than %s", ErrUnauthorized, sess.User, lim.Max)
+	}
+	return nil
+}
+
+// Ends is when sess ends if no request comes: idle, or at its absolute limit.
+func (lim SessionLimits) Ends(sess Session) time.Time {
+	idle, abs := sess.LastSeen.Add(lim.Idle), sess.CreatedAt.Add(lim.Max)
+	if idle.Before(abs) {
+		return idle
+	}
+	return abs
+}
+
+// SessionEnds returns when the session of cookie ends if no request comes, as etcd has
+// it now (another request may have moved its last_seen), without sliding it: a live
+// feed is not a request. An ended or unknown session, or a disabled user, is an
+// ErrUnauthorized (an ended session is removed, as SessionUser does).
+func (s *Store) SessionEnds(ctx context.Context, cookie string, lim SessionLimits) (time.Time, error) {
+	if cookie == "" || len(cookie) > 100 {
+		return time.Time{}, fmt.Errorf("%w: no session", ErrUnauthorized)
+	}
+	key := sessionKey(sha256Hex(cookie))
+	resp, err := s.c.Get(ctx, key)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read session: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return time.Time{}, fmt.Errorf("%w: unknown session", ErrUnauthorized)
+	}
+	var sess Session
+	if err := json.Unmarshal(resp.Kvs[0].Value, &sess); err != nil {
+		return time.Time{}, fmt.Errorf("session: %w", err)
+	}
+	if err := lim.check(sess, s.now()); err != nil {
+		s.c.Delete(ctx, key)
+		return time.Time{}, err
+	}
+	if _, err := s.enabledUser(ctx, sess.User); err != nil {
+		return time.Time{}, err
+	}
+	return lim.Ends(sess), nil
 }
 
 // Logout ends a session (audited with ctx's actor). An unknown cookie is not an error.

@@ -3,9 +3,11 @@ package store
 import (
 	"context"
 	"fmt"
-	"sort"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -13,39 +15,13 @@ import (
 // under etcd's default limit of 128 operations per transaction.
 const summaryBatch = 50
 
-// ListTaskSummaries returns the tasks of a region ("" for every region) in one
-// status, oldest first, without their hardware reports (Hardware is nil): what a
-// task list shows. It finds them through the status index (keys only), so it costs
-// nothing per task in another status, then reads those tasks, all at the index
-// read's revision (one consistent view).
-func (s *Store) ListTaskSummaries(ctx context.Context, region string, status Status) ([]Task, error) {
-	if !status.Valid() {
-		return nil, invalid("status", "unknown status %q", status)
-	}
-	refs, rev, err := s.statusRefs(ctx, region, status)
-	if err != nil {
-		return nil, err
-	}
-	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return t.Status == status })
-	if err != nil {
-		return nil, fmt.Errorf("list tasks in %s: %w", status, err)
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
-}
-
 // taskRef names a task by its region and id.
 type taskRef struct{ region, id string }
 
-// readSummaries reads the tasks refs name, all at revision rev, without their hardware
-// reports, in summaryBatch-sized transactions; keep filters out tasks that changed
-// meanwhile (the index and the task agree at one revision; never crash on foreign
-// keys all the same).
-func (s *Store) readSummaries(ctx context.Context, refs []taskRef, rev int64, keep func(Task) bool) ([]Task, error) {
-	return s.readTasks(ctx, refs, rev, false, keep)
-}
-
-// readTasks is readSummaries, with the hardware reports when withHardware.
+// readTasks reads the tasks refs name, all at revision rev, with their hardware
+// reports only when withHardware, in summaryBatch-sized transactions; keep filters out
+// tasks that changed meanwhile (the index and the task agree at one revision; never
+// crash on foreign keys all the same).
 func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHardware bool, keep func(Task) bool) ([]Task, error) {
 	var out []Task
 	for len(refs) > 0 {
@@ -88,31 +64,90 @@ func (s *Store) readTasks(ctx context.Context, refs []taskRef, rev int64, withHa
 	return out, nil
 }
 
-// NewestTaskSummaries returns the newest limit tasks of a region ("" for all) in one
-// status ("" for every status), newest first and without hardware, and how many match
-// in all. It reads the status index keys only and picks the newest by id (UUIDv7 ids
-// sort by creation time), then reads just those tasks: a dashboard over 10,000 tasks
-// reads 200 of them.
-func (s *Store) NewestTaskSummaries(ctx context.Context, region string, status Status, limit int) ([]Task, int, error) {
+// TaskPage returns one page of the tasks of a region ("" for every region) in one
+// status ("" for every status), newest first and without hardware reports. The pages
+// walk the status index (UUIDv7 ids sort by creation time): a range from the cursor
+// with a limit per region and status, keys only, then just the page's tasks, all at
+// one revision. A task created while a walk goes on is newer than its cursor: the
+// walk sees every task older than its start exactly once.
+func (s *Store) TaskPage(ctx context.Context, region string, status Status, p Page) ([]Task, PageMarks, error) {
+	return s.taskPage(ctx, region, status, p, false)
+}
+
+// TaskPageWhole is TaskPage with each task's hardware report: a page of them, never
+// more.
+func (s *Store) TaskPageWhole(ctx context.Context, region string, status Status, p Page) ([]Task, PageMarks, error) {
+	return s.taskPage(ctx, region, status, p, true)
+}
+
+func (s *Store) taskPage(ctx context.Context, region string, status Status, p Page, withHardware bool) ([]Task, PageMarks, error) {
+	l, err := s.taskList(ctx, region, status)
+	if err != nil {
+		return nil, PageMarks{}, err
+	}
+	rows, marks, rev, err := s.readPage(ctx, l, p)
+	if err != nil {
+		return nil, PageMarks{}, err
+	}
+	refs := make([]taskRef, len(rows))
+	for i, r := range rows {
+		refs[i] = taskRef{region: r.label, id: r.id}
+		if l.values {
+			refs[i].region = string(r.value) // the task index names the region
+		}
+	}
+	out, err := s.readTasks(ctx, refs, rev, withHardware, func(t Task) bool { return status == "" || t.Status == status })
+	if err != nil {
+		return nil, PageMarks{}, fmt.Errorf("list tasks: %w", err)
+	}
+	return out, marks, nil
+}
+
+// CountTasks counts the tasks of a region ("" for all) in a status ("" for all)
+// through the status index: etcd counts, no key is sent.
+func (s *Store) CountTasks(ctx context.Context, region string, status Status) (int, error) {
+	l, err := s.taskList(ctx, region, status)
+	if err != nil {
+		return 0, err
+	}
+	return s.countRows(ctx, l)
+}
+
+// taskList is the task list of a region ("" for all) in a status ("" for all): one
+// status index range per region and status; every task of every region is the task
+// index (id -> region), one range.
+func (s *Store) taskList(ctx context.Context, region string, status Status) (*pagedList, error) {
 	if status != "" && !status.Valid() {
-		return nil, 0, invalid("status", "unknown status %q", status)
+		return nil, invalid("status", "unknown status %q", status)
 	}
-	refs, rev, err := s.statusRefs(ctx, region, status)
-	if err != nil {
-		return nil, 0, err
+	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
+		_, err := uuid.Parse(id)
+		return err == nil
+	}, timed: taskIDTimes}
+	if region == "" && status == "" {
+		l.ranges, l.values = []pageRange{{prefix: taskRegionIndexKey("")}}, true
+		return l, nil
 	}
-	total := len(refs)
-	sort.Slice(refs, func(i, j int) bool { return refs[i].id > refs[j].id })
-	if limit > 0 && len(refs) > limit {
-		refs = refs[:limit]
+	regions := []string{region}
+	if region == "" {
+		var err error
+		// Every region with a task has keys under the v2.1 task root.
+		if regions, err = s.childNames(ctx, taskRoot); err != nil {
+			return nil, err
+		}
+	} else if err := ValidateRegion(region); err != nil {
+		return nil, err
 	}
-	out, err := s.readSummaries(ctx, refs, rev, func(t Task) bool { return status == "" || t.Status == status })
-	if err != nil {
-		return nil, 0, fmt.Errorf("list tasks: %w", err)
+	statuses := Statuses
+	if status != "" {
+		statuses = []Status{status}
 	}
-	// Ids of tasks made before UUIDv7 do not sort by time: order by creation.
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
-	return out, total, nil
+	for _, r := range regions {
+		for _, st := range statuses {
+			l.ranges = append(l.ranges, pageRange{label: r, prefix: statusIndexKey(r, st, "")})
+		}
+	}
+	return l, nil
 }
 
 // statusRefs reads the status index keys only: the tasks of a region ("" for every
@@ -141,4 +176,22 @@ func (s *Store) statusRefs(ctx context.Context, region string, status Status) ([
 		}
 	}
 	return refs, idx.Header.Revision, nil
+}
+
+// taskIDTimes: a UUIDv7 task id starts with its creation time in milliseconds (48
+// bits, as 8+4 hex digits).
+var taskIDTimes = &timedIDs{
+	time: func(id string) (time.Time, bool) {
+		u, err := uuid.Parse(id)
+		if err != nil || u.Version() != 7 {
+			return time.Time{}, false
+		}
+		ms, err := strconv.ParseInt(id[:8]+id[9:13], 16, 64)
+		return time.UnixMilli(ms), err == nil
+	},
+	floor: func(t time.Time) string {
+		ms := max(t.UnixMilli(), 0)
+		return fmt.Sprintf("%08x-%04x", ms>>16, ms&0xffff)
+	},
+	grain: time.Millisecond,
 }

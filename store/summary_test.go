@@ -1,19 +1,21 @@
 package store_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
 
-// ListTaskSummaries agrees with ListTasks' status filter, minus the hardware, across
+// TaskPage's pages agree with ListTasks' status filter, minus the hardware, across
 // more tasks than one read transaction fetches.
-func TestListTaskSummaries(t *testing.T) {
+func TestTaskPagesAgreeWithListTasks(t *testing.T) {
 	e := storetest.Start(t)
 	s, ctx := e.Store, ctxT(t)
 	advertise(t, s, "dc2", ubuntuImage)
@@ -48,9 +50,9 @@ func TestListTaskSummaries(t *testing.T) {
 		{"", store.StatusApproved, 1}, {"dc2", store.StatusApproved, 1}, {"dc1", store.StatusApproved, 0},
 		{"dc9", store.StatusPending, 0}, {"", store.StatusCompleted, 0},
 	} {
-		got, err := s.ListTaskSummaries(ctx, c.region, c.status)
+		got, err := allPages(ctx, s, c.region, c.status)
 		if err != nil {
-			t.Fatalf("ListTaskSummaries(%q, %s): %v", c.region, c.status, err)
+			t.Fatalf("TaskPage(%q, %s): %v", c.region, c.status, err)
 		}
 		// The reference: every task of the region read whole, filtered here (ListTasks
 		// with a status goes through the index too), then with its hardware checked.
@@ -75,15 +77,34 @@ func TestListTaskSummaries(t *testing.T) {
 			want[i].Hardware = nil
 		}
 		if len(got) != c.n || !reflect.DeepEqual(got, want) {
-			t.Errorf("ListTaskSummaries(%q, %s): %d tasks, want %d as ListTasks reads them (without hardware)", c.region, c.status, len(got), c.n)
+			t.Errorf("TaskPage(%q, %s), every page: %d tasks, want %d as ListTasks reads them (without hardware)", c.region, c.status, len(got), c.n)
 		}
 	}
-	if got, _ := s.ListTaskSummaries(ctx, "dc2", store.StatusApproved); len(got) != 1 || got[0].Approval == nil || got[0].ReportedAt == nil || got[0].Hardware != nil {
+	if got, _ := allPages(ctx, s, "dc2", store.StatusApproved); len(got) != 1 || got[0].Approval == nil || got[0].ReportedAt == nil || got[0].Hardware != nil {
 		t.Errorf("approved summary = %+v", got)
 	}
-	for _, bad := range [][2]string{{"dc1", "nope"}, {"Bad!", "pending"}, {"dc1", ""}} {
-		if _, err := s.ListTaskSummaries(ctx, bad[0], store.Status(bad[1])); !errors.Is(err, store.ErrInvalid) {
-			t.Errorf("ListTaskSummaries(%q, %q): want ErrInvalid, got %v", bad[0], bad[1], err)
+	for _, bad := range [][2]string{{"dc1", "nope"}, {"Bad!", "pending"}} {
+		if _, err := allPages(ctx, s, bad[0], store.Status(bad[1])); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("TaskPage(%q, %q): want ErrInvalid, got %v", bad[0], bad[1], err)
 		}
+	}
+}
+
+// allPages reads every page of a task list, 7 tasks a page, and returns the tasks
+// oldest first (as ListTasks has them).
+func allPages(ctx context.Context, s *store.Store, region string, status store.Status) ([]store.Task, error) {
+	var out []store.Task
+	p := store.Page{Limit: 7}
+	for {
+		tasks, marks, err := s.TaskPage(ctx, region, status, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, tasks...)
+		if marks.Next == "" {
+			slices.Reverse(out)
+			return out, nil
+		}
+		p.After = marks.Next
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -88,49 +87,61 @@ func (s *Store) deleteUnmatchedKeys(ctx context.Context, region string, kvs []*m
 	return nil
 }
 
-// NewestUnmatched returns the newest limit unmatched reports of a region ("" for all),
-// newest first: the ids start with their time, so a keys-only read picks them and only
-// those are read whole (hardware included).
-func (s *Store) NewestUnmatched(ctx context.Context, region string, limit int) ([]UnmatchedReport, error) {
-	prefix := unmatchedRoot
-	if region != "" {
-		if err := ValidateRegion(region); err != nil {
-			return nil, err
+// UnmatchedPage returns one page of a region's ("" for every region) unmatched
+// reports, newest first. The ids start with their time, so a page is a keys-only
+// range from the cursor with a limit per region; without hardware the reports are
+// summaries made from their keys alone (id, region, MAC, received_at to the second:
+// no value is read), with hardware only the page's reports are read whole.
+func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHardware bool) ([]UnmatchedReport, PageMarks, error) {
+	regions := []string{region}
+	if region == "" {
+		var err error
+		if regions, err = s.childNames(ctx, unmatchedRoot); err != nil {
+			return nil, PageMarks{}, err
 		}
-		prefix = unmatchedPrefix(region)
+	} else if err := ValidateRegion(region); err != nil {
+		return nil, PageMarks{}, err
 	}
-	keys, err := s.c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	l := &pagedList{scope: "unmatched/" + region, validID: func(id string) bool {
+		_, ok := unmatchedIDTime(id)
+		return ok
+	}, timed: &timedIDs{time: unmatchedIDTime, grain: time.Second,
+		floor: func(t time.Time) string { return t.UTC().Format("20060102150405") }}}
+	for _, r := range regions {
+		l.ranges = append(l.ranges, pageRange{label: r, prefix: unmatchedPrefix(r)})
+	}
+	rows, marks, rev, err := s.readPage(ctx, l, p)
 	if err != nil {
-		return nil, fmt.Errorf("list unmatched reports: %w", err)
+		return nil, PageMarks{}, err // a bad cursor says so as it is
 	}
-	id := func(k []byte) string { return string(k)[strings.LastIndex(string(k), "/")+1:] }
-	kvs := keys.Kvs
-	sort.Slice(kvs, func(i, j int) bool { return id(kvs[i].Key) > id(kvs[j].Key) })
-	if limit > 0 && len(kvs) > limit {
-		kvs = kvs[:limit]
+	var values map[string][]byte
+	if withHardware {
+		keys := make([]string, len(rows))
+		for i, r := range rows {
+			keys[i] = r.key
+		}
+		if values, err = s.readValues(ctx, keys, rev); err != nil {
+			return nil, PageMarks{}, fmt.Errorf("read unmatched reports: %w", err)
+		}
 	}
-	out := make([]UnmatchedReport, 0, len(kvs))
-	for len(kvs) > 0 {
-		batch := kvs[:min(len(kvs), 100)]
-		kvs = kvs[len(batch):]
-		ops := make([]clientv3.Op, len(batch))
-		for i, kv := range batch {
-			ops[i] = clientv3.OpGet(string(kv.Key), clientv3.WithRev(keys.Header.Revision))
-		}
-		resp, err := s.c.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("read unmatched reports: %w", err)
-		}
-		for _, rr := range resp.Responses {
-			for _, kv := range rr.GetResponseRange().Kvs {
-				var r UnmatchedReport
-				if json.Unmarshal(kv.Value, &r) != nil {
-					continue // not ours: never let one bad value hide the others
-				}
-				r.ID = id(kv.Key)
-				out = append(out, r)
+	out := make([]UnmatchedReport, 0, len(rows))
+	for _, r := range rows {
+		u := UnmatchedReport{ID: r.id, Region: r.label}
+		if withHardware {
+			v, ok := values[r.key]
+			if !ok || json.Unmarshal(v, &u) != nil {
+				continue // gone, or not ours: never let one bad value hide the others
 			}
+			u.ID = r.id
+		} else {
+			t, ok := unmatchedIDTime(r.id)
+			_, mac, _ := strings.Cut(r.id, "-")
+			if !ok {
+				continue
+			}
+			u.MACAddress, u.ReceivedAt = mac, t
 		}
+		out = append(out, u)
 	}
-	return out, nil
+	return out, marks, nil
 }
