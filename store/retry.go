@@ -28,7 +28,7 @@ import (
 //     attempt whose answer was lost did commit, the retry's compare fails and the
 //     caller reads again, exactly as after a concurrent writer, and finds its own change
 //     there: the state machine acknowledges a repeated end (completed twice is one
-//     completion), CreateTask recognises its own task in the MAC index;
+//     completion), CreateTask and AddUser recognise what they wrote;
 //   - a put or delete of keys and values fixed before the first attempt (heartbeat,
 //     region status, leases, audit entries whose id is chosen once): repeating it
 //     writes the same thing again.

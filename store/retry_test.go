@@ -45,7 +45,8 @@ func (t *lossyTxn) Commit() (*clientv3.TxnResponse, error) {
 
 // A write whose answer was lost is retried, and the retry finds the write done: the
 // task is created once, starts once and completes once (one audit entry each), and
-// every caller got success, not a conflict.
+// every caller got success, not a conflict; a user added once is added, and a second
+// add of the name is still a conflict.
 func TestRetryAfterLostAnswer(t *testing.T) {
 	e := storetest.Start(t)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 10 * time.Second})
@@ -68,6 +69,14 @@ func TestRetryAfterLostAnswer(t *testing.T) {
 	}
 	if tasks, err := e.Store.ListTasks(ctx, store.ListFilter{MAC: "52:54:00:00:77:01"}); err != nil || len(tasks) != 1 || tasks[0].TaskID != created.TaskID {
 		t.Fatalf("tasks after a create whose answer was lost: %+v %v", tasks, err)
+	}
+
+	lossy.lose.Store(1)
+	if _, err := st.AddUser(ctx, "carol", store.RoleOperator, "correct horse battery"); err != nil {
+		t.Fatalf("add user with its answer lost: %v", err)
+	}
+	if _, err := st.AddUser(ctx, "carol", store.RoleOperator, "another password here"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a second add of the user: %v, want a conflict", err)
 	}
 
 	task := approvedTask(t, &lossyE, "52:54:00:00:77:02", raidOnly)
