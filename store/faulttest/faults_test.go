@@ -84,10 +84,10 @@ func TestQuorumLost(t *testing.T) {
 		// What an agent sees: the approval poll answered 503 + retry_after in time.
 		start := time.Now()
 		code, body := s.call("GET", s.appURL+"/api/approval/"+s.mac, nil)
-		if took := time.Since(start); code == http.StatusServiceUnavailable && body["retry_after"] != nil && took < 4*time.Second {
+		if took := time.Since(start); code == http.StatusServiceUnavailable && body["retry_after"] != nil && took < 5*time.Second {
 			saw503++
 		} else if time.Since(t0) > 5*time.Second { // the first seconds may still be answered from before
-			t.Errorf("approval poll with quorum lost: %d %v after %s, want 503 with retry_after within 4 s", code, body, took)
+			t.Errorf("approval poll with quorum lost: %d %v after %s, want 503 with retry_after within 5 s (2 s deadline + slack for a loaded machine)", code, body, took)
 		}
 		// What a booting machine needs: boot files and the image, without etcd.
 		if getOK(t, s.appURL+"/boot/files/vmlinuz", "") && getOK(t, s.appURL+"/images/"+image.File, "bytes=0-1023") {
