@@ -88,7 +88,7 @@ func snapshot(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "lpmos-etcd: snapshot saved to %s (etcd %s)\n", file, version)
+		fmt.Fprintf(stderr, "lpmos-etcd: snapshot saved to %s (storage version %s)\n", file, version)
 		return nil
 	case "restore":
 		var c etcdserver.RestoreConfig
