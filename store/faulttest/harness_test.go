@@ -386,7 +386,7 @@ func (s *system) figure(name string, d time.Duration, note string) {
 }
 
 // finish waits for the agent to exit and checks the outcome every fault must leave:
-// the agent succeeded, the file holds exactly the image, the task completed once
+// the agent succeeded, the appliance's task watch saw the completion, the file holds exactly the image, the task completed once
 // with its whole timeline, the indexes agree, and every running member holds the same
 // keys at the same revision.
 func (s *system) finish() {
@@ -398,6 +398,10 @@ func (s *system) finish() {
 	}
 	if err := s.agent.Err(); err != nil {
 		s.t.Fatalf("agent: %v\n%s", err, proc.Tail(s.agent.Log(), 30))
+	}
+	// The appliance's task watch saw the end: it resumed after whatever broke it.
+	if _, err := s.app.NextLine(stepCtx(s.t, 30*time.Second), "Task "+s.taskID+" status: completed"); err != nil {
+		s.t.Fatalf("the appliance's task watch: %v", err)
 	}
 	if got := fileSHA256(s.t, s.target); got != image.SHA256 {
 		s.t.Fatalf("target holds sha256 %s, the image is %s", got, image.SHA256)
