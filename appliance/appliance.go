@@ -356,7 +356,8 @@ func (a *Appliance) apiHosts() ([]string, error) {
 func (a *Appliance) watch(ctx context.Context, ready chan struct{}) error {
 	once := func() {
 		select {
-		case <-ready:
+		case <-ready: // again: a resync after a compaction (store.WatchTasks)
+			a.log.Warn("task watch resynced: etcd had compacted changes it missed (their log lines are lost; the tasks are not)")
 		default:
 			close(ready)
 		}

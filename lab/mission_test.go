@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -445,12 +446,12 @@ func printTimings(t *testing.T, rs []timings) {
 	// go test hides a passing package's output: `make test` prints this file after
 	// the run, so CI's log shows the timings and a slowdown is visible.
 	if f := os.Getenv("LPMOS_TIMINGS_FILE"); f != "" {
+		// Appended: the fault tests (store/faulttest) and the Vagrant lab add theirs too.
 		os.MkdirAll(filepath.Dir(f), 0o755)
-		// Appended: the Vagrant lab's test writes its table to the same file.
-		fh, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		w, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err == nil {
-			_, err = fh.WriteString(b.String())
-			fh.Close()
+			_, err = w.WriteString(b.String())
+			err = errors.Join(err, w.Close())
 		}
 		if err != nil {
 			t.Errorf("timings file: %v", err)

@@ -203,14 +203,23 @@ func (s *Store) AddUser(ctx context.Context, name string, role Role, password st
 	audit := newAudit(ctx, s.now(), AuditUserAdd, "", "").with("role", string(role))
 	audit.Target = name
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(userKey(name)), "=", 0)).
-		Then(putJSON(userKey(name), u), audit.op()).Commit()
+		Then(putJSON(userKey(name), u), audit.op()).Else(clientv3.OpGet(userKey(name))).Commit()
 	if err != nil {
 		return User{}, fmt.Errorf("add user %s: %w", name, err)
 	}
-	if !resp.Succeeded {
+	if !resp.Succeeded && !sameUser(resp, u) {
 		return User{}, fmt.Errorf("%w: user %s exists", ErrConflict, name)
 	}
 	return u, nil
+}
+
+// sameUser reports whether a create-if-absent that failed found the very user it
+// wrote: its own commit, whose answer was lost and retried (retry.go). The password
+// hash is salted, so no other writer stores the same one.
+func sameUser(resp *clientv3.TxnResponse, u User) bool {
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	var got User
+	return len(kvs) == 1 && json.Unmarshal(kvs[0].Value, &got) == nil && got.PasswordHash == u.PasswordHash
 }
 
 func (s *Store) newUser(name string, role Role, password string) (User, error) {
@@ -452,11 +461,11 @@ func (s *Store) Bootstrap(ctx context.Context, name, password string, ttl time.D
 	tc := newAudit(ctx, u.CreatedAt, AuditTokenCreate, "", "").with("token_id", tok.ID).with("expires_at", tok.ExpiresAt.Format(time.RFC3339))
 	tc.Target = name
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(userPrefix()), "=", 0).WithPrefix()).
-		Then(putJSON(userKey(name), u), putJSON(tokenKey(tok.ID), tok), add.op(), tc.op()).Commit()
+		Then(putJSON(userKey(name), u), putJSON(tokenKey(tok.ID), tok), add.op(), tc.op()).Else(clientv3.OpGet(userKey(name))).Commit()
 	if err != nil {
 		return false, "", fmt.Errorf("bootstrap: %w", err)
 	}
-	if !resp.Succeeded {
+	if !resp.Succeeded && !sameUser(resp, u) {
 		return false, "", nil
 	}
 	return true, secret, nil

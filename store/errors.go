@@ -7,7 +7,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"lpmos.dev/lpmos/contract"
 )
@@ -46,19 +45,7 @@ func (e *TransitionError) Unwrap() error { return ErrConflict }
 // time (no leader, a timeout, the request's deadline): the callers' cue to answer 503
 // with a retry_after, not 500.
 func Unavailable(err error) bool {
-	if err == nil {
-		return false
-	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrNoLeader) ||
-		errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) {
-		return true
-	}
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if st, ok := status.FromError(e); ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) {
-			return true
-		}
-	}
-	return false
+	return err != nil && (errors.Is(err, context.DeadlineExceeded) || Transient(err) || grpcCode(err) == codes.DeadlineExceeded)
 }
 
 // NoSpace reports whether err is etcd refusing a write because its backend is over

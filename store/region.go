@@ -241,42 +241,31 @@ type TaskEvent struct {
 	Status   Status
 }
 
-// WatchTasks streams changes of one region's tasks until ctx ends. ready (may be nil)
-// is called once etcd has registered the watch: nothing written after that is missed.
-// A value that does not decode is reported with its part and no decoded field.
+// WatchTasks streams changes of one region's tasks until ctx ends, resuming by itself
+// after a failure (watchPrefixes). ready (may be nil) is called once etcd has registered
+// the watch (nothing written after that is missed), and again after a resync (changes
+// lost to a compaction: re-read). A value that does not decode is reported with its
+// part and no decoded field.
 func (s *Store) WatchTasks(ctx context.Context, region string, ready func(), fn func(TaskEvent)) error {
-	wch := s.c.Watch(clientv3.WithRequireLeader(ctx), regionTaskPrefix(region), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-	for wr := range wch {
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", regionTaskPrefix(region), err)
+	return s.watchPrefixes(ctx, []string{regionTaskPrefix(region)}, 0, ready, func(ev *clientv3.Event) {
+		r, id, field, ok := splitTaskKey(string(ev.Kv.Key))
+		if !ok {
+			return
 		}
-		if wr.Created {
-			if ready != nil {
-				ready()
-			}
-			continue
-		}
-		for _, ev := range wr.Events {
-			r, id, field, ok := splitTaskKey(string(ev.Kv.Key))
-			if !ok {
-				continue
-			}
-			te := TaskEvent{Region: r, TaskID: id, Part: TaskPart(field), Deleted: ev.Type == clientv3.EventTypeDelete}
-			if !te.Deleted {
-				switch te.Part {
-				case PartMetadata:
-					var m Metadata
-					if json.Unmarshal(ev.Kv.Value, &m) == nil {
-						te.Metadata, te.Created = &m, ev.IsCreate()
-					}
-				case PartStatus:
-					te.Status = Status(ev.Kv.Value)
+		te := TaskEvent{Region: r, TaskID: id, Part: TaskPart(field), Deleted: ev.Type == clientv3.EventTypeDelete}
+		if !te.Deleted {
+			switch te.Part {
+			case PartMetadata:
+				var m Metadata
+				if json.Unmarshal(ev.Kv.Value, &m) == nil {
+					te.Metadata, te.Created = &m, ev.IsCreate()
 				}
+			case PartStatus:
+				te.Status = Status(ev.Kv.Value)
 			}
-			fn(te)
 		}
-	}
-	return ctx.Err()
+		fn(te)
+	})
 }
 
 // WaitStatus blocks until the task's status is no longer cur (or the task is gone),

@@ -25,8 +25,10 @@ type Store struct {
 	clock atomic.Pointer[func() time.Time]
 }
 
-// New returns a Store on c. The caller owns c.
+// New returns a Store on c. The caller owns c; New installs the store's deadline and
+// retry policy on c's KV (retry.go), so every request through c follows it.
 func New(c *clientv3.Client) *Store {
+	withPolicy(c)
 	s := &Store{c: c}
 	s.SetClock(nil)
 	return s
@@ -155,6 +157,9 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 			return t, nil
 		}
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			if string(kvs[0].Value) == t.TaskID {
+				return t, nil // our own commit, whose answer was lost: the retry found it (retry.go)
+			}
 			return Task{}, fmt.Errorf("%w: MAC %s already has open task %s in region %s (complete, fail or cancel it first)",
 				ErrConflict, mac, kvs[0].Value, region)
 		}

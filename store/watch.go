@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -30,56 +33,141 @@ type Change struct {
 }
 
 // WatchAll streams changes of every region's tasks, region keys and unmatched reports
-// until ctx ends or the watch fails (the caller decides whether to watch again and
-// re-read, since changes during the gap are not replayed). ready (may be nil) is called
-// once all three watches are registered. fn is called from one goroutine, in order per
-// prefix.
+// until ctx ends, resuming by itself after a failure (watchPrefixes). ready (may be nil)
+// is called once all three watches are registered, and again after a resync: changes
+// were lost to a compaction, the caller re-reads what it shows. fn is called from one
+// goroutine, in order per prefix. The error is ctx's, or a permanent refusal (a
+// permission denied).
 func (s *Store) WatchAll(ctx context.Context, ready func(), fn func(Change)) error {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	return s.watchPrefixes(ctx, []string{taskRoot, regionRoot, unmatchedRoot}, 0, ready, func(ev *clientv3.Event) {
+		if c, ok := parseChange(string(ev.Kv.Key)); ok {
+			c.Deleted = ev.Type == clientv3.EventTypeDelete
+			fn(c)
+		}
+	})
+}
+
+// watchBatch is what one prefix's watch hands on: events in revision order, or a
+// registration, or a resync.
+type watchBatch struct {
+	events  []*clientv3.Event
+	created bool
+	resync  bool
+	err     error // permanent: the watch ended
+}
+
+// watchPrefixes watches each prefix from revision from (0: now) until ctx ends. A watch
+// that fails (the member dialled died; the cluster lost its leader, which cancels a
+// WithRequireLeader watch) is watched again from the revision after the last event it
+// delivered, so nothing is missed or delivered twice. When that revision was compacted
+// meanwhile, the watch starts again at the compaction and ready is called (resync):
+// the changes in the gap are gone from etcd's history, the caller re-reads. ready is
+// also called once every prefix is first registered. fn is called from this goroutine.
+func (s *Store) watchPrefixes(ctx context.Context, prefixes []string, from int64, ready func(), fn func(*clientv3.Event)) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	roots := []string{taskRoot, regionRoot, unmatchedRoot}
-	chans := make([]clientv3.WatchChan, len(roots))
-	for i, p := range roots {
-		chans[i] = s.c.Watch(ctx, p, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	out := make(chan watchBatch)
+	for _, p := range prefixes {
+		go s.watchResuming(ctx, p, from, out)
 	}
-	created := 0
-	handle := func(i int, wr clientv3.WatchResponse, ok bool) error {
-		if !ok {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("watch %s: channel closed", roots[i])
-		}
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", roots[i], err)
-		}
-		if wr.Created {
-			if created++; created == len(roots) && ready != nil {
-				ready()
-			}
-			return nil
-		}
-		for _, ev := range wr.Events {
-			if c, ok := parseChange(string(ev.Kv.Key)); ok {
-				c.Deleted = ev.Type == clientv3.EventTypeDelete
-				fn(c)
-			}
-		}
-		return nil
-	}
+	registered, readied := 0, false
 	for {
-		var err error
+		var b watchBatch
 		select {
-		case wr, ok := <-chans[0]:
-			err = handle(0, wr, ok)
-		case wr, ok := <-chans[1]:
-			err = handle(1, wr, ok)
-		case wr, ok := <-chans[2]:
-			err = handle(2, wr, ok)
+		case <-ctx.Done():
+			return ctx.Err()
+		case b = <-out:
 		}
-		if err != nil {
-			return err
+		switch {
+		case b.err != nil:
+			return b.err
+		case b.created && !readied:
+			if registered++; registered == len(prefixes) {
+				readied = true
+				if ready != nil {
+					ready()
+				}
+			}
+		case b.resync && readied && ready != nil:
+			ready()
 		}
+		for _, ev := range b.events {
+			fn(ev)
+		}
+	}
+}
+
+// watchResuming is one prefix's watch for watchPrefixes.
+func (s *Store) watchResuming(ctx context.Context, prefix string, next int64, out chan<- watchBatch) {
+	send := func(b watchBatch) bool {
+		select {
+		case out <- b:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	wait, registered := retryFirst, false
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify()}
+		if next > 0 {
+			opts = append(opts, clientv3.WithRev(next))
+		}
+		var failed error
+		for wr := range s.c.Watch(wctx, prefix, opts...) {
+			if wr.CompactRevision != 0 {
+				// The history from next on is compacted: start at the compaction.
+				next, failed = wr.CompactRevision, nil
+				if !send(watchBatch{resync: true}) {
+					break
+				}
+				wait = 0
+				break
+			}
+			if err := wr.Err(); err != nil {
+				failed = err
+				break
+			}
+			if wr.Created {
+				if next == 0 {
+					next = wr.Header.Revision + 1
+				}
+				wait = retryFirst
+				if !registered {
+					registered = true
+					if !send(watchBatch{created: true}) {
+						break
+					}
+				}
+				continue
+			}
+			if n := len(wr.Events); n > 0 {
+				next = wr.Events[n-1].Kv.ModRevision + 1
+				if !send(watchBatch{events: wr.Events}) {
+					break
+				}
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if failed != nil && !Transient(failed) && !errors.Is(failed, rpctypes.ErrCompacted) {
+			send(watchBatch{err: fmt.Errorf("watch %s: %w", prefix, failed)})
+			return
+		}
+		// A closed channel or a transient error (no leader): watch again from next.
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		wait = min(2*max(wait, retryFirst), retryMax)
 	}
 }
 

@@ -29,7 +29,9 @@ type Config struct {
 	// the approved disk must still be found in the inventory, but its bytes are left
 	// alone. Empty writes the approved disk itself.
 	Target string
-	// MaxAttempts bounds reports answered 404 (no task yet) or not answered at all.
+	// MaxAttempts bounds reports answered 404 (no task yet) or not answered at all. A
+	// 503 with retry_after (the appliance is up, its store is not) spends no attempt:
+	// the agent waits as long as the outage lasts.
 	MaxAttempts int
 	// RetryUnit is the length of one retry_after unit (a second; tests shorten it).
 	RetryUnit time.Duration
@@ -258,6 +260,12 @@ func report(ctx context.Context, cfg Config, api *contract.Client, log *slog.Log
 		wait := 10
 		var se *contract.StatusError
 		switch {
+		case errors.As(err, &se) && se.Code == http.StatusServiceUnavailable && se.Body.RetryAfter > 0:
+			// The appliance answers but its store does not (etcd electing a leader,
+			// or quorum lost): not this machine's fault, no attempt spent.
+			attempt--
+			wait = se.Body.RetryAfter
+			log.Warn("appliance's store unavailable; waiting", "retry_after", wait, "message", se.Body.Message)
 		case errors.As(err, &se) && se.Code == http.StatusNotFound:
 			if se.Body.RetryAfter > 0 {
 				wait = se.Body.RetryAfter

@@ -163,6 +163,23 @@ func TestReportErrorClasses(t *testing.T) {
 	}
 }
 
+// A 503 with retry_after (the appliance's store is away: quorum lost) spends no
+// attempt: the agent waits through an outage longer than MaxAttempts reports.
+func TestReportWaitsOutStoreOutage(t *testing.T) {
+	f := &fakeAPI{report: func(n int) (int, any) {
+		if n <= 6 {
+			return 503, map[string]any{"status": "error", "message": "store unavailable: etcd does not answer; try again later", "retry_after": 5}
+		}
+		return ok("t1")(n - 6)
+	}, approval: func(*http.Request) (int, any) { return 404, map[string]any{"status": "error", "message": "No open task"} }}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	err := Run(t.Context(), testConfig(srv.URL)) // MaxAttempts 3
+	if f.reports != 7 || err == nil || !strings.Contains(err.Error(), "task is gone") {
+		t.Fatalf("after 6 answers 503: %v after %d reports, want the report matched on the 7th", err, f.reports)
+	}
+}
+
 // The approval poll is a long poll (wait=20); a 404 while waiting means the task is
 // gone; an approval for another task than the one reported for is never installed.
 func TestApprovalPoll(t *testing.T) {

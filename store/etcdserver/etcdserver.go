@@ -28,6 +28,15 @@ type Config struct {
 	QuotaBackendBytes int64
 	// TLS is etcd's client and peer TLS (tls.go); zero: plaintext.
 	TLS TLS
+
+	// Cluster membership, etcd's own flags. All empty: a one-member cluster of this
+	// member alone, advertising its listen URLs (the dev setup, the appliance's
+	// embedded etcd, the tests).
+	InitialCluster      string // --initial-cluster: name=peerURL,... of every member
+	InitialClusterState string // --initial-cluster-state: new (default) or existing (joining a running cluster)
+	InitialClusterToken string // --initial-cluster-token: tells clusters apart; default etcd-cluster
+	AdvertisePeerURLs   string // --initial-advertise-peer-urls; default the listen peer URLs
+	AdvertiseClientURLs string // --advertise-client-urls; default the listen client URLs
 }
 
 // Server is a running embedded etcd.
@@ -58,7 +67,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = clientURLs, clientURLs
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = peerURLs, peerURLs
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if err := c.membership(cfg); err != nil {
+		return nil, err
+	}
 	// Every progress post writes a revision: without compaction the history of a busy
 	// region grows until the backend quota's NOSPACE alarm stops all writes. Keep one
 	// hour of history (watchers that fall further behind resync) and etcd's 2 GiB quota.
@@ -92,6 +103,45 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, ctx.Err()
 	}
 	return &Server{etcd: e, clientTLS: c.TLS.Client()}, nil
+}
+
+// membership applies the cluster flags to cfg.
+func (c Config) membership(cfg *embed.Config) error {
+	var err error
+	if c.AdvertiseClientURLs != "" {
+		if cfg.AdvertiseClientUrls, err = parseURLs(c.AdvertiseClientURLs, ""); err != nil {
+			return fmt.Errorf("--advertise-client-urls: %w", err)
+		}
+	}
+	if c.AdvertisePeerURLs != "" {
+		if cfg.AdvertisePeerUrls, err = parseURLs(c.AdvertisePeerURLs, ""); err != nil {
+			return fmt.Errorf("--initial-advertise-peer-urls: %w", err)
+		}
+	}
+	switch c.InitialClusterState {
+	case "", embed.ClusterStateFlagNew:
+		cfg.ClusterState = embed.ClusterStateFlagNew
+	case embed.ClusterStateFlagExisting:
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	default:
+		return fmt.Errorf("--initial-cluster-state: %q must be new or existing", c.InitialClusterState)
+	}
+	if c.InitialClusterToken != "" {
+		cfg.InitialClusterToken = c.InitialClusterToken
+	}
+	if c.InitialCluster == "" {
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+		return nil
+	}
+	cfg.InitialCluster = c.InitialCluster
+	// etcd checks the rest (this member named, its peer URLs matching) at start; this
+	// catches the typo that would otherwise read as "member not in cluster".
+	for _, m := range strings.Split(c.InitialCluster, ",") {
+		if name, u, ok := strings.Cut(strings.TrimSpace(m), "="); !ok || name == "" || u == "" {
+			return fmt.Errorf("--initial-cluster: %q is not name=peerURL", m)
+		}
+	}
+	return nil
 }
 
 // Endpoints are the client addresses to dial (host:port, https://host:port with TLS),

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/agent-initramfs/agent"
+	"lpmos.dev/lpmos/contract"
 )
 
 func main() {
@@ -46,8 +48,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs.StringVar(&cfg.Target, "target", "", "file (host mode) or block device to install the image into")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 10, "report attempts while no task matches")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", 5*time.Second, "approval poll interval")
+	hardware := fs.String("hardware", "", "host mode: report the hardware in this JSON file (the report's \"hardware\") instead of this host's; needs --target (tests, demos)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *hardware != "" {
+		// A made-up inventory names disks this host may have under other contents:
+		// only ever write into --target.
+		if cfg.Target == "" {
+			return errors.New("--hardware needs --target: a made-up inventory never writes a real disk")
+		}
+		cfg.Inventory = func() (contract.Hardware, error) {
+			var hw contract.Hardware
+			b, err := os.ReadFile(*hardware)
+			if err == nil {
+				err = json.Unmarshal(b, &hw)
+			}
+			if err != nil {
+				return hw, fmt.Errorf("--hardware: %w", err)
+			}
+			return hw, nil
+		}
 	}
 	if cfg.RegionalURL == "" {
 		cfg.RegionalURL = getenv("REGIONAL_CLIENT_URL")
