@@ -141,12 +141,20 @@ func (s *Store) ListRegions(ctx context.Context) ([]Region, error) {
 	return s.regions(ctx, "")
 }
 
-// regions reads every region, or only one when name is set: then each range is that
-// region's own prefix, so looking at one region costs nothing per task elsewhere.
+// regions reads every region, or only one when name is set. The counts are etcd
+// count-only ranges, answered from etcd's key index without reading a value: the
+// unmatched reports hold hardware (up to contract.MaxHardwareBytes each), and a range
+// over them, even keys-only, reads every one from disk.
 func (s *Store) regions(ctx context.Context, name string) ([]Region, error) {
-	regionP, statusP, unmatchedP := regionRoot, indexRoot+"status/", unmatchedRoot
+	regionP := regionRoot
+	names := []string{name}
 	if name != "" {
-		regionP, statusP, unmatchedP = regionDir(name), statusIndexPrefix(name), unmatchedPrefix(name)
+		regionP = regionDir(name)
+	} else {
+		var err error
+		if names, err = s.RegionNames(ctx); err != nil {
+			return nil, err
+		}
 	}
 	regions := map[string]*Region{}
 	get := func(name string) *Region {
@@ -157,15 +165,11 @@ func (s *Store) regions(ctx context.Context, name string) ([]Region, error) {
 		}
 		return r
 	}
-	resp, err := s.c.Txn(ctx).Then(
-		clientv3.OpGet(regionP, clientv3.WithPrefix()),
-		clientv3.OpGet(statusP, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-		clientv3.OpGet(unmatchedP, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-	).Commit()
+	resp, err := s.c.Get(ctx, regionP, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list regions: %w", err)
 	}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+	for _, kv := range resp.Kvs {
 		parts := strings.Split(strings.TrimPrefix(string(kv.Key), regionRoot), "/")
 		if len(parts) != 2 {
 			continue
@@ -181,16 +185,38 @@ func (s *Store) regions(ctx context.Context, name string) ([]Region, error) {
 			}
 		}
 	}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), indexRoot+"status/"), "/")
-		if len(parts) == 3 {
-			get(parts[0]).Counts[Status(parts[1])]++
-		}
+	// One count per region and status, and one of its unmatched reports, in
+	// transactions under etcd's default limit of 128 operations each.
+	type count struct {
+		region string
+		status Status // "": the unmatched reports
 	}
-	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
-		parts := strings.Split(strings.TrimPrefix(string(kv.Key), unmatchedRoot), "/")
-		if len(parts) == 2 {
-			get(parts[0]).Unmatched++
+	var counts []count
+	var ops []clientv3.Op
+	for _, n := range names {
+		get(n)
+		for _, st := range Statuses {
+			counts = append(counts, count{n, st})
+			ops = append(ops, clientv3.OpGet(statusIndexPrefix(n)+string(st)+"/", clientv3.WithPrefix(), clientv3.WithCountOnly()))
+		}
+		counts = append(counts, count{n, ""})
+		ops = append(ops, clientv3.OpGet(unmatchedPrefix(n), clientv3.WithPrefix(), clientv3.WithCountOnly()))
+	}
+	const batch = 120
+	for i := 0; i < len(ops); i += batch {
+		j := min(i+batch, len(ops))
+		tr, err := s.c.Txn(ctx).Then(ops[i:j]...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("count region tasks: %w", err)
+		}
+		for k, r := range tr.Responses {
+			c, n := counts[i+k], int(r.GetResponseRange().Count)
+			switch {
+			case c.status == "":
+				get(c.region).Unmatched = n
+			case n > 0:
+				get(c.region).Counts[c.status] = n
+			}
 		}
 	}
 	out := make([]Region, 0, len(regions))
