@@ -71,9 +71,11 @@ func newTaskView(t store.Task, rates *rateTracker) taskView {
 	return v
 }
 
+// shortID is the last 8 characters: task ids are UUIDv7, whose first 8 hex digits are
+// a timestamp shared by every task created in the same ~minute; the tail is random.
 func shortID(id string) string {
 	if len(id) > 8 {
-		return id[:8]
+		return id[len(id)-8:]
 	}
 	return id
 }
