@@ -104,16 +104,9 @@ func admin(ctx context.Context, args []string, env Env) error {
 	ttl := fs.Duration("ttl", store.DefaultTokenTTL, "tokens create: how long the token is valid")
 	outDir := fs.String("out-dir", "", "bootstrap: where to write admin-password and admin-token (mode 0600)")
 	// Flags may come after the positional NAME or ID.
-	var pos []string
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterleaved(fs, rest)
+	if err != nil {
+		return err
 	}
 	want := map[string]int{"users add": 1, "users disable": 1, "tokens revoke": 1}[cmd]
 	if len(pos) != want {
@@ -337,4 +330,20 @@ func writeSecret(path, v string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// parseInterleaved parses flags that may come before, between or after the positional
+// arguments (`users add NAME --role admin`), and returns the positional ones.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }

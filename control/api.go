@@ -127,11 +127,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if f.Status != "" && !f.Status.Valid() {
 		return &store.ValidationError{Field: "status", Message: "unknown status " + string(f.Status)}
 	}
-	p, err := apiPage.page(q, false)
-	if err != nil {
-		return err
-	}
-	withHW, err := hardwareParam(q)
+	p, withHW, err := apiListParams(q)
 	if err != nil {
 		return err
 	}
@@ -165,6 +161,16 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 }
 
 // hardwareParam reads ?hardware=: "1" or "true" asks for each row's hardware report.
+// apiListParams are a hardware-capable API list's page (limit, after) and ?hardware=.
+func apiListParams(q url.Values) (store.Page, bool, error) {
+	p, err := apiPage.page(q, false)
+	if err != nil {
+		return p, false, err
+	}
+	withHW, err := hardwareParam(q)
+	return p, withHW, err
+}
+
 func hardwareParam(q url.Values) (bool, error) {
 	switch v := q.Get("hardware"); v {
 	case "", "0", "false":
@@ -261,11 +267,7 @@ func (s *Server) listUnmatched(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	p, err := apiPage.page(q, false)
-	if err != nil {
-		return err
-	}
-	withHW, err := hardwareParam(q)
+	p, withHW, err := apiListParams(q)
 	if err != nil {
 		return err
 	}

@@ -61,16 +61,9 @@ func certsCmd(args []string, env Env) error {
 	dir := fs.String("dir", "", "directory of the CA and the certificates (required)")
 	hosts := fs.String("hosts", "127.0.0.1,localhost", "init: comma-separated DNS names and IP addresses of the etcd server certificate (every member's, for a cluster)")
 	force := fs.Bool("force", false, "replace existing files (a new CA invalidates every certificate the old one signed)")
-	var pos []string // NAME may come before or after the flags
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterleaved(fs, rest)
+	if err != nil {
+		return err
 	}
 	if *dir == "" {
 		return errors.New("--dir is required")

@@ -43,16 +43,9 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 	pwFile := fs.String("password-file", "", "add: file whose first line is region-NAME's password (default: none, client certificate auth)")
 	rootPwFile := fs.String("root-password-file", "", "enable-auth: password of the root user it creates (default: none, client certificate CN root)")
 	controlPwFile := fs.String("control-password-file", "", "enable-auth: password of user lpmos-control (default: none, client certificate CN lpmos-control)")
-	var pos []string
-	for {
-		if err := fs.Parse(rest); err != nil {
-			return err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterleaved(fs, rest)
+	if err != nil {
+		return err
 	}
 	want := map[string]int{"add": 1, "show": 1, "enable-auth": 0}
 	n, known := want[cmd]
