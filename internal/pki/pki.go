@@ -50,26 +50,16 @@ type Request struct {
 
 // NewCA makes a self-signed CA valid from notBefore to notAfter.
 func NewCA(cn string, notBefore, notAfter time.Time) (Pair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Pair{}, err
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return Pair{}, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: notBefore, NotAfter: notAfter,
+		Subject: pkix.Name{CommonName: cn}, NotBefore: notBefore, NotAfter: notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	p, err := sign(tmpl, nil)
 	if err != nil {
 		return Pair{}, fmt.Errorf("self-sign CA: %w", err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	return Pair{Cert: cert, Key: key}, err
+	return p, nil
 }
 
 // Issue signs a new key pair for r with the CA ca.
@@ -77,17 +67,8 @@ func (ca Pair) Issue(r Request) (Pair, error) {
 	if r.CommonName == "" {
 		return Pair{}, errors.New("a certificate needs a common name")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Pair{}, err
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return Pair{}, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: r.CommonName},
-		NotBefore: r.NotBefore, NotAfter: r.NotAfter,
+		Subject: pkix.Name{CommonName: r.CommonName}, NotBefore: r.NotBefore, NotAfter: r.NotAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
@@ -101,9 +82,30 @@ func (ca Pair) Issue(r Request) (Pair, error) {
 			}
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	p, err := sign(tmpl, &ca)
 	if err != nil {
 		return Pair{}, fmt.Errorf("sign %s: %w", r.CommonName, err)
+	}
+	return p, nil
+}
+
+// sign makes a new P-256 key and a certificate of it from tmpl (given a fresh serial),
+// signed by parent, or by itself when parent is nil.
+func sign(tmpl *x509.Certificate, parent *Pair) (Pair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Pair{}, err
+	}
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return Pair{}, err
+	}
+	issuer, issuerKey := tmpl, any(key)
+	if parent != nil {
+		issuer, issuerKey = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), issuerKey)
+	if err != nil {
+		return Pair{}, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	return Pair{Cert: cert, Key: key}, err
