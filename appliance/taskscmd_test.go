@@ -116,6 +116,9 @@ func TestBreakGlassTasks(t *testing.T) {
 	if out, err = tasksCLI(t, eps, "list", "--label=dc1", "--status=pending"); err != nil || strings.Contains(out, idA) || !strings.Contains(out, idB) {
 		t.Errorf("list --status=pending: %v\n%s", err, out)
 	}
+	if out, err = tasksCLI(t, eps, "list", "--label=dc1", "--limit=1"); err != nil || strings.Contains(out, idA) || !strings.Contains(out, "1 of 2 tasks") {
+		t.Errorf("list --limit=1 (the newest, B): %v\n%s", err, out)
+	}
 
 	// show prints the stored plan whole: what approve approves.
 	out, err = tasksCLI(t, eps, "show", idA, "--label=dc1")
@@ -148,6 +151,8 @@ func TestBreakGlassTasks(t *testing.T) {
 		{[]string{"cancel", idB, "--as", "bob", "--reason", "two\nlines"}, "--reason"},
 		{[]string{"cancel", other.TaskID, "--as", "bob", "--reason", "pulled"}, "not found"},
 		{[]string{"show", other.TaskID}, "not found"},
+		{[]string{"list", "--limit=0"}, "--limit"},
+		{[]string{"list", "--status=done"}, "--status"},
 	} {
 		out, err := tasksCLI(t, eps, append(c.args, "--label=dc1")...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
