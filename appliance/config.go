@@ -80,6 +80,10 @@ type BootConfig struct {
 	KernelArgs    string // extra kernel arguments, space-separated
 }
 
+// embeddedClientURLs is where the embedded etcd listens for clients by default (and so
+// where lpmos-appliance tasks finds it).
+const embeddedClientURLs = "http://127.0.0.1:2379"
+
 // envFor maps a flag to the environment variable of the v2.1 contract.
 var envFor = map[string]string{
 	"label":          "REGION_LABEL",
@@ -98,7 +102,7 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	fs.StringVar(&c.APIHost, "api-host", "", "comma-separated addresses the regional API listens on (default: 127.0.0.1 and the boot network address; 0.0.0.0 for every interface)")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints; empty starts an embedded etcd (env ETCD_ENDPOINTS)")
 	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", "", "embedded etcd data directory (default ./<label>.etcd)")
-	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URLs (a control plane on this host dials these)")
+	fs.StringVar(&c.EtcdListenClientURLs, "etcd-listen-client-urls", embeddedClientURLs, "embedded etcd client URLs (a control plane on this host dials these)")
 	fs.StringVar(&c.EtcdListenPeerURLs, "etcd-listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URLs")
 	c.EtcdCredentials.AddFlags(fs)
 	c.EtcdTLS.AddFlags(fs, "etcd-")

@@ -306,14 +306,14 @@ func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, err
 // timeline is the task's steps, each named with its actor from the audit trail (newest
 // entry of each kind wins: a task approved twice shows the approval that stands).
 func timeline(t store.Task, trail []store.AuditEntry) []timelineStep {
-	by := map[string]string{}
+	by := map[string]store.AuditEntry{}
 	for i := len(trail) - 1; i >= 0; i-- { // oldest first, so the newest overwrites
-		by[trail[i].Action] = trail[i].Actor
+		by[trail[i].Action] = trail[i]
 	}
 	named := func(label string, actions ...string) string {
 		for _, a := range actions {
-			if who := by[a]; who != "" {
-				return label + " by " + who
+			if e, ok := by[a]; ok && e.Actor != "" {
+				return label + " by " + actorText(e)
 			}
 		}
 		return label
@@ -325,6 +325,9 @@ func timeline(t store.Task, trail []store.AuditEntry) []timelineStep {
 	approve := timelineStep{Label: "Approved", At: t.ApprovedAt, Note: "waiting for an operator"}
 	if t.Approval != nil && t.Approval.ApprovedBy != "" {
 		approve.Label = "Approved by " + t.Approval.ApprovedBy
+		if e, ok := by[store.AuditTaskApprove]; ok && e.Actor == t.Approval.ApprovedBy {
+			approve.Label = "Approved by " + actorText(e) // the standing approval's entry
+		}
 	}
 	if t.Review != "" {
 		approve.Note = "back for review: " + t.Review
@@ -349,6 +352,16 @@ func timeline(t store.Task, trail []store.AuditEntry) []timelineStep {
 		}
 	}
 	return steps
+}
+
+// actorText names an audit entry's actor in the timeline. A decision taken on the
+// appliance host (lpmos-appliance tasks, while this control plane was out of reach)
+// says so, with the reason its author gave: the name is theirs, not a login here.
+func actorText(e store.AuditEntry) string {
+	if e.Kind != store.ActorLocal {
+		return e.Actor
+	}
+	return e.Actor + " — local (break-glass) on the appliance host: " + e.Detail["reason"]
 }
 
 func (s *Server) taskPage(w http.ResponseWriter, r *http.Request) error {

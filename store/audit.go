@@ -22,6 +22,9 @@ type Actor struct {
 	Kind   ActorKind `json:"kind"`
 	Name   string    `json:"name"`             // user name, task id, or component
 	Source string    `json:"source,omitempty"` // remote address, when over the network
+	// Reason is why the actor says it acts, when it must say (a break-glass action on
+	// the appliance host): every audit entry it writes carries it as detail "reason".
+	Reason string `json:"reason,omitempty"`
 }
 
 // ActorKind says what sort of actor an Actor is.
@@ -31,6 +34,11 @@ const (
 	ActorUser   ActorKind = "user"
 	ActorAgent  ActorKind = "agent"
 	ActorSystem ActorKind = "system"
+	// ActorLocal is a person at the appliance host acting on the region's etcd
+	// directly (lpmos-appliance tasks: break-glass while the control plane is out of
+	// reach). The name is the one they gave (--as), recorded, not authenticated: what
+	// let them act is shell access to the host and the region's etcd credentials.
+	ActorLocal ActorKind = "local"
 )
 
 // String is the actor as the audit trail and the timeline name it: "alice",
@@ -127,7 +135,16 @@ func newAudit(ctx context.Context, now time.Time, action, region, taskID string)
 	return &AuditEntry{
 		ID: auditID(now, hex.EncodeToString(rnd[:])), Time: now,
 		Actor: a.String(), Kind: a.Kind, Source: a.Source, Action: action, Region: region, TaskID: taskID,
+		Detail: a.reasonDetail(),
 	}
+}
+
+// reasonDetail starts an entry's details with the actor's reason, if it gave one.
+func (a Actor) reasonDetail() map[string]string {
+	if a.Reason == "" {
+		return nil
+	}
+	return map[string]string{"reason": a.Reason}
 }
 
 func (e *AuditEntry) with(k, v string) *AuditEntry {

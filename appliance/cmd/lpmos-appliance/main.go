@@ -16,7 +16,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := appliance.Run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+	run := func() error { return appliance.Run(ctx, os.Args[1:], os.Getenv, os.Stderr) }
+	if len(os.Args) > 1 && os.Args[1] == "tasks" { // break-glass: appliance/taskscmd.go
+		run = func() error { return appliance.Tasks(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr) }
+	}
+	if err := run(); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
