@@ -180,8 +180,13 @@ func (a *Appliance) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", etcdFlag, err)
 	}
-	a.store, a.etcdEP = st, endpoints
 	a.closers.add(func() { st.Close() })
+	// Pinned to the region: a task is read in the region's own keys, never through the
+	// control-only task index (which a region's etcd role may not read).
+	if a.store, err = st.InRegion(cfg.Label); err != nil {
+		return fmt.Errorf("--label: %w", err)
+	}
+	a.etcdEP = endpoints
 	if err := a.step(stepStore); err != nil {
 		return err
 	}

@@ -94,7 +94,7 @@ func (a *Appliance) authorizeImage(w http.ResponseWriter, r *http.Request) error
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), httpjson.RequestDeadline)
 	defer cancel()
-	t, err := timeStore(a.metrics, "image_task", func() (store.Task, error) { return a.store.GetRegionTask(ctx, a.cfg.Label, taskID) })
+	t, err := timeStore(a.metrics, "image_task", func() (store.Task, error) { return a.store.GetTask(ctx, taskID) })
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return a.reject(w, r, taskID, "", "no such task in this region")

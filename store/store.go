@@ -182,16 +182,6 @@ func (s *Store) GetTask(ctx context.Context, id string) (Task, error) {
 	return snap.task, nil
 }
 
-// GetRegionTask reads a task the caller knows the region of (an appliance): it never
-// reads the control-only task index, which a region's etcd role may not.
-func (s *Store) GetRegionTask(ctx context.Context, region, id string) (Task, error) {
-	snap, err := s.readTask(ctx, region, id)
-	if err != nil {
-		return Task{}, err
-	}
-	return snap.task, nil
-}
-
 // InRegion returns a Store on the same client that looks up tasks named by id in
 // region only, never through the task index (control-only: no region's etcd role may
 // read it), so GetTask, ApproveTask and CancelTask work with the region's etcd
