@@ -50,6 +50,7 @@ type Appliance struct {
 	rejectAudit *ratelimit.Bucket // rate limit of agent_token.reject audit entries
 	reports     *reportLimiter    // rate limits of POST /api/report
 	streamLog   *ratelimit.Keyed  // rate limit of the refused and cut image stream log lines, per reason
+	imageGrants imageGrants       // agents admitted to their image, for resuming through a store outage
 
 	bootURL    string       // the regional URL machines on the boot network use
 	bootSubnet netip.Prefix // the boot interface's subnet (full-DHCP mode)

@@ -2,6 +2,8 @@ package appliance
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -94,10 +96,15 @@ func (a *Appliance) authorizeImage(w http.ResponseWriter, r *http.Request) error
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), httpjson.RequestDeadline)
 	defer cancel()
+	name := strings.TrimPrefix(r.URL.Path, "/images/")
 	t, err := timeStore(a.metrics, "image_task", func() (store.Task, error) { return a.store.GetTask(ctx, taskID) })
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return a.reject(w, r, taskID, "", "no such task in this region")
+	case store.Unavailable(err) && a.imageGrants.allows(taskID, tok, name, time.Now()):
+		// The store is away (etcd lost quorum, a WAN cut): an agent this appliance
+		// admitted moments ago may go on resuming the same image.
+		return nil
 	case err != nil:
 		return err
 	}
@@ -111,10 +118,52 @@ func (a *Appliance) authorizeImage(w http.ResponseWriter, r *http.Request) error
 	if why != "" {
 		return httpjson.Errorf(http.StatusConflict, "%s", why)
 	}
-	if name := strings.TrimPrefix(r.URL.Path, "/images/"); name != e.File {
+	if name != e.File {
 		return httpjson.Errorf(http.StatusForbidden, "task %s's plan names image %s, not %s", taskID, e.File, name)
 	}
+	a.imageGrants.grant(taskID, tok, name, time.Now())
 	return nil
+}
+
+// imageGrantTTL is how long an admitted agent may resume its image without the store:
+// an outage longer than this stops its downloads until the store answers (the agent
+// waits). A cancel made meanwhile cannot be seen anyway while the store is away.
+const imageGrantTTL = 30 * time.Minute
+
+// imageGrants remembers the agents admitted to their plan's image (task, token hash,
+// file), so that resuming streams survive a store outage. Every admission with the
+// store up checks the task afresh and renews its grant.
+type imageGrants struct {
+	mu sync.Mutex
+	m  map[string]imageGrant // by task id
+}
+
+type imageGrant struct {
+	tokenSum [32]byte
+	file     string
+	until    time.Time
+}
+
+func (g *imageGrants) grant(taskID, tok, file string, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = map[string]imageGrant{}
+	}
+	for id, gr := range g.m { // bounded by the tasks installing now
+		if now.After(gr.until) {
+			delete(g.m, id)
+		}
+	}
+	g.m[taskID] = imageGrant{tokenSum: sha256.Sum256([]byte(tok)), file: file, until: now.Add(imageGrantTTL)}
+}
+
+func (g *imageGrants) allows(taskID, tok, file string, now time.Time) bool {
+	g.mu.Lock()
+	gr, ok := g.m[taskID]
+	g.mu.Unlock()
+	sum := sha256.Sum256([]byte(tok))
+	return ok && now.Before(gr.until) && gr.file == file && subtle.ConstantTimeCompare(gr.tokenSum[:], sum[:]) == 1
 }
 
 // sourceOf is the request's remote address without its port.

@@ -68,6 +68,7 @@ func TestQuorumLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok := s.agentToken() // before the outage: it reads the task's token generation
 	down := []*member{lead}
 	for _, m := range s.members {
 		if m != lead && len(down) < 2 {
@@ -90,7 +91,7 @@ func TestQuorumLost(t *testing.T) {
 			t.Errorf("approval poll with quorum lost: %d %v after %s, want 503 with retry_after within 5 s (2 s deadline + slack for a loaded machine)", code, body, took)
 		}
 		// What a booting machine needs: boot files and the image, without etcd.
-		if getOK(t, s.appURL+"/boot/files/vmlinuz", "") && getOK(t, s.appURL+"/images/"+image.File, "bytes=0-1023") {
+		if getOK(t, s.appURL+"/boot/files/vmlinuz", "", "") && getOK(t, s.appURL+"/images/"+image.File+"?task="+s.taskID, "bytes=0-1023", tok) {
 			served++
 		}
 		select {
@@ -128,12 +129,15 @@ func TestQuorumLost(t *testing.T) {
 }
 
 // getOK fetches url (with a Range header when rng is set) and reports a 2xx with a body.
-func getOK(t *testing.T, url, rng string) bool {
+func getOK(t *testing.T, url, rng, token string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if rng != "" {
 		req.Header.Set("Range", rng)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

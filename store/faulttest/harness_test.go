@@ -3,6 +3,7 @@ package faulttest
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -315,6 +316,32 @@ func (s *system) task() (store.Task, error) {
 
 // seed creates the task through the control plane, starts the agent in host mode,
 // approves the plan the agent's report produced, and returns once the image streams.
+// agentToken is the task's agent token as the appliance derives it (HMAC-SHA256 of the
+// region key file over "task id:generation", appliance/agenttoken.go): what the agent
+// holds, for fetching the image as the agent does.
+func (s *system) agentToken() string {
+	s.t.Helper()
+	t, err := s.task()
+	if err != nil || !t.AgentToken.Issued() {
+		s.t.Fatalf("agent token of %s: %v (issued %v)", s.taskID, err, t.AgentToken.Issued())
+	}
+	b, err := os.ReadFile(filepath.Join(s.dir, "dc1.agent-token.key"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(s.taskID + ":" + strconv.FormatInt(t.AgentToken.Generation, 10)))
+	tok := hex.EncodeToString(m.Sum(nil))
+	if !t.AgentToken.Matches(tok) {
+		s.t.Fatal("the derived agent token does not match the task's (appliance/agenttoken.go changed?)")
+	}
+	return tok
+}
+
 func (s *system) seed() {
 	s.t.Helper()
 	code, body := s.call("POST", s.cpURL+"/api/v1/tasks", map[string]any{"region_id": "dc1", "target_mac": s.mac, "os_type": osRef.OSType, "os_version": osRef.OSVersion})
