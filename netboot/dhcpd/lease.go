@@ -367,14 +367,13 @@ func (ls *leases) del(ctx context.Context, ip netip.Addr, p *pendingOps) error {
 
 // offer picks an address for mac: its current binding, else the requested
 // address if free (RFC 2131 4.3.1), else the next never-used address, else
-// the longest-expired lease (reclaimed).
+// the longest-expired lease (reclaimed). It does not wait for a group-committed
+// store to remove a reclaimed lease: an offer promises nothing, the expired
+// lease is harmless if it comes back after a crash, and the lease the client
+// then requests replaces it (same address) in a later group.
 func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
 	var p pendingOps
-	ip, err := ls.offerLocked(ctx, mac, requested, now, &p)
-	if werr := p.wait(); werr != nil && err == nil {
-		return netip.Addr{}, fmt.Errorf("dhcpd: reclaim %v: %w", ip, werr)
-	}
-	return ip, err
+	return ls.offerLocked(ctx, mac, requested, now, &p)
 }
 
 func (ls *leases) offerLocked(ctx context.Context, mac string, requested netip.Addr, now time.Time, p *pendingOps) (netip.Addr, error) {
