@@ -97,9 +97,9 @@ type LeaseApplier interface {
 // lock and waits outside it, so handlers no longer wait on each other's fsync.
 type GroupCommit struct {
 	st LeaseApplier
-	// Gather, if set, is how long the writer waits for more changes before
-	// storing a group; 0 (the default) relies on the natural grouping of
-	// changes queued while the previous group was being stored.
+	// Gather is how long the writer waits for more changes before storing a
+	// group (NewGroupCommit: DefaultGather); 0 relies on the natural grouping
+	// of changes queued while the previous group was being stored.
 	Gather time.Duration
 	// Timeout bounds one Apply; 0 means 10 s.
 	Timeout time.Duration
@@ -119,10 +119,20 @@ type leaseGroup struct {
 	ops  []leaseOp
 	done chan struct{}
 	err  error // set before done closes
+	// then run, in order, once the group is stored (after done closes): the
+	// deferred ACKs (leases.commitThen), sent without a goroutine waiting each.
+	then []func()
 }
 
+// DefaultGather is GroupCommit.Gather as NewGroupCommit sets it. Measured on the
+// appliance (embedded etcd on disk, perfdhcp at 1000 DORA/s): 427 us of CPU per
+// DORA storing whatever had queued, 239 with 3 ms, 202 with 5 ms, 188 with 10 ms.
+// Every group costs a transaction, a raft round and an fsync whatever its size;
+// 5 ms more before an ACK is nothing to a DHCP client, which waits seconds.
+const DefaultGather = 5 * time.Millisecond
+
 // NewGroupCommit returns a GroupCommit over st.
-func NewGroupCommit(st LeaseApplier) *GroupCommit { return &GroupCommit{st: st} }
+func NewGroupCommit(st LeaseApplier) *GroupCommit { return &GroupCommit{st: st, Gather: DefaultGather} }
 
 func (g *GroupCommit) Leases(ctx context.Context) ([]Lease, error) { return g.st.Leases(ctx) }
 
@@ -175,9 +185,36 @@ func (g *GroupCommit) write() {
 		}
 		g.groups++
 		g.mu.Unlock()
-		grp.err = g.apply(grp.ops)
+		err := g.apply(grp.ops)
+		g.mu.Lock() // orders done against after
+		grp.err = err
 		close(grp.done)
+		then := grp.then
+		grp.then = nil
+		g.mu.Unlock()
+		if len(then) > 0 {
+			// On their own goroutine, so the next group's Apply starts at once.
+			go func() {
+				for _, f := range then {
+					f()
+				}
+			}()
+		}
 	}
+}
+
+// after runs f once grp is stored or failed: at once if it is already.
+func (g *GroupCommit) after(grp *leaseGroup, f func()) {
+	g.mu.Lock()
+	select {
+	case <-grp.done:
+		g.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	grp.then = append(grp.then, f)
+	g.mu.Unlock()
 }
 
 func (g *GroupCommit) apply(ops []leaseOp) error {
@@ -455,18 +492,51 @@ func (ls *leases) commit(ctx context.Context, mac string, ip netip.Addr, hostnam
 		return Lease{}, err
 	}
 	if werr != nil {
-		ls.mu.Lock()
-		if ls.byIP[b.IP] == b {
-			ls.drop(b)
-			if prev != nil && ls.byMAC[prev.MAC] == nil {
-				ls.byMAC[prev.MAC] = prev
-				ls.byIP[prev.IP] = prev
-			}
-		}
-		ls.mu.Unlock()
+		ls.undo(b, prev)
 		return Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, werr)
 	}
 	return b.Lease, nil
+}
+
+// commitThen is commit without waiting, for a group-committing store: the
+// index changes at once and done runs once the lease is stored (or, when
+// storing failed, undone), from the store's writer side; a refusal (errHeld,
+// errNotOurs) runs done before commitThen returns. Without a GroupCommit it
+// is commit followed by done.
+func (ls *leases) commitThen(ctx context.Context, mac string, ip netip.Addr, hostname string, now time.Time, done func(Lease, error)) {
+	if ls.gc == nil {
+		done(ls.commit(ctx, mac, ip, hostname, now))
+		return
+	}
+	var p pendingOps
+	b, prev, err := ls.commitLocked(ctx, mac, ip, hostname, now, &p)
+	if err != nil { // refused before anything was queued
+		done(Lease{}, err)
+		return
+	}
+	// Groups are stored in order: when the last is, so are the others.
+	ls.gc.after(p[len(p)-1], func() {
+		if werr := p.wait(); werr != nil {
+			ls.undo(b, prev)
+			done(Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, werr))
+			return
+		}
+		done(b.Lease, nil)
+	})
+}
+
+// undo reverts a commit whose storing failed: b leaves the index and prev,
+// the binding it replaced, comes back unless someone took its place.
+func (ls *leases) undo(b, prev *binding) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.byIP[b.IP] == b {
+		ls.drop(b)
+		if prev != nil && ls.byMAC[prev.MAC] == nil {
+			ls.byMAC[prev.MAC] = prev
+			ls.byIP[prev.IP] = prev
+		}
+	}
 }
 
 // commitLocked is commit under ls.mu; prev is mac's binding on ip it
