@@ -262,11 +262,8 @@ func (s *Server) serveConn(ctx context.Context, c net.PacketConn) error {
 			req.dst = pi.dst.AsSlice()
 		}
 		pkt := s.parse(buf[:n], req)
-		switch {
-		case pkt == nil:
-			s.handle(ctx, uc, nil, req)
-			continue
-		case s.defersAck(pkt):
+		if pkt != nil && s.defersAck(pkt) {
+			req.pkt = pkt
 			req.later = func(reply *dhcpv4.DHCPv4, log *slog.Logger) {
 				var dst *net.UDPAddr
 				if reply != nil {
@@ -274,10 +271,8 @@ func (s *Server) serveConn(ctx context.Context, c net.PacketConn) error {
 				}
 				s.send(uc, reply, dst, log, req)
 			}
-			req.pkt = pkt
-			s.handle(ctx, uc, pkt, req)
-			continue
-		case !s.waits(pkt):
+		}
+		if pkt == nil || req.later != nil || !s.waits(pkt) {
 			s.handle(ctx, uc, pkt, req)
 			continue
 		}
