@@ -17,6 +17,8 @@ out=${4:-/tmp/dhcp-$mode.pprof}
 top=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin
 [ "$(id -u)" = 0 ] || { echo "profile-dhcp: needs root (network namespaces)" >&2; exit 1; }
+cd "$top" # go build of this module
+rm -f "$out"
 tag=$$ srv=lpm-prof-$$-s cli=lpm-prof-$$-c
 work=$(mktemp -d /tmp/profile-dhcp.XXXXXX)
 pid=
@@ -38,7 +40,9 @@ if [ "$mode" = appliance ]; then
   ip netns exec $srv "$work/lpmos-appliance" --label=prof --dhcp-mode=full --dhcp-interface=pf0 --dhcp-range=10.81.1.0,10.81.250.255 \
     --etcd-data-dir="$work/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>"$work/appliance.err" &
 else
-  args=(--dhcp-mode "$mode" --dhcp-interface pf0 --log-level error --cpu-profile "$out")
+  args=(--dhcp-mode "$mode" --dhcp-interface pf0 --log-level error)
+  # Older trees (to compare against) have no --cpu-profile.
+  "$work/netboot-lab" --help 2>&1 | grep -q cpu-profile && args+=(--cpu-profile "$out")
   [ "$mode" = full ] && args+=(--dhcp-range 10.81.1.0,10.81.250.255 --dhcp-subnet 10.81.0.0/16)
   ip netns exec $srv "$work/netboot-lab" "${args[@]}" &
 fi
@@ -59,7 +63,7 @@ c1=$(awk '{print $14+$15}' /proc/$pid/stat); echo "profile-dhcp: utime stime tic
 kill -TERM "$pid"; wait "$pid" || true; pid=
 awk -v a="$c0" -v b="$c1" -v n="$n" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "profile-dhcp: %s answered %d, CPU %.2f s, %.1f us each\n", "'"$mode"'", n, (b-a)/t, (b-a)*1e6/t/n}'
 echo "$o" | grep -E "^(\*\*\*|drops|received packets|sent packets|rejected|min delay|avg delay|max delay)" || true
-if [ "$mode" != appliance ]; then
+if [ "$mode" != appliance ] && [ -s "$out" ]; then
   go tool pprof -top -nodecount=45 "$work/netboot-lab" "$out" 2>/dev/null | head -60
   cp "$work/netboot-lab" "$out.bin"
   echo "profile-dhcp: profile $out, binary $out.bin (go tool pprof $out.bin $out)"
