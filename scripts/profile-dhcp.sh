@@ -60,6 +60,10 @@ else
 fi
 c1=$(awk '{print $14+$15}' /proc/$pid/stat); echo "profile-dhcp: utime stime ticks before $u0 after $(awk '{print $14" "$15}' /proc/$pid/stat)"
 [ -n "${PERF:-}" ] && wait $perfpid
+# Where datagrams were lost: each side's UDP receive-buffer overflows.
+for ns in $srv $cli; do
+  echo "profile-dhcp: $ns UDP $(ip netns exec $ns awk '/^Udp:/{if(!seen){seen=1; split($0,h); next} for(i=2;i<=NF;i++) if(h[i]~/RcvbufErrors|InErrors|SndbufErrors/) printf "%s=%s ", h[i], $i}' /proc/net/snmp)"
+done
 kill -TERM "$pid"; wait "$pid" || true; pid=
 awk -v a="$c0" -v b="$c1" -v n="$n" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "profile-dhcp: %s answered %d, CPU %.2f s, %.1f us each\n", "'"$mode"'", n, (b-a)/t, (b-a)*1e6/t/n}'
 echo "$o" | grep -E "^(\*\*\*|drops|received packets|sent packets|rejected|min delay|avg delay|max delay)" || true
