@@ -124,10 +124,16 @@ start_server() { # NAME
   done
   echo "bench-sidebyside: $1 not listening on :67" >&2; cat "$work/kea.err" "$work/appliance.err" >&2 2>/dev/null; exit 1
 }
-# perf RATE: runs perfdhcp; sets OK (1 if no drop/reject/duplicate) and DORAS (ACKs received)
+# UDP receive-buffer overflows in the client namespace (/proc/net/snmp): a drop
+# perfdhcp counts may be its own socket overflowing, not the server's silence.
+cli_overflows() { C awk '/^Udp:/{if(!seen){seen=1; split($0,h); next} for(i=2;i<=NF;i++) if(h[i]=="RcvbufErrors") print $i}' /proc/net/snmp; }
+# perf RATE: runs perfdhcp; sets OK (1 if no drop/reject/duplicate), DORAS (ACKs
+# received) and CLIOVF (client-side overflows during the run)
 perf() {
+  local o0; o0=$(cli_overflows)
   local out; out=$(C timeout $((PERIOD + 20)) perfdhcp -4 -l sb1 -r "$1" -R "$DHCP_CLIENTS" -p "$PERIOD" -d 2 -W 2000000 -s $RANDOM 10.80.0.1 2>&1) || true
   echo "$out" > "$work/perf.last"
+  CLIOVF=$(( $(cli_overflows) - o0 ))
   local drops rej nonuniq
   drops=$(echo "$out" | awk '/^drops:/{s+=$2} END{print s+0}')
   rej=$(echo "$out" | awk '/^rejected leases:/{s+=$3} END{print s+0}')
@@ -137,10 +143,10 @@ perf() {
   local full; full=$(awk -v d="$DORAS" -v r="$1" -v p="$PERIOD" 'BEGIN{print (d >= 0.95*r*p) ? 1 : 0}')
   OK=0; [ "$drops" = 0 ] && [ "$rej" = 0 ] && [ "$nonuniq" = 0 ] && [ "$full" = 1 ] && OK=1 || true
 }
-dhcp_full() { # NAME -> BEST, CPUUS
-  local r c0 c1; BEST=0
+dhcp_full() { # NAME -> BEST, CPUUS, FAILOVF (client overflows at the step that failed)
+  local r c0 c1; BEST=0 FAILOVF=-
   start_server "$1"
-  for r in $DHCP_RATES; do perf "$r"; [ $OK = 1 ] || perf "$r"; [ $OK = 1 ] && BEST=$r || break; done
+  for r in $DHCP_RATES; do perf "$r"; [ $OK = 1 ] || perf "$r"; [ $OK = 1 ] && BEST=$r || { FAILOVF=$CLIOVF; break; }; done
   stop_server
   start_server "$1"; c0=$(cpu $pid); perf "$CPU_RATE"; c1=$(cpu $pid); stop_server
   CPUUS=$(awk -v a="$c0" -v b="$c1" -v n="$DORAS" -v t="$tck" 'BEGIN{ if (n>0) printf "%.1f", (b-a)*1e6/t/n; else print "n/a" }')
@@ -159,14 +165,15 @@ dhcp_proxy() { # NAME -> BEST, CPUUS
 }
 
 printf '\n%-44s %12s %12s %12s   %s\n' "measure" ours peer1 peer2 "ratio ours/peer (>1: ours better)"
-dhcp_full ours;    ob=$BEST oc=$CPUUS
-dhcp_full kea;     kb=$BEST kc=$CPUUS
-dhcp_full dnsmasq; db=$BEST dc=$CPUUS
-dhcp_full appliance; ab=$BEST ac=$CPUUS
+dhcp_full ours;    ob=$BEST oc=$CPUUS oo=$FAILOVF
+dhcp_full kea;     kb=$BEST kc=$CPUUS ko=$FAILOVF
+dhcp_full dnsmasq; db=$BEST dc=$CPUUS dno=$FAILOVF
+dhcp_full appliance; ab=$BEST ac=$CPUUS ao=$FAILOVF
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s\n' "full DHCP DORA/s drop-free (kea,dnsm)" "$ob" "$kb" "$db" "$(ratio $ob $kb)" "$(ratio $ob $db)"
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s  (lower is better; ratio = peer/ours)\n' "full DHCP CPU us/DORA @${CPU_RATE}/s" "$oc" "$kc" "$dc" "$(ratio $kc $oc)" "$(ratio $dc $oc)"
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s\n' "appliance+etcd($etcdfs) DORA/s drop-free" "$ab" "$kb" "$db" "$(ratio $ab $kb)" "$(ratio $ab $db)"
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s  (lower is better; ratio = peer/ours)\n' "appliance+etcd CPU us/DORA @${CPU_RATE}/s" "$ac" "$kc" "$dc" "$(ratio $kc $ac)" "$(ratio $dc $ac)"
+echo "  (perfdhcp's own socket overflowing at the first failing step: ours $oo, kea $ko, dnsmasq $dno, appliance $ao datagrams)"
 dhcp_proxy ours-proxy;    ob=$BEST oc=$CPUUS
 dhcp_proxy dnsmasq-proxy; db=$BEST dc=$CPUUS
 printf '%-44s %12s %12s %12s   dnsmasq %s\n' "proxy DHCP offers/s drop-free (dnsm)" "$ob" "$db" - "$(ratio $ob $db)"
