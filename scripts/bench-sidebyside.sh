@@ -7,8 +7,14 @@
 # address is used. Servers and namespaces are cleaned up by PID/name on exit.
 #  1 full DHCP: ours (in-memory lease store, dhcpd.MemLeases) vs kea-dhcp4
 #    (memfile, persist false) vs dnsmasq (--leasefile-ro: memory only); perfdhcp as a relay, $DHCP_CLIENTS
-#    clients; highest drop-free DORA/s over $DHCP_RATES; then CPU us per DORA
+#    clients; highest drop-free DORA/s over $DHCP_RATES (a step that fails is
+#    run once more before the climb stops: one hiccup of a shared machine
+#    should not end it); then CPU us per DORA
 #    at a fixed $CPU_RATE (utime+stime of the server PID, /proc/PID/stat).
+#    Then the real appliance (lpmos-appliance --dhcp-mode=full) the same way:
+#    its leases group-committed to its embedded etcd, whose data lives in a
+#    fresh directory under $ETCD_DIR (default /var/tmp; must not be tmpfs) per
+#    start, so every DORA is durable before the ACK; its CPU counts etcd's.
 #  2 proxy DHCP: ours vs dnsmasq (dhcp-range proxy + pxe-service), driven by
 #    scripts/proxyload (PXE DISCOVERs as a relay); highest drop-free offers/s
 #    and CPU us per offer at $CPU_RATE.
@@ -19,7 +25,8 @@
 # Servers start as "ip netns exec NS server &" so $! is the server's PID.
 # Ratios are ours/peer, oriented so that > 1 means ours is better.
 # Needs root, perfdhcp (kea-admin), kea-dhcp4, dnsmasq, in.tftpd, atftpd
-# (or ATFTPD=path), nginx, curl. Usage: scripts/bench-sidebyside.sh
+# (or ATFTPD=path), nginx, curl. ONLY_DHCP=1 stops after the DHCP parts.
+# Usage: scripts/bench-sidebyside.sh
 set -euo pipefail
 DHCP_RATES=${DHCP_RATES:-"500 1000 2000 3000 4000 6000 8000 12000 16000"}
 DHCP_CLIENTS=${DHCP_CLIENTS:-5000}
@@ -33,19 +40,26 @@ INITRD_MB=${INITRD_MB:-12}
 # dnsmasq's leases: in memory like ours and Kea's (default), or
 # DNSMASQ_LEASES=--dhcp-leasefile=FILE to have it rewrite a lease file per change.
 DNSMASQ_LEASES=${DNSMASQ_LEASES:---leasefile-ro}
+ETCD_DIR=${ETCD_DIR:-/var/tmp}
+ONLY_DHCP=${ONLY_DHCP:-}
 ATFTPD=${ATFTPD:-$(command -v atftpd || true)}
 top=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin
 [ "$(id -u)" = 0 ] || { echo "bench-sidebyside: needs root (network namespaces)" >&2; exit 1; }
-for b in perfdhcp kea-dhcp4 dnsmasq in.tftpd nginx curl ip go; do command -v $b >/dev/null || { echo "bench-sidebyside: $b missing" >&2; exit 1; }; done
-[ -x "$ATFTPD" ] || { echo "bench-sidebyside: atftpd missing (set ATFTPD)" >&2; exit 1; }
+need="perfdhcp kea-dhcp4 dnsmasq ip go"; [ -z "$ONLY_DHCP" ] && need="$need in.tftpd nginx curl"
+for b in $need; do command -v $b >/dev/null || { echo "bench-sidebyside: $b missing" >&2; exit 1; }; done
+[ -n "$ONLY_DHCP" ] || [ -x "$ATFTPD" ] || { echo "bench-sidebyside: atftpd missing (set ATFTPD)" >&2; exit 1; }
 
 tag=$$
 srv=lpm-sbs-$tag-s cli=lpm-sbs-$tag-c
 work=$(mktemp -d /tmp/bench-sbs.XXXXXX)
 pid=
 pids=()
-stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+etcddir=
+stop_server() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
+  if [ -n "$etcddir" ]; then rm -rf "$etcddir"; etcddir=; fi
+}
 cleanup() {
   stop_server
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -60,8 +74,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else prin
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }   # clock ticks
 tck=$(getconf CLK_TCK)
+cd "$top" # go build of this module
 
 go build -o "$work/netboot-lab" "$top/netboot/internal/cmd/netboot-lab"
+go build -o "$work/lpmos-appliance" "$top/appliance/cmd/lpmos-appliance"
+mkdir -p "$work/images"
+etcdfs=$(stat -f -c %T "$ETCD_DIR")
+[ "$etcdfs" = tmpfs ] && { echo "bench-sidebyside: ETCD_DIR=$ETCD_DIR is tmpfs; the appliance's etcd must write to disk" >&2; exit 1; }
 go build -o "$work/proxyload" "$top/scripts/proxyload"
 go build -o "$work/httpload" "$top/scripts/httpload"
 ip netns add $srv; ip netns add $cli
@@ -94,18 +113,27 @@ start_server() { # NAME
     ours) ip netns exec $srv "$work/netboot-lab" --dhcp-mode full --dhcp-interface sb0 \
         --dhcp-range 10.80.1.0,10.80.250.255 --dhcp-subnet 10.80.0.0/16 --log-level error & ;;
     ours-proxy) ip netns exec $srv "$work/netboot-lab" --dhcp-mode proxy --dhcp-interface sb0 --log-level error & ;;
+    appliance) etcddir=$(mktemp -d "$ETCD_DIR/bench-sbs-etcd.XXXXXX")
+      ip netns exec $srv "$work/lpmos-appliance" --label=bench --dhcp-mode=full --dhcp-interface=sb0 --dhcp-range=10.80.1.0,10.80.250.255 \
+        --etcd-data-dir="$etcddir/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>>"$work/appliance.err" & ;;
   esac
   pid=$!
-  for i in $(seq 1 100); do
+  for i in $(seq 1 600); do
     if S ss -Hlun 'sport = :67' | grep -q .; then sleep 0.3; return; fi
     sleep 0.1
   done
-  echo "bench-sidebyside: $1 not listening on :67" >&2; cat "$work/kea.err" >&2 2>/dev/null; exit 1
+  echo "bench-sidebyside: $1 not listening on :67" >&2; cat "$work/kea.err" "$work/appliance.err" >&2 2>/dev/null; exit 1
 }
-# perf RATE: runs perfdhcp; sets OK (1 if no drop/reject/duplicate) and DORAS (ACKs received)
+# UDP receive-buffer overflows in the client namespace (/proc/net/snmp): a drop
+# perfdhcp counts may be its own socket overflowing, not the server's silence.
+cli_overflows() { C awk '/^Udp:/{if(!seen){seen=1; split($0,h); next} for(i=2;i<=NF;i++) if(h[i]=="RcvbufErrors") print $i}' /proc/net/snmp; }
+# perf RATE: runs perfdhcp; sets OK (1 if no drop/reject/duplicate), DORAS (ACKs
+# received) and CLIOVF (client-side overflows during the run)
 perf() {
+  local o0; o0=$(cli_overflows)
   local out; out=$(C timeout $((PERIOD + 20)) perfdhcp -4 -l sb1 -r "$1" -R "$DHCP_CLIENTS" -p "$PERIOD" -d 2 -W 2000000 -s $RANDOM 10.80.0.1 2>&1) || true
   echo "$out" > "$work/perf.last"
+  CLIOVF=$(( $(cli_overflows) - o0 ))
   local drops rej nonuniq
   drops=$(echo "$out" | awk '/^drops:/{s+=$2} END{print s+0}')
   rej=$(echo "$out" | awk '/^rejected leases:/{s+=$3} END{print s+0}')
@@ -115,9 +143,11 @@ perf() {
   local full; full=$(awk -v d="$DORAS" -v r="$1" -v p="$PERIOD" 'BEGIN{print (d >= 0.95*r*p) ? 1 : 0}')
   OK=0; [ "$drops" = 0 ] && [ "$rej" = 0 ] && [ "$nonuniq" = 0 ] && [ "$full" = 1 ] && OK=1 || true
 }
-dhcp_full() { # NAME -> BEST, CPUUS
-  local r c0 c1; BEST=0
-  start_server "$1"; for r in $DHCP_RATES; do perf "$r"; [ $OK = 1 ] && BEST=$r || break; done; stop_server
+dhcp_full() { # NAME -> BEST, CPUUS, FAILOVF (client overflows at the step that failed)
+  local r c0 c1; BEST=0 FAILOVF=-
+  start_server "$1"
+  for r in $DHCP_RATES; do perf "$r"; [ $OK = 1 ] || perf "$r"; [ $OK = 1 ] && BEST=$r || { FAILOVF=$CLIOVF; break; }; done
+  stop_server
   start_server "$1"; c0=$(cpu $pid); perf "$CPU_RATE"; c1=$(cpu $pid); stop_server
   CPUUS=$(awk -v a="$c0" -v b="$c1" -v n="$DORAS" -v t="$tck" 'BEGIN{ if (n>0) printf "%.1f", (b-a)*1e6/t/n; else print "n/a" }')
 }
@@ -127,22 +157,29 @@ proxy() { # RATE: sets OK, OFFERS
 }
 dhcp_proxy() { # NAME -> BEST, CPUUS
   local r c0 c1; BEST=0
-  start_server "$1"; for r in $PROXY_RATES; do proxy "$r"; [ $OK = 1 ] && BEST=$r || break; done; stop_server
+  start_server "$1"
+  for r in $PROXY_RATES; do proxy "$r"; [ $OK = 1 ] || proxy "$r"; [ $OK = 1 ] && BEST=$r || break; done
+  stop_server
   start_server "$1"; c0=$(cpu $pid); proxy "$CPU_RATE"; c1=$(cpu $pid); stop_server
   CPUUS=$(awk -v a="$c0" -v b="$c1" -v n="$OFFERS" -v t="$tck" 'BEGIN{ if (n>0) printf "%.1f", (b-a)*1e6/t/n; else print "n/a" }')
 }
 
 printf '\n%-44s %12s %12s %12s   %s\n' "measure" ours peer1 peer2 "ratio ours/peer (>1: ours better)"
-dhcp_full ours;    ob=$BEST oc=$CPUUS
-dhcp_full kea;     kb=$BEST kc=$CPUUS
-dhcp_full dnsmasq; db=$BEST dc=$CPUUS
+dhcp_full ours;    ob=$BEST oc=$CPUUS oo=$FAILOVF
+dhcp_full kea;     kb=$BEST kc=$CPUUS ko=$FAILOVF
+dhcp_full dnsmasq; db=$BEST dc=$CPUUS dno=$FAILOVF
+dhcp_full appliance; ab=$BEST ac=$CPUUS ao=$FAILOVF
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s\n' "full DHCP DORA/s drop-free (kea,dnsm)" "$ob" "$kb" "$db" "$(ratio $ob $kb)" "$(ratio $ob $db)"
 printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s  (lower is better; ratio = peer/ours)\n' "full DHCP CPU us/DORA @${CPU_RATE}/s" "$oc" "$kc" "$dc" "$(ratio $kc $oc)" "$(ratio $dc $oc)"
+printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s\n' "appliance+etcd($etcdfs) DORA/s drop-free" "$ab" "$kb" "$db" "$(ratio $ab $kb)" "$(ratio $ab $db)"
+printf '%-44s %12s %12s %12s   kea %s  dnsmasq %s  (lower is better; ratio = peer/ours)\n' "appliance+etcd CPU us/DORA @${CPU_RATE}/s" "$ac" "$kc" "$dc" "$(ratio $kc $ac)" "$(ratio $dc $ac)"
+echo "  (perfdhcp's own socket overflowing at the first failing step: ours $oo, kea $ko, dnsmasq $dno, appliance $ao datagrams)"
 dhcp_proxy ours-proxy;    ob=$BEST oc=$CPUUS
 dhcp_proxy dnsmasq-proxy; db=$BEST dc=$CPUUS
 printf '%-44s %12s %12s %12s   dnsmasq %s\n' "proxy DHCP offers/s drop-free (dnsm)" "$ob" "$db" - "$(ratio $ob $db)"
 printf '%-44s %12s %12s %12s   dnsmasq %s  (lower is better; ratio = peer/ours)\n' "proxy CPU us/offer @${CPU_RATE}/s" "$oc" "$dc" - "$(ratio $dc $oc)"
 echo "  (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+[ -n "$ONLY_DHCP" ] && exit 0
 
 # ---- 3: TFTP ----
 mkdir -p "$work/files"
@@ -219,4 +256,4 @@ printf '%-44s %11ss %11ss %12s   nginx %s  (ratio = peer/ours)\n' "HTTP per-boot
 printf '%-44s %11ss %11ss %12s   nginx %s  (ratio = peer/ours)\n' "HTTP per-boot p99" "$(f "$ho" p99)" "$(f "$hn" p99)" - "$(ratio "$(f "$hn" p99)" "$(f "$ho" p99)")"
 printf '%-44s %12s %12s\n' "HTTP clients completed" "$(f "$ho" ok)" "$(f "$hn" ok)"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "peer1/peer2: full DHCP kea/dnsmasq; proxy dnsmasq; TFTP tftpd-hpa/atftpd; HTTP nginx. Our DHCP lease store: in-memory (dhcpd.MemLeases)."
+echo "peer1/peer2: full DHCP kea/dnsmasq; proxy dnsmasq; TFTP tftpd-hpa/atftpd; HTTP nginx. Our DHCP lease store: in-memory (dhcpd.MemLeases) for 'full DHCP', etcd on $etcdfs for 'appliance+etcd'."

@@ -108,18 +108,30 @@ func (s *Server) fullRequest(ctx context.Context, log *slog.Logger, req request,
 			return nil // RFC 2131 4.3.2: no record, stay silent
 		}
 	}
-	lease, err := s.leases.commit(ctx, mac, ip, hostname(p), now)
-	switch {
-	case errors.Is(err, errHeld), errors.Is(err, errNotOurs):
-		log.Info("DHCP: NAK", "ip", ip, "err", err)
-		return s.nak(req, serverIP, err.Error())
-	case err != nil:
-		log.Error("DHCP: lease not stored, no ACK", "ip", ip, "err", err)
-		req.fail()
-		return nil
+	ack := func(lease Lease, err error) *dhcpv4.DHCPv4 {
+		switch {
+		case errors.Is(err, errHeld), errors.Is(err, errNotOurs):
+			log.Info("DHCP: NAK", "ip", ip, "err", err)
+			return s.nak(req, serverIP, err.Error())
+		case err != nil:
+			log.Error("DHCP: lease not stored, no ACK", "ip", ip, "err", err)
+			req.fail()
+			return nil
+		}
+		log.Info("DHCP: lease", "ip", lease.IP, "until", lease.Expiry.Format(time.RFC3339))
+		return s.addressReply(ctx, log, req, dhcpv4.MessageTypeAck, serverIP, lease.IP)
 	}
-	log.Info("DHCP: lease", "ip", lease.IP, "until", lease.Expiry.Format(time.RFC3339))
-	return s.addressReply(ctx, log, req, dhcpv4.MessageTypeAck, serverIP, lease.IP)
+	if req.later == nil {
+		return ack(s.leases.commit(ctx, mac, ip, hostname(p), now))
+	}
+	// The ACK leaves once the lease is stored, without a goroutine waiting.
+	req.obs.deferred = true
+	s.deferred.Add(1)
+	s.leases.commitThen(ctx, mac, ip, hostname(p), now, func(l Lease, err error) {
+		req.later(ack(l, err), log)
+		s.deferred.Add(-1)
+	})
+	return nil
 }
 
 func (s *Server) nak(req request, serverIP netip.Addr, msg string) *dhcpv4.DHCPv4 {

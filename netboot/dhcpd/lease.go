@@ -97,9 +97,9 @@ type LeaseApplier interface {
 // lock and waits outside it, so handlers no longer wait on each other's fsync.
 type GroupCommit struct {
 	st LeaseApplier
-	// Gather, if set, is how long the writer waits for more changes before
-	// storing a group; 0 (the default) relies on the natural grouping of
-	// changes queued while the previous group was being stored.
+	// Gather is how long the writer waits for more changes before storing a
+	// group (NewGroupCommit: DefaultGather); 0 relies on the natural grouping
+	// of changes queued while the previous group was being stored.
 	Gather time.Duration
 	// Timeout bounds one Apply; 0 means 10 s.
 	Timeout time.Duration
@@ -119,10 +119,21 @@ type leaseGroup struct {
 	ops  []leaseOp
 	done chan struct{}
 	err  error // set before done closes
+	// then run, in order, once the group is stored (after done closes): the
+	// deferred ACKs (leases.commitThen), sent without a goroutine waiting each.
+	then []func()
 }
 
+// DefaultGather is GroupCommit.Gather as NewGroupCommit sets it. Every group
+// costs a transaction, a raft round and an fsync whatever its size. Measured on
+// the appliance (embedded etcd on disk, perfdhcp at 1000 DORA/s, CPU per DORA):
+// 427 us storing whatever had queued, 239 with 3 ms, 191-213 with 5 ms, 180
+// with 10 ms (REQUEST to ACK 10-14 ms on average). A DHCP client waits
+// seconds before it retransmits.
+const DefaultGather = 10 * time.Millisecond
+
 // NewGroupCommit returns a GroupCommit over st.
-func NewGroupCommit(st LeaseApplier) *GroupCommit { return &GroupCommit{st: st} }
+func NewGroupCommit(st LeaseApplier) *GroupCommit { return &GroupCommit{st: st, Gather: DefaultGather} }
 
 func (g *GroupCommit) Leases(ctx context.Context) ([]Lease, error) { return g.st.Leases(ctx) }
 
@@ -175,9 +186,36 @@ func (g *GroupCommit) write() {
 		}
 		g.groups++
 		g.mu.Unlock()
-		grp.err = g.apply(grp.ops)
+		err := g.apply(grp.ops)
+		g.mu.Lock() // orders done against after
+		grp.err = err
 		close(grp.done)
+		then := grp.then
+		grp.then = nil
+		g.mu.Unlock()
+		if len(then) > 0 {
+			// On their own goroutine, so the next group's Apply starts at once.
+			go func() {
+				for _, f := range then {
+					f()
+				}
+			}()
+		}
 	}
+}
+
+// after runs f once grp is stored or failed: at once if it is already.
+func (g *GroupCommit) after(grp *leaseGroup, f func()) {
+	g.mu.Lock()
+	select {
+	case <-grp.done:
+		g.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	grp.then = append(grp.then, f)
+	g.mu.Unlock()
 }
 
 func (g *GroupCommit) apply(ops []leaseOp) error {
@@ -367,14 +405,13 @@ func (ls *leases) del(ctx context.Context, ip netip.Addr, p *pendingOps) error {
 
 // offer picks an address for mac: its current binding, else the requested
 // address if free (RFC 2131 4.3.1), else the next never-used address, else
-// the longest-expired lease (reclaimed).
+// the longest-expired lease (reclaimed). It does not wait for a group-committed
+// store to remove a reclaimed lease: an offer promises nothing, the expired
+// lease is harmless if it comes back after a crash, and the lease the client
+// then requests replaces it (same address) in a later group.
 func (ls *leases) offer(ctx context.Context, mac string, requested netip.Addr, now time.Time) (netip.Addr, error) {
 	var p pendingOps
-	ip, err := ls.offerLocked(ctx, mac, requested, now, &p)
-	if werr := p.wait(); werr != nil && err == nil {
-		return netip.Addr{}, fmt.Errorf("dhcpd: reclaim %v: %w", ip, werr)
-	}
-	return ip, err
+	return ls.offerLocked(ctx, mac, requested, now, &p)
 }
 
 func (ls *leases) offerLocked(ctx context.Context, mac string, requested netip.Addr, now time.Time, p *pendingOps) (netip.Addr, error) {
@@ -456,18 +493,51 @@ func (ls *leases) commit(ctx context.Context, mac string, ip netip.Addr, hostnam
 		return Lease{}, err
 	}
 	if werr != nil {
-		ls.mu.Lock()
-		if ls.byIP[b.IP] == b {
-			ls.drop(b)
-			if prev != nil && ls.byMAC[prev.MAC] == nil {
-				ls.byMAC[prev.MAC] = prev
-				ls.byIP[prev.IP] = prev
-			}
-		}
-		ls.mu.Unlock()
+		ls.undo(b, prev)
 		return Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, werr)
 	}
 	return b.Lease, nil
+}
+
+// commitThen is commit without waiting, for a group-committing store: the
+// index changes at once and done runs once the lease is stored (or, when
+// storing failed, undone), from the store's writer side; a refusal (errHeld,
+// errNotOurs) runs done before commitThen returns. Without a GroupCommit it
+// is commit followed by done.
+func (ls *leases) commitThen(ctx context.Context, mac string, ip netip.Addr, hostname string, now time.Time, done func(Lease, error)) {
+	if ls.gc == nil {
+		done(ls.commit(ctx, mac, ip, hostname, now))
+		return
+	}
+	var p pendingOps
+	b, prev, err := ls.commitLocked(ctx, mac, ip, hostname, now, &p)
+	if err != nil { // refused before anything was queued
+		done(Lease{}, err)
+		return
+	}
+	// Groups are stored in order: when the last is, so are the others.
+	ls.gc.after(p[len(p)-1], func() {
+		if werr := p.wait(); werr != nil {
+			ls.undo(b, prev)
+			done(Lease{}, fmt.Errorf("dhcpd: store lease %v: %w", ip, werr))
+			return
+		}
+		done(b.Lease, nil)
+	})
+}
+
+// undo reverts a commit whose storing failed: b leaves the index and prev,
+// the binding it replaced, comes back unless someone took its place.
+func (ls *leases) undo(b, prev *binding) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.byIP[b.IP] == b {
+		ls.drop(b)
+		if prev != nil && ls.byMAC[prev.MAC] == nil {
+			ls.byMAC[prev.MAC] = prev
+			ls.byIP[prev.IP] = prev
+		}
+	}
 }
 
 // commitLocked is commit under ls.mu; prev is mac's binding on ip it

@@ -133,3 +133,89 @@ func TestLeasesGroupCommit(t *testing.T) {
 		t.Fatalf("after failed renewal: %v %v", l, ok)
 	}
 }
+
+// The deferred ACK path: one goroutine (the socket reader) commits 300
+// leases without waiting; each done runs only once its lease is in the store,
+// with distinct addresses, in few groups. A refusal runs done at once; a
+// failing store gives done the error and undoes the binding.
+func TestLeasesCommitThen(t *testing.T) {
+	st := &slowApplier{}
+	pool := &Pool{Start: netip.MustParseAddr("10.9.0.1"), End: netip.MustParseAddr("10.9.3.254"), Subnet: netip.MustParsePrefix("10.9.0.0/22"), LeaseTime: time.Hour}
+	ls := newLeases(pool, NewGroupCommit(st))
+	now := time.Now()
+	type result struct {
+		l      Lease
+		err    error
+		stored bool
+	}
+	results := make(chan result, 300)
+	for i := range 300 {
+		mac := testLease(i).MAC
+		ip, err := ls.offer(context.Background(), mac, netip.Addr{}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls.commitThen(context.Background(), mac, ip, "", now, func(l Lease, err error) {
+			st.mu.Lock()
+			got, ok := st.m[l.IP]
+			st.mu.Unlock()
+			results <- result{l, err, ok && got.MAC == l.MAC}
+		})
+	}
+	got := map[netip.Addr]string{}
+	deadline := time.After(10 * time.Second)
+	for range 300 {
+		select {
+		case r := <-results:
+			if r.err != nil || !r.stored {
+				t.Fatalf("done(%v, %v) with the lease stored: %t", r.l, r.err, r.stored)
+			}
+			if other, dup := got[r.l.IP]; dup {
+				t.Fatalf("%v to both %s and %s", r.l.IP, other, r.l.MAC)
+			}
+			got[r.l.IP] = r.l.MAC
+		case <-deadline:
+			t.Fatalf("%d of 300 done after 10s", len(got))
+		}
+	}
+	t.Logf("300 deferred commits in %d groups", st.applies.Load())
+	if st.applies.Load() > 100 {
+		t.Fatalf("%d groups for 300 commits", st.applies.Load())
+	}
+
+	// Held by another client: refused before commitThen returns.
+	var held error
+	ls.commitThen(context.Background(), "02:ff:00:00:00:02", testLeaseIP(t, got), "", now, func(_ Lease, err error) { held = err })
+	if !errors.Is(held, errHeld) {
+		t.Fatalf("commit of a held address: done got %v", held)
+	}
+
+	st.fail.Store(true)
+	mac := "02:ff:00:00:00:01"
+	ip, err := ls.offer(context.Background(), mac, netip.Addr{}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan error, 1)
+	ls.commitThen(context.Background(), mac, ip, "", now, func(_ Lease, err error) { failed <- err })
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Fatal("done without an error on a failing store")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("done not called after 10s")
+	}
+	if _, ok := ls.lookup(mac); ok {
+		t.Fatal("binding kept after the store failed")
+	}
+}
+
+// testLeaseIP is one of the addresses in got.
+func testLeaseIP(t *testing.T, got map[netip.Addr]string) netip.Addr {
+	for ip := range got {
+		return ip
+	}
+	t.Fatal("no address")
+	return netip.Addr{}
+}

@@ -14,11 +14,11 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sync/errgroup"
 
 	"lpmos.dev/lpmos/netboot"
@@ -79,8 +79,9 @@ const (
 
 // packetObs gathers, while one packet is handled, what Config.Observe is told.
 type packetObs struct {
-	typ    string
-	failed bool
+	typ      string
+	failed   bool
+	deferred bool // the answer goes out later, through request.later
 }
 
 // fail marks the packet's handling as failed (nil-safe: tests call respond bare).
@@ -99,6 +100,8 @@ type Server struct {
 
 	ifMu    sync.Mutex
 	ifAddrs map[int]ifAddr // ifindex -> IPv4 address, cached
+
+	deferred atomic.Int64 // ACKs waiting for their lease to be stored
 }
 
 type ifAddr struct {
@@ -118,9 +121,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HTTPPort <= 0 || cfg.HTTPPort > 65535 {
 		return nil, fmt.Errorf("dhcpd: HTTP port %d out of range", cfg.HTTPPort)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, ifAddrs: map[int]ifAddr{}}
-	if s.log == nil {
+	s := &Server{cfg: cfg, now: cfg.Now, ifAddrs: map[int]ifAddr{}}
+	if cfg.Logger == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	} else {
+		s.log = slog.New(&lazyAttrs{h: cfg.Logger.Handler()})
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -163,6 +168,12 @@ func Listen(ctx context.Context, addr, ifname string) (net.PacketConn, error) {
 			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); serr != nil {
 				return
 			}
+			// IP_PKTINFO from the first datagram on: the receiving interface
+			// picks the reply's interface and our address on it, the
+			// destination tells broadcast from unicast.
+			if serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_PKTINFO, 1); serr != nil {
+				return
+			}
 			netboot.SizeReceiveBuffer(fd)
 			if ifname != "" {
 				serr = syscall.BindToDevice(int(fd), ifname)
@@ -173,12 +184,6 @@ func Listen(ctx context.Context, addr, ifname string) (net.PacketConn, error) {
 	pc, err := lc.ListenPacket(ctx, "udp4", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dhcpd: listen %s: %w", addr, err)
-	}
-	// IP_PKTINFO from the first datagram on: one queued before Serve sets
-	// it would arrive without its interface.
-	if err := ipv4.NewPacketConn(pc).SetControlMessage(ipv4.FlagInterface|ipv4.FlagDst, true); err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("dhcpd: enable IP_PKTINFO on %s: %w", addr, err)
 	}
 	return pc, nil
 }
@@ -220,32 +225,91 @@ func (s *Server) Serve(ctx context.Context, conns ...net.PacketConn) error {
 // while a slow Booter (etcd) answers.
 const maxInFlight = 64
 
+// maxDeferred bounds the ACKs waiting for a group-committed store (memory:
+// a closure and a packet each); past it REQUESTs wait on goroutines, at most
+// maxInFlight, and then the reading stops: the kernel's buffer takes the rest.
+// 4096 is half a second at 8000 DORA/s, more than the slowest fsync measured.
+const maxDeferred = 4096
+
+// maxPacket is the largest datagram read; longer ones arrive truncated and
+// fail to parse.
+const maxPacket = 1500
+
+// serveConn reads c into one reused buffer and answers on the reading
+// goroutine whatever is answered from memory; a packet whose answer waits
+// (on the Booter, or on a group-committed lease store) gets a goroutine, at
+// most maxInFlight at once. Handing every packet to a goroutine cost more
+// CPU in thread wake-ups than the DHCP logic itself.
 func (s *Server) serveConn(ctx context.Context, c net.PacketConn) error {
-	pc := ipv4.NewPacketConn(c)
-	// The receiving interface (IP_PKTINFO) picks the reply's interface and
-	// our address on it; the destination tells broadcast from unicast.
-	if err := pc.SetControlMessage(ipv4.FlagInterface|ipv4.FlagDst, true); err != nil {
-		return fmt.Errorf("dhcpd: enable IP_PKTINFO: %w", err)
+	uc, err := newUDPConn(c)
+	if err != nil {
+		return err
 	}
 	sem := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	buf := make([]byte, maxPacket)
 	for {
-		buf := make([]byte, 1500)
-		n, cm, src, err := pc.ReadFrom(buf)
+		n, pi, err := uc.read(buf)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("dhcpd: read: %w", err)
 		}
+		req := request{ifIndex: pi.ifIndex, src: net.UDPAddrFromAddrPort(pi.src), obs: &packetObs{typ: "malformed"}}
+		if pi.dst.IsValid() {
+			req.dst = pi.dst.AsSlice()
+		}
+		pkt := s.parse(buf[:n], req)
+		if pkt != nil && s.defersAck(pkt) {
+			req.pkt = pkt
+			req.later = func(reply *dhcpv4.DHCPv4, log *slog.Logger) {
+				var dst *net.UDPAddr
+				if reply != nil {
+					dst = s.destination(req)
+				}
+				s.send(uc, reply, dst, log, req)
+			}
+		}
+		if pkt == nil || req.later != nil || !s.waits(pkt) {
+			s.handle(ctx, uc, pkt, req)
+			continue
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			s.handle(ctx, pc, buf[:n], cm, src)
+			s.handle(ctx, uc, pkt, req)
 		}()
 	}
+}
+
+// defersAck reports whether pkt is a REQUEST whose ACK the group-committing
+// lease store sends once the lease is stored (request.later), rather than a
+// goroutine waiting for it: every REQUEST of a client that is not a boot
+// client (those wait on the Booter anyway), while fewer than maxDeferred wait.
+func (s *Server) defersAck(pkt *dhcpv4.DHCPv4) bool {
+	return s.leases != nil && s.leases.gc != nil && pkt.MessageType() == dhcpv4.MessageTypeRequest &&
+		classify(pkt) == kindOther && s.deferred.Load() < maxDeferred
+}
+
+// waits reports whether answering pkt may wait on something slower than
+// memory: the Booter (a boot client), or the lease store when it group-commits
+// (a lease stored or removed is durable before the answer leaves). A DISCOVER
+// never waits on the store (an offer is no promise; see leases.offer).
+func (s *Server) waits(pkt *dhcpv4.DHCPv4) bool {
+	if classify(pkt) != kindOther {
+		return true
+	}
+	if s.leases == nil || s.leases.gc == nil {
+		return false
+	}
+	switch pkt.MessageType() {
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
+		return true
+	}
+	return false
 }
 
 // request is one received packet with where it came from.
@@ -255,20 +319,33 @@ type request struct {
 	dst     net.IP // destination address: broadcast or ours
 	src     *net.UDPAddr
 	obs     *packetObs // nil: nobody observes
+	// later, when set, may send the reply after handle returned (the store
+	// group-commits; see defersAck); obs.deferred says it will.
+	later func(reply *dhcpv4.DHCPv4, log *slog.Logger)
 }
 
-func (s *Server) handle(ctx context.Context, pc *ipv4.PacketConn, b []byte, cm *ipv4.ControlMessage, src net.Addr) {
-	ua, _ := src.(*net.UDPAddr)
-	obs := &packetObs{typ: "malformed"}
-	req := request{src: ua, obs: obs}
-	if cm != nil {
-		req.ifIndex, req.dst = cm.IfIndex, cm.Dst
+// handle answers pkt (nil: it did not parse) and tells Config.Observe.
+func (s *Server) handle(ctx context.Context, uc *udpConn, pkt *dhcpv4.DHCPv4, req request) {
+	obs := req.obs
+	var reply *dhcpv4.DHCPv4
+	var dst *net.UDPAddr
+	log := s.log
+	if pkt != nil {
+		reply, dst, log = s.answer(ctx, pkt, req)
 	}
-	reply, dst, log := s.respond(ctx, b, req)
+	if obs.deferred {
+		return // req.later sends and observes
+	}
+	s.send(uc, reply, dst, log, req)
+}
+
+// send sends reply (nil: silence) to dst and tells Config.Observe.
+func (s *Server) send(uc *udpConn, reply *dhcpv4.DHCPv4, dst *net.UDPAddr, log *slog.Logger, req request) {
+	obs := req.obs
 	outcome := OutcomeIgnored
 	if reply != nil {
-		wcm := &ipv4.ControlMessage{IfIndex: req.ifIndex}
-		if _, err := pc.WriteTo(reply.ToBytes(), wcm, dst); err != nil {
+		to, _ := netip.AddrFromSlice(dst.IP.To4())
+		if err := uc.write(reply.ToBytes(), netip.AddrPortFrom(to, uint16(dst.Port)), req.ifIndex); err != nil {
 			log.Warn("DHCP reply not sent", "to", dst, "err", err)
 			obs.failed = true
 		} else {
@@ -287,12 +364,26 @@ func (s *Server) handle(ctx context.Context, pc *ipv4.PacketConn, b []byte, cm *
 // reply is silence. It is the whole protocol logic, without sockets (the
 // fuzz target drives it directly).
 func (s *Server) respond(ctx context.Context, b []byte, req request) (*dhcpv4.DHCPv4, *net.UDPAddr, *slog.Logger) {
-	log := s.log
+	pkt := s.parse(b, req)
+	if pkt == nil {
+		return nil, nil, s.log
+	}
+	return s.answer(ctx, pkt, req)
+}
+
+// parse decodes b, or logs why not and returns nil.
+func (s *Server) parse(b []byte, req request) *dhcpv4.DHCPv4 {
 	pkt, err := dhcpv4.FromBytes(b)
 	if err != nil {
-		log.Debug("DHCP: dropping malformed packet", "from", req.src, "len", len(b), "err", err)
-		return nil, nil, log
+		s.log.Debug("DHCP: dropping malformed packet", "from", req.src, "len", len(b), "err", err)
+		return nil
 	}
+	return pkt
+}
+
+// answer is respond after parsing.
+func (s *Server) answer(ctx context.Context, pkt *dhcpv4.DHCPv4, req request) (*dhcpv4.DHCPv4, *net.UDPAddr, *slog.Logger) {
+	log := s.log
 	if req.obs != nil {
 		req.obs.typ = pkt.MessageType().String()
 	}
@@ -300,13 +391,15 @@ func (s *Server) respond(ctx context.Context, b []byte, req request) (*dhcpv4.DH
 		return nil, nil, log // only Ethernet clients boot from us
 	}
 	req.pkt = pkt
-	log = log.With("mac", pkt.ClientHWAddr.String(), "xid", pkt.TransactionID.String(), "type", pkt.MessageType().String())
+	// s.log defers these to the lines written (lazyAttrs): no formatting per packet.
+	attrs := []any{slog.Any("mac", stringValue{pkt.ClientHWAddr}), slog.Any("xid", stringValue{pkt.TransactionID}), slog.Any("type", stringValue{pkt.MessageType()})}
 	if req.ifIndex != 0 {
-		log = log.With("iface", s.ifName(req.ifIndex))
+		attrs = append(attrs, slog.Any("iface", ifaceName{s, req.ifIndex}))
 	}
 	if !pkt.GatewayIPAddr.IsUnspecified() && pkt.GatewayIPAddr != nil {
-		log = log.With("relay", pkt.GatewayIPAddr.String())
+		attrs = append(attrs, slog.Any("relay", stringValue{pkt.GatewayIPAddr}))
 	}
+	log = log.With(attrs...)
 	serverIP, ok := s.serverIP(req)
 	if !ok {
 		log.Warn("DHCP: no IPv4 address on the receiving interface; set the boot server IP")
@@ -359,6 +452,47 @@ func (s *Server) serverIP(req request) (netip.Addr, bool) {
 }
 
 func (s *Server) ifName(idx int) string { return s.ifAddr(idx).name }
+
+// ifaceName logs an interface's name, looked up only when a line is written.
+type ifaceName struct {
+	s   *Server
+	idx int
+}
+
+func (n ifaceName) LogValue() slog.Value { return slog.StringValue(n.s.ifName(n.idx)) }
+
+// stringValue logs v.String(), called only when a line is written.
+type stringValue struct{ v fmt.Stringer }
+
+func (v stringValue) LogValue() slog.Value { return slog.StringValue(v.v.String()) }
+
+// lazyAttrs keeps a logger's With attributes aside and hands them to the
+// handler only with a line actually written: slog's handlers (and applog's)
+// format them at With time, which is every packet here.
+type lazyAttrs struct {
+	h     slog.Handler
+	attrs []slog.Attr
+}
+
+func (l *lazyAttrs) Enabled(ctx context.Context, lv slog.Level) bool { return l.h.Enabled(ctx, lv) }
+
+func (l *lazyAttrs) WithAttrs(as []slog.Attr) slog.Handler {
+	return &lazyAttrs{h: l.h, attrs: append(l.attrs[:len(l.attrs):len(l.attrs)], as...)}
+}
+
+func (l *lazyAttrs) WithGroup(name string) slog.Handler {
+	return l.h.WithAttrs(l.attrs).WithGroup(name)
+}
+
+func (l *lazyAttrs) Handle(ctx context.Context, r slog.Record) error {
+	if len(l.attrs) == 0 {
+		return l.h.Handle(ctx, r)
+	}
+	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	nr.AddAttrs(l.attrs...)
+	r.Attrs(func(a slog.Attr) bool { nr.AddAttrs(a); return true })
+	return l.h.Handle(ctx, nr)
+}
 
 // ifAddr caches an interface's first IPv4 address for a few seconds:
 // looking it up is a netlink dump, too slow for every packet.

@@ -424,3 +424,34 @@ func TestInstalledMachine(t *testing.T) {
 		})
 	}
 }
+
+// The packet's attributes reach a line written through the lazy With
+// (formatted then, not per packet), before the line's own, and a level that
+// filters the line formats nothing.
+func TestLogAttrsOnLinesWritten(t *testing.T) {
+	var out strings.Builder
+	s, err := New(Config{Mode: ModeFull, Booter: &testBooter{}, HTTPPort: 8081, ServerIP: loopback,
+		Logger: slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Pool:   testPool("10.77.0.2", "10.77.0.254"), Leases: &MemLeases{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := request{dst: net.IPv4bcast, src: &net.UDPAddr{IP: net.IPv4(10, 77, 0, 1), Port: 67}}
+	d, _ := dhcpv4.New(dhcpv4.WithHwAddr(mac(7)), dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover), dhcpv4.WithRelay(net.IPv4(10, 77, 0, 1)))
+	if o, _, _ := s.respond(context.Background(), d.ToBytes(), req); o == nil {
+		t.Fatal("no offer")
+	}
+	if out.Len() != 0 {
+		t.Fatalf("an offer logs at debug only, got %q", out.String())
+	}
+	r, _ := dhcpv4.New(dhcpv4.WithHwAddr(mac(7)), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithRelay(net.IPv4(10, 77, 0, 1)),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 2))))
+	if a, _, _ := s.respond(context.Background(), r.ToBytes(), req); a == nil {
+		t.Fatal("no ack")
+	}
+	line := out.String()
+	want := "msg=\"DHCP: lease\" mac=" + mac(7).String() + " xid=" + r.TransactionID.String() + " type=REQUEST relay=10.77.0.1 ip=10.77.0.2 "
+	if !strings.Contains(line, want) {
+		t.Fatalf("lease line %q, want it to contain %q", line, want)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"time"
 
@@ -41,8 +42,20 @@ func Run(ctx context.Context, args []string) error {
 	initrd := fs.String("initramfs", "", "initramfs file served under its base name")
 	ipxeDir := fs.String("ipxe-dir", "", "iPXE binaries (default: embedded)")
 	level := fs.String("log-level", "info", "debug|info|warn|error")
+	cpuProfile := fs.String("cpu-profile", "", "write a pprof CPU profile of the whole run to this file (benchmarks)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
