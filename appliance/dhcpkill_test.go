@@ -68,7 +68,7 @@ func TestDHCPLeasesSurviveKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(ctx, e.Endpoints())
+	st, err := store.Open(ctx, store.DialConfig{Endpoints: e.Endpoints()})
 	if err != nil {
 		e.Close()
 		t.Fatal(err)
