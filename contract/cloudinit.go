@@ -1,8 +1,13 @@
 package contract
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -174,4 +179,37 @@ func (p *Plan) NeedBytes() int64 {
 		need = max(need, end)
 	}
 	return need
+}
+
+// SeedFilesFrom fetches a task's NoCloud files from the appliance
+// (GET /nocloud/{task}/{file}, with the agent token), the files the agent writes
+// into the seed partition.
+func (c *Client) SeedFilesFrom(ctx context.Context, taskID string) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	for _, name := range []string{SeedMetaData, SeedUserData, SeedNetworkConfig, SeedVendorData} {
+		path := "/nocloud/" + url.PathEscape(taskID) + "/" + name
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.BaseURL, "/")+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		if c.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.Token)
+		}
+		resp, err := c.httpClient().Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", path, err)
+		}
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: read: %w", path, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			se := &StatusError{Code: resp.StatusCode}
+			_ = json.Unmarshal(data, &se.Body)
+			return nil, fmt.Errorf("GET %s: %w", path, se)
+		}
+		files[name] = data
+	}
+	return files, nil
 }
