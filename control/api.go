@@ -78,7 +78,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task created", "task", t.TaskID, "region", t.RegionID, "mac", t.TargetMAC, "status", t.Status)
-	httpjson.Write(w, http.StatusCreated, createdTask{Task: t, Warning: s.catalogWarning(r.Context(), t)})
+	httpjson.Write(w, http.StatusCreated, createdTask{Task: masked(t), Warning: s.catalogWarning(r.Context(), t)})
 	return nil
 }
 
@@ -160,7 +160,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if tasks == nil {
 		tasks = []store.Task{}
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": tasks, "count": len(tasks), "next": marks.Next})
+	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": maskedAll(tasks), "count": len(tasks), "next": marks.Next})
 	return nil
 }
 
@@ -181,7 +181,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -213,7 +213,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task approved", "task", t.TaskID, "region", t.RegionID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -227,7 +227,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task cancelled", "task", t.TaskID, "region", t.RegionID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -314,6 +314,6 @@ func (s *Server) matchUnmatched(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("unmatched report matched", "report", r.PathValue("id"), "task", t.TaskID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
