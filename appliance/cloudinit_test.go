@@ -162,3 +162,37 @@ func TestCloudInitRefusedAtPlan(t *testing.T) {
 		t.Fatalf("approve: %d %v", code, body)
 	}
 }
+
+// Region defaults: an admin sets the region's SSH keys and user-data; a new task
+// starts from them (its own keys added, its user-data winning). A hostname on the
+// region is refused, by field.
+func TestCloudInitRegionDefaults(t *testing.T) {
+	sys := startSystem(t, "dc1")
+	const orgKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE5J0YbGtq0g2Y3m2Zt6mP7Oq8o4aV7v7Vf8Kx9yWcVd org@example"
+	url := sys.control.URL() + "/api/v1/regions/dc1/cloud-init"
+	if code, body := call(t, "PUT", url, map[string]any{"hostname": "x"}); code != http.StatusBadRequest || body["field"] != "hostname" {
+		t.Fatalf("region hostname: %d %v", code, body)
+	}
+	if code, body := call(t, "PUT", url, map[string]any{"ssh_authorized_keys": []string{orgKey}, "user_data": "#cloud-config\npackages: [htop]\n"}); code != 200 || !strings.Contains(body["user_data"].(string), "masked") {
+		t.Fatalf("set region defaults: %d %v", code, body)
+	}
+	if code, body := call(t, "GET", url, nil); code != 200 || len(body["ssh_authorized_keys"].([]any)) != 1 {
+		t.Fatalf("get region defaults: %d %v", code, body)
+	}
+	code, task := call(t, "POST", sys.control.URL()+"/api/v1/tasks", map[string]any{
+		"region_id": "dc1", "target_mac": "52:54:00:00:00:18", "os_type": "debian", "os_version": "12",
+		"hostname": "h18", "ssh_authorized_keys": []string{testKey}})
+	if code != http.StatusCreated {
+		t.Fatalf("create: %d %v", code, task)
+	}
+	keys := fmt.Sprint(task["ssh_authorized_keys"])
+	if !strings.Contains(keys, "org@example") || !strings.Contains(keys, "ops@example") || !strings.Contains(task["user_data"].(string), "masked: 31 bytes") {
+		t.Fatalf("task from region defaults: %v", task)
+	}
+	if code, _ := call(t, "PUT", url, map[string]any{}); code != 200 {
+		t.Fatalf("remove defaults: %d", code)
+	}
+	if v, ok := sys.etcd.Get(t, "/os/region/dc1/cloud_init"); ok {
+		t.Fatalf("defaults kept after removal: %s", v)
+	}
+}

@@ -23,6 +23,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", h(s.cancelTask))
 	mux.HandleFunc("POST /api/v1/tasks/{id}/reset-agent-token", h(s.resetAgentToken))
 	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
+	mux.HandleFunc("GET /api/v1/regions/{region}/cloud-init", h(s.getRegionCloudInit))
+	mux.HandleFunc("PUT /api/v1/regions/{region}/cloud-init", h(s.putRegionCloudInit))
 	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
 	mux.HandleFunc("GET /api/v1/unmatched/{region}/{id}", h(s.getUnmatched))
 	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))

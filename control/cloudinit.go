@@ -3,11 +3,13 @@ package control
 import (
 	"crypto/sha256"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/store"
+	"lpmos.dev/lpmos/store/httpjson"
 )
 
 // A task's cloud-init fields (store/cloudinit.go validates them): the add-task form
@@ -67,4 +69,37 @@ func maskedAll(ts []store.Task) []store.Task {
 		ts[i] = masked(ts[i])
 	}
 	return ts
+}
+
+// getRegionCloudInit is GET /api/v1/regions/{region}/cloud-init: the region's
+// defaults, user-data masked ({} when it has none).
+func (s *Server) getRegionCloudInit(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.store.RegionCloudInit(r.Context(), r.PathValue("region"))
+	if err != nil {
+		return err
+	}
+	if c == nil {
+		c = &contract.CloudInit{}
+	}
+	c.UserData = maskUserData(c.UserData)
+	httpjson.Write(w, http.StatusOK, c)
+	return nil
+}
+
+// putRegionCloudInit is PUT /api/v1/regions/{region}/cloud-init (admin): the
+// defaults every task created in the region from now on starts from
+// (ssh_authorized_keys, user_data, network_config); {} removes them.
+func (s *Server) putRegionCloudInit(w http.ResponseWriter, r *http.Request) error {
+	var c contract.CloudInit
+	if err := httpjson.Decode(w, r, &c); err != nil {
+		return err
+	}
+	region := r.PathValue("region")
+	if err := s.store.SetRegionCloudInit(r.Context(), region, &c); err != nil {
+		return err
+	}
+	s.log.Info("region cloud-init defaults set", "region", region, "ssh_keys", len(c.SSHAuthorizedKeys), "user_data_bytes", len(c.UserData))
+	c.UserData = maskUserData(c.UserData)
+	httpjson.Write(w, http.StatusOK, c)
+	return nil
 }

@@ -1,8 +1,14 @@
 package store
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"regexp"
+	"slices"
 	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"golang.org/x/crypto/ssh"
 	"gopkg.in/yaml.v3"
@@ -114,4 +120,86 @@ func truncate(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// Region defaults: a region may carry cloud-init fields every new task of the region
+// starts from (/os/region/{region}/cloud_init), e.g. the organisation's SSH keys. They
+// are merged into the task when it is created (mergeCloudInit), so the task, its plan
+// and its seed say exactly what the machine gets, and a later change of the defaults
+// never changes an approved install.
+
+// AuditRegionCloudInit records a change of a region's cloud-init defaults.
+const AuditRegionCloudInit = "region.cloud_init"
+
+// RegionCloudInit returns the region's cloud-init defaults, nil when it has none.
+func (s *Store) RegionCloudInit(ctx context.Context, region string) (*contract.CloudInit, error) {
+	if err := ValidateRegion(region); err != nil {
+		return nil, err
+	}
+	resp, err := s.c.Get(ctx, regionCloudInitKey(region))
+	if err != nil {
+		return nil, fmt.Errorf("read region %s cloud-init defaults: %w", region, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var c contract.CloudInit
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
+		return nil, fmt.Errorf("region %s cloud-init defaults unreadable: %w", region, err)
+	}
+	return &c, nil
+}
+
+// SetRegionCloudInit validates and stores the region's defaults (an empty c removes
+// them), audited. A hostname is per machine: it is refused here.
+func (s *Store) SetRegionCloudInit(ctx context.Context, region string, c *contract.CloudInit) error {
+	if err := ValidateRegion(region); err != nil {
+		return err
+	}
+	if c != nil && c.Hostname != "" {
+		return invalid("hostname", "is per machine: set it on the task, not on the region")
+	}
+	if err := validateCloudInit(&c); err != nil {
+		return err
+	}
+	e := newAudit(ctx, s.now(), AuditRegionCloudInit, region, "")
+	e.Target = region
+	op := clientv3.OpDelete(regionCloudInitKey(region))
+	if c != nil {
+		b, _ := json.Marshal(c)
+		op = clientv3.OpPut(regionCloudInitKey(region), string(b))
+		e.with("ssh_keys", fmt.Sprint(len(c.SSHAuthorizedKeys))).with("user_data_bytes", fmt.Sprint(len(c.UserData)))
+	} else {
+		e.with("removed", "true")
+	}
+	if _, err := s.c.Txn(ctx).Then(op, e.op()).Commit(); err != nil {
+		return fmt.Errorf("store region %s cloud-init defaults: %w", region, err)
+	}
+	return nil
+}
+
+// mergeCloudInit is a task's cloud-init on top of its region's defaults: the keys of
+// both (the region's first, no duplicates), the task's user-data and network config
+// where it has them, else the region's.
+func mergeCloudInit(region, task *contract.CloudInit) *contract.CloudInit {
+	if region.Empty() {
+		return task
+	}
+	m := *region
+	m.SSHAuthorizedKeys = slices.Clone(region.SSHAuthorizedKeys)
+	if task != nil {
+		m.Hostname = task.Hostname
+		for _, k := range task.SSHAuthorizedKeys {
+			if !slices.Contains(m.SSHAuthorizedKeys, k) {
+				m.SSHAuthorizedKeys = append(m.SSHAuthorizedKeys, k)
+			}
+		}
+		if task.UserData != "" {
+			m.UserData = task.UserData
+		}
+		if task.NetworkConfig != "" {
+			m.NetworkConfig = task.NetworkConfig
+		}
+	}
+	return &m
 }

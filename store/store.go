@@ -107,9 +107,13 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 	if err != nil {
 		return Task{}, fmt.Errorf("create task: %w", err)
 	}
+	defaults, err := s.RegionCloudInit(ctx, region)
+	if err != nil {
+		return Task{}, err
+	}
 	t := Task{Metadata: Metadata{
 		TaskID: tid.String(), RegionID: region, TargetMAC: mac,
-		OSRef: n.OSRef, Disk: n.Disk, CloudInit: n.CloudInit,
+		OSRef: n.OSRef, Disk: n.Disk, CloudInit: mergeCloudInit(defaults, n.CloudInit),
 		CreatedAt: s.now(),
 	}}
 	openIdx, umIdx := openMACIndexKey(region, mac), unmatchedIndexKey(region, mac)
