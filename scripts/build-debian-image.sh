@@ -14,6 +14,8 @@
 # The agent adds cloud-init's CIDATA partition after partition 2 (images/seed).
 # MBR, not GPT, for the test OS's reason: nothing lives at the disk's end.
 #
+# cloud-init's default locale is C.UTF-8 (nothing to generate on first boot; its locale
+# module needs update-locale from the locales package, else its status is "error").
 # Kernel: $DEBIAN_KERNEL (default linux-image-cloud-amd64: virtio and the common cloud
 # drivers, small; set linux-image-amd64 for real servers' drivers).
 # Outputs in build/debian/: debian-12.img, debian-12.img.zst, debian-12.img.sha256.
@@ -32,7 +34,7 @@ cmdline="root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200 net.ifnames=0
 mbr=/usr/lib/syslinux/mbr/mbr.bin
 sdboot=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
 packages=(systemd-sysv udev dbus "$kernel_pkg" initramfs-tools cloud-init openssh-server sudo
-  ifupdown isc-dhcp-client iproute2 netbase ca-certificates less)
+  ifupdown isc-dhcp-client iproute2 netbase ca-certificates less locales)
 
 missing=()
 for tool in mmdebstrap sfdisk mkfs.fat mkfs.ext4 syslinux mcopy mmd zstd sha256sum flock; do
@@ -67,7 +69,7 @@ else
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --customize-hook='echo "UUID='"$root_uuid"' / ext4 errors=remount-ro 0 1" > "$1/etc/fstab"' \
-    --customize-hook='printf "datasource_list: [ NoCloud, None ]\n" > "$1/etc/cloud/cloud.cfg.d/90-lpmos.cfg"' \
+    --customize-hook='printf "datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n" > "$1/etc/cloud/cloud.cfg.d/90-lpmos.cfg"' \
     --customize-hook='printf "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n" > "$1/etc/network/interfaces"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*; : > "$1/etc/machine-id"; rm -f "$1/var/lib/dbus/machine-id"; echo debian > "$1/etc/hostname"' \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
