@@ -23,12 +23,11 @@ func (a *Appliance) handleNoCloud(w http.ResponseWriter, r *http.Request) error 
 	default:
 		return httpjson.Errorf(http.StatusNotFound, "no such NoCloud file %q (meta-data, user-data, network-config, vendor-data)", name)
 	}
-	t, err := a.store.GetTask(r.Context(), id)
+	// Within this region only: a region's etcd role cannot read the control-only task
+	// index, and another region's task is not ours to serve.
+	t, err := a.store.GetRegionTask(r.Context(), a.cfg.Label, id)
 	if err != nil {
 		return err
-	}
-	if t.RegionID != a.cfg.Label {
-		return httpjson.Errorf(http.StatusNotFound, "task %s is not in region %s", id, a.cfg.Label)
 	}
 	tok := bearer(r)
 	if _, pass, ok := r.BasicAuth(); tok == "" && ok {
