@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build run test test-short bench storm start-etcd initramfs testos demo vagrant-lab clean
+.PHONY: all build run test test-short bench storm start-etcd initramfs testos debian-image demo vagrant-lab clean
 
 all: build
 
@@ -17,6 +17,11 @@ initramfs:
 # The tiny bootable test OS image (build/testos/).
 testos:
 	./scripts/build-testos.sh
+
+# A Debian 12 cloud image (cloud-init, openssh-server, BIOS+UEFI) from Debian's
+# packages with mmdebstrap (build/debian/debian-12.img.zst; root).
+debian-image:
+	./scripts/build-debian-image.sh
 
 # The VM lab for a person (root): boot network, appliance, control plane, one PXE VM.
 demo: build initramfs testos

@@ -26,6 +26,7 @@ func (a *Appliance) routes() *http.ServeMux {
 	mux.HandleFunc("GET /api/approval/{mac}", h(a.handleApproval))
 	mux.HandleFunc("POST /api/progress", h(a.handleProgress))
 	mux.HandleFunc("GET /api/health", h(a.handleHealth))
+	mux.HandleFunc("GET /nocloud/{task}/{file}", h(a.handleNoCloud))
 	mux.Handle("GET /images/", a.imageStreams(a.metrics.countBytes("image", http.StripPrefix("/images", a.images.HandlerRate(a.cfg.ImageRate)))))
 	// Prometheus scrapes without credentials, like the rest of the regional API; it
 	// listens on loopback and the boot network only (--api-host).

@@ -399,7 +399,7 @@ func (a *Appliance) onTaskEvent(ev store.TaskEvent) {
 func (a *Appliance) heartbeat() store.Heartbeat {
 	hb := store.Heartbeat{Region: a.cfg.Label, APIURL: a.URL(), Version: Version, Images: []contract.ImageRef{}}
 	for _, e := range a.images.List() {
-		hb.Images = append(hb.Images, contract.ImageRef{OSRef: e.OSRef, SHA256: e.SHA256, Size: e.Size, Format: string(e.Format)})
+		hb.Images = append(hb.Images, contract.ImageRef{OSRef: e.OSRef, SHA256: e.SHA256, Size: e.Size, Format: string(e.Format), Layout: e.Layout})
 	}
 	return hb
 }

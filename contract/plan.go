@@ -16,6 +16,9 @@ type ImageRef struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 	Format string `json:"format,omitempty"`
+	// Layout is the image's partition table, where the catalog read it: a plan
+	// with a cloud-init seed needs it.
+	Layout *ImageLayout `json:"layout,omitempty"`
 }
 
 // PlanDisk is the disk a plan wipes, with every identity the agent checks before it
@@ -36,8 +39,10 @@ type PlanDisk struct {
 // carried out says why in Refused and has no disk; approval is refused with that
 // reason.
 type Plan struct {
-	Disk    *PlanDisk `json:"disk,omitempty"`
-	Image   *ImageRef `json:"image,omitempty"`
+	Disk  *PlanDisk `json:"disk,omitempty"`
+	Image *ImageRef `json:"image,omitempty"`
+	// Seed is where the cloud-init seed goes, for a task with cloud-init data.
+	Seed    *PlanSeed `json:"seed,omitempty"`
 	Refused string    `json:"refused,omitempty"`
 	// Digest covers the task id, the hardware report exactly as stored and the plan:
 	// any change to either makes a new digest, so an approval of an old one fails.
@@ -52,8 +57,10 @@ func (p *Plan) Approvable() bool {
 // MakePlan is the one place an install is decided. hardware is the report as stored
 // (its bytes enter the digest), hint the task's disk selector, want the task's OS and
 // catalog what the region offers (nil: unknown, the region is offline). The disk is chosen with ChooseDisk and the real
-// decompressed size of the image, so a disk too small for it is never named.
-func MakePlan(taskID string, hardware []byte, hint *DiskHint, want OSRef, catalog []ImageRef) Plan {
+// decompressed size of the image, so a disk too small for it is never named. seed: the
+// task has cloud-init data, so the plan places its seed (PlaceSeed) and the disk must
+// hold it too; an image that cannot take one refuses the plan.
+func MakePlan(taskID string, hardware []byte, hint *DiskHint, want OSRef, seed bool, catalog []ImageRef) Plan {
 	var p Plan
 	var why []string
 	for _, img := range catalog {
@@ -75,12 +82,21 @@ func MakePlan(taskID string, hardware []byte, hint *DiskHint, want OSRef, catalo
 		}
 		why = append(why, fmt.Sprintf("the region has no image for %s (its catalog has: %s)", want, strings.Join(have, ", ")))
 	}
+	if p.Image != nil && seed {
+		if s, err := PlaceSeed(p.Image.Layout); err != nil {
+			why = append(why, err.Error())
+		} else {
+			p.Seed = &s
+		}
+	}
 	var hw Hardware
 	if err := json.Unmarshal(hardware, &hw); err != nil {
 		why = append(why, "the hardware report is unreadable: "+err.Error())
-	} else if p.Image != nil {
-		d, err := ChooseDisk(hw.Disks, hint, p.Image.Size, hw.BootDisk)
-		if err != nil {
+	} else if p.Image != nil && (!seed || p.Seed != nil) {
+		d, err := ChooseDisk(hw.Disks, hint, p.NeedBytes(), hw.BootDisk)
+		if err != nil && p.Seed != nil {
+			why = append(why, fmt.Sprintf("%v (the image and its cloud-init seed need %d bytes)", err, p.NeedBytes()))
+		} else if err != nil {
 			why = append(why, err.Error())
 		} else {
 			p.Disk = &PlanDisk{Name: d.Name, Path: d.Path, SizeBytes: d.SizeBytes, Model: d.Model, Serial: d.Serial, WWN: d.WWN, ByPath: d.ByPath}

@@ -18,6 +18,6 @@ func (s *Server) resetAgentToken(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("agent token reset", "task", t.TaskID, "region", t.RegionID, "generation", t.AgentToken.Generation, "by", store.ActorFrom(r.Context()).String())
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }

@@ -23,6 +23,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", h(s.cancelTask))
 	mux.HandleFunc("POST /api/v1/tasks/{id}/reset-agent-token", h(s.resetAgentToken))
 	mux.HandleFunc("GET /api/v1/regions", h(s.listRegions))
+	mux.HandleFunc("GET /api/v1/regions/{region}/cloud-init", h(s.getRegionCloudInit))
+	mux.HandleFunc("PUT /api/v1/regions/{region}/cloud-init", h(s.putRegionCloudInit))
 	mux.HandleFunc("GET /api/v1/unmatched", h(s.listUnmatched))
 	mux.HandleFunc("GET /api/v1/unmatched/{region}/{id}", h(s.getUnmatched))
 	mux.HandleFunc("POST /api/v1/unmatched/{region}/{id}/match", h(s.matchUnmatched))
@@ -78,7 +80,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task created", "task", t.TaskID, "region", t.RegionID, "mac", t.TargetMAC, "status", t.Status)
-	httpjson.Write(w, http.StatusCreated, createdTask{Task: t, Warning: s.catalogWarning(r.Context(), t)})
+	httpjson.Write(w, http.StatusCreated, createdTask{Task: masked(t), Warning: s.catalogWarning(r.Context(), t)})
 	return nil
 }
 
@@ -156,7 +158,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if tasks == nil {
 		tasks = []store.Task{}
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": tasks, "count": len(tasks), "next": marks.Next})
+	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": maskedAll(tasks), "count": len(tasks), "next": marks.Next})
 	return nil
 }
 
@@ -187,7 +189,7 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -219,7 +221,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task approved", "task", t.TaskID, "region", t.RegionID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -233,7 +235,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("task cancelled", "task", t.TaskID, "region", t.RegionID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }
 
@@ -316,6 +318,6 @@ func (s *Server) matchUnmatched(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.log.Info("unmatched report matched", "report", r.PathValue("id"), "task", t.TaskID)
-	httpjson.Write(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, masked(t))
 	return nil
 }

@@ -139,7 +139,8 @@ func countIn(regions []regionView, region string, n func(regionView) int) int {
 type createForm struct {
 	Region, MAC, DiskSerial string
 	contract.OSRef
-	Image               string // a region's catalog entry, as imageValue encodes it
+	CloudInit           cloudInitForm // control/cloudinit.go
+	Image               string        // a region's catalog entry, as imageValue encodes it
 	Errors              map[string]string
 	FormError           string
 	Regions             []regionView
@@ -189,6 +190,7 @@ func sortedKeys(m map[string]bool) []string {
 var formField = map[string]string{
 	"region_id": "region", "target_mac": "mac", "mac_address": "mac",
 	"os_type": "os_type", "os_version": "os_version", "disk.serial": "disk_serial", "disk": "disk_serial",
+	"hostname": "hostname", "ssh_authorized_keys": "ssh_authorized_keys", "user_data": "user_data", "network_config": "network_config",
 }
 
 func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
@@ -199,7 +201,7 @@ func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
 		Region: strings.TrimSpace(r.PostForm.Get("region")), MAC: strings.TrimSpace(r.PostForm.Get("mac")),
 		OSRef:      contract.OSRef{OSType: strings.TrimSpace(r.PostForm.Get("os_type")), OSVersion: strings.TrimSpace(r.PostForm.Get("os_version"))},
 		DiskSerial: strings.TrimSpace(r.PostForm.Get("disk_serial")), Errors: map[string]string{},
-		Image: r.PostForm.Get("image"),
+		Image: r.PostForm.Get("image"), CloudInit: readCloudInitForm(r.PostForm),
 	}
 	if f.Image != "" {
 		// A catalog entry wins over the free-text fields (without JavaScript nothing
@@ -208,7 +210,7 @@ func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
 			f.OSRef = ref
 		}
 	}
-	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSRef: f.OSRef}
+	n := store.NewTask{RegionID: f.Region, TargetMAC: f.MAC, OSRef: f.OSRef, CloudInit: f.CloudInit.cloudInit()}
 	if f.DiskSerial != "" {
 		n.Disk = &contract.DiskHint{Serial: f.DiskSerial}
 	}
@@ -374,6 +376,7 @@ func (s *Server) taskPage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) renderTask(w http.ResponseWriter, r *http.Request, code int, d taskPageData, flash string) {
+	d.Task = masked(d.Task)
 	s.render(w, r, code, "task", page{Title: "Task " + shortID(d.Task.TaskID), Nav: "tasks", Flash: flash, TaskID: d.Task.TaskID}, d)
 }
 

@@ -41,7 +41,7 @@ func TestPlanText(t *testing.T) {
 		{"twin named", twins, &contract.DiskHint{Serial: "B"}, "/dev/sdb, 480 GB, serial B", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := contract.MakePlan("task-1", []byte(c.report), c.hint, img.OSRef, []contract.ImageRef{img})
+			p := contract.MakePlan("task-1", []byte(c.report), c.hint, img.OSRef, false, []contract.ImageRef{img})
 			hw := parseHardware(json.RawMessage(c.report), "")
 			got, image, refused := planText(&hw, &p)
 			if !strings.HasPrefix(got, c.want) || refused != c.refused || !strings.HasPrefix(image, "ubuntu 22.04 (9.0 GB, sha256 cccccccccccc)") {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/images/seed"
 )
 
 // IndexFile is the catalog's index inside the images directory.
@@ -26,12 +27,15 @@ const IndexFile = "catalog.json"
 // Entry is one image in the catalog.
 type Entry struct {
 	contract.OSRef
-	File           string    `json:"file"` // plain name inside the images directory
-	Format         Format    `json:"format"`
-	CompressedSize int64     `json:"compressed_size"` // bytes of File
-	Size           int64     `json:"size"`            // decompressed bytes
-	SHA256         string    `json:"sha256"`          // of the decompressed image
-	Added          time.Time `json:"added,omitzero"`
+	File           string `json:"file"` // plain name inside the images directory
+	Format         Format `json:"format"`
+	CompressedSize int64  `json:"compressed_size"` // bytes of File
+	Size           int64  `json:"size"`            // decompressed bytes
+	SHA256         string `json:"sha256"`          // of the decompressed image
+	// Layout is the image's partition table, read while it was hashed: a plan
+	// places a cloud-init seed after it (images/seed).
+	Layout *contract.ImageLayout `json:"layout,omitempty"`
+	Added  time.Time             `json:"added,omitzero"`
 }
 
 // Source is what the agent needs to write e, served from baseURL (the URL
@@ -228,7 +232,8 @@ func measure(ctx context.Context, path string, e *Entry) error {
 	}
 	defer closeDec()
 	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, dec})
+	var layout seed.Scanner
+	n, err := io.Copy(io.MultiWriter(h, &layout), ctxReader{ctx, dec})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -236,6 +241,11 @@ func measure(ctx context.Context, path string, e *Entry) error {
 		return decodeErr(e.Format, err)
 	}
 	e.Size, e.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	// An unreadable table is no reason to refuse the image: it installs, and a plan
+	// with a seed says the layout is unknown.
+	if l, err := layout.Layout(); err == nil {
+		e.Layout = &l
+	}
 	return nil
 }
 

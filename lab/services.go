@@ -125,7 +125,11 @@ func (l *Lab) API(ctx context.Context, method, url string, body, out any) (int, 
 	if tok != "" && strings.HasPrefix(url, ControlURL()+"/") {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := l.HTTPClient().Do(req)
+	// A client per call: its idle connection must be closed, or a test that polls
+	// fills the control plane's per-source connection cap (64) and gets EOFs.
+	c := l.HTTPClient()
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err
 	}

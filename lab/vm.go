@@ -19,8 +19,10 @@ type VMConfig struct {
 	// ipxe.efi over the appliance's TFTP, the path real UEFI servers take.
 	NoNICROM bool
 	DiskMiB  int
-	CPUs     int
-	MemMiB   int
+	// DiskSerial is the disk's serial number ("" for none, as before).
+	DiskSerial string
+	CPUs       int
+	MemMiB     int
 }
 
 // VM is a running lab machine.
@@ -64,7 +66,7 @@ func (l *Lab) StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	v, err := qemu.Start(qemu.Config{Name: c.Name, Dir: l.cfg.Dir, NetNS: l.NS,
 		Firmware: c.Firmware, CPUs: c.CPUs, MemMiB: c.MemMiB,
 		NICs:  []qemu.NIC{{Tap: tap, MAC: c.MAC, NoROM: c.NoNICROM, BootIndex: 1}},
-		Disks: []qemu.Disk{{Path: disk, BootIndex: 2}},
+		Disks: []qemu.Disk{{Path: disk, BootIndex: 2, Serial: c.DiskSerial}},
 		RNG:   true,
 		// No IPv6 network boot under UEFI: once the appliance stays silent for an
 		// installed machine, OVMF reaches its disk without waiting out DHCPv6. (Its

@@ -46,6 +46,7 @@ func regionTaskPrefix(region string) string   { return taskRoot + region + "/" }
 func regionDir(region string) string          { return regionRoot + region + "/" }
 func heartbeatKey(region string) string       { return regionDir(region) + "heartbeat" }
 func regionStatusKey(region string) string    { return regionDir(region) + "status" }
+func regionCloudInitKey(region string) string { return regionDir(region) + "cloud_init" }
 func unmatchedPrefix(region string) string    { return unmatchedRoot + region + "/" }
 func unmatchedKey(region, id string) string   { return unmatchedPrefix(region) + id }
 func leasePrefix(region string) string        { return "/os/dhcp/leases/" + region + "/" }

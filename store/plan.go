@@ -37,7 +37,7 @@ func (s *Store) regionCatalog(ctx context.Context, region string) ([]contract.Im
 
 // planFor plans t's install on hardware with the region's catalog.
 func planFor(t *Task, hardware []byte, catalog []contract.ImageRef) *contract.Plan {
-	p := contract.MakePlan(t.TaskID, hardware, t.Disk, t.OSRef, catalog)
+	p := contract.MakePlan(t.TaskID, hardware, t.Disk, t.OSRef, !t.CloudInit.Empty(), catalog)
 	return &p
 }
 

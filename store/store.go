@@ -59,6 +59,9 @@ type NewTask struct {
 	TargetMAC string `json:"target_mac"`
 	contract.OSRef
 	Disk *contract.DiskHint `json:"disk,omitempty"`
+	// The installed OS's first-boot configuration (hostname, ssh_authorized_keys,
+	// user_data, network_config; store/cloudinit.go); nil: none, no seed.
+	*contract.CloudInit
 }
 
 // Validate checks and normalises the request in place.
@@ -84,7 +87,7 @@ func (n *NewTask) Validate() error {
 			}
 		}
 	}
-	return nil
+	return validateCloudInit(&n.CloudInit)
 }
 
 // CreateTask creates a task in pending, or straight in pending_approval when its MAC
@@ -105,9 +108,13 @@ func (s *Store) CreateTask(ctx context.Context, n NewTask) (Task, error) {
 	if err != nil {
 		return Task{}, fmt.Errorf("create task: %w", err)
 	}
+	defaults, err := s.RegionCloudInit(ctx, region)
+	if err != nil {
+		return Task{}, err
+	}
 	t := Task{Metadata: Metadata{
 		TaskID: tid.String(), RegionID: region, TargetMAC: mac,
-		OSRef: n.OSRef, Disk: n.Disk,
+		OSRef: n.OSRef, Disk: n.Disk, CloudInit: mergeCloudInit(defaults, n.CloudInit),
 		CreatedAt: s.now(),
 	}}
 	openIdx, umIdx := openMACIndexKey(region, mac), unmatchedIndexKey(region, mac)

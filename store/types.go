@@ -18,6 +18,9 @@ type Metadata struct {
 	TargetMAC string `json:"target_mac"`
 	contract.OSRef
 	Disk *contract.DiskHint `json:"disk,omitempty"`
+	// The installed OS's first-boot configuration (hostname, ssh_authorized_keys,
+	// user_data, network_config; store/cloudinit.go); nil: none, no seed.
+	*contract.CloudInit
 
 	CreatedAt  time.Time  `json:"created_at"`
 	ReportedAt *time.Time `json:"reported_at,omitempty"`

@@ -62,6 +62,9 @@ type Job struct {
 	Image  contract.Image
 	Disk   contract.Disk // the approved disk as found in the fresh inventory
 	Target string        // where the bytes go: Disk.Path, or Config.Target in host mode
+	// Seed is the NoCloud seed's files, fetched before a byte is written, when the
+	// plan places a seed (Plan.Seed).
+	Seed map[string][]byte
 }
 
 func (c *Config) defaults() {
@@ -156,6 +159,11 @@ func Run(ctx context.Context, cfg Config) error {
 		// Nothing was written: the task fails with the reason, for the operator.
 		return p.Fail(ctx, err.Error())
 	}
+	if job.Plan.Seed != nil {
+		if job.Seed, err = api.SeedFilesFrom(ctx, taskID); err != nil {
+			return p.Fail(ctx, fmt.Sprintf("seed_unavailable: fetch the cloud-init seed: %v: nothing written", err))
+		}
+	}
 	install := cfg.Install
 	if install == nil {
 		install = WriteImage
@@ -204,7 +212,7 @@ func checkApproval(cfg Config, a contract.ApprovalResponse) (Job, error) {
 	if err != nil {
 		return Job{}, fmt.Errorf("inventory before writing: %w", err)
 	}
-	disk, err := contract.FindPlannedDisk(hw.Disks, *a.Plan.Disk, a.Plan.Image.Size, hw.BootDisk)
+	disk, err := contract.FindPlannedDisk(hw.Disks, *a.Plan.Disk, a.Plan.NeedBytes(), hw.BootDisk)
 	if err != nil {
 		return Job{}, fmt.Errorf("disk_mismatch: %w: nothing written", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
+	"lpmos.dev/lpmos/images/seed"
 )
 
 // WriteImage is the installer: it streams the approved image (decompressed, sha256
@@ -56,6 +57,21 @@ func WriteImage(ctx context.Context, job Job, p *Progress) error {
 		return fmt.Errorf("close %s: %w", target, err)
 	}
 	p.log.Info("image written and verified", "target", target, "bytes", res.Bytes, "sha256", res.SHA256, "elapsed", res.Elapsed, "retries", res.Retries)
+	if s := job.Plan.Seed; s != nil {
+		p.Update(ctx, contract.Progress{Stage: contract.StageVerifying, Percentage: 100,
+			Message: fmt.Sprintf("writing the cloud-init seed: %s partition %d at %d MiB", s.Table, s.Partition, s.StartBytes>>20)}, true)
+		// In host mode the file stands for the approved disk: give it the disk's
+		// size, so the seed lands where it would on the disk.
+		if st, err := os.Stat(target); err == nil && target != job.Disk.Path && st.Mode().IsRegular() && st.Size() < job.Disk.SizeBytes {
+			if err := os.Truncate(target, job.Disk.SizeBytes); err != nil {
+				return fmt.Errorf("seed_failed: size %s like the disk: %w", target, err)
+			}
+		}
+		if err := seed.Write(target, *s, job.Seed); err != nil {
+			return fmt.Errorf("seed_failed: %w", err)
+		}
+		p.log.Info("cloud-init seed written", "target", target, "table", s.Table, "partition", s.Partition, "start_bytes", s.StartBytes)
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"net"
 	"os"
 	"path/filepath"
@@ -49,7 +50,7 @@ func Inventory() (contract.Hardware, error) {
 			}
 			disk := contract.Disk{
 				Name: d.Name, Path: "/dev/" + d.Name, SizeBytes: int64(d.SizeBytes),
-				Model: clean(d.Model), Vendor: clean(d.Vendor), Serial: clean(d.SerialNumber), WWN: clean(d.WWN),
+				Model: clean(d.Model), Vendor: clean(d.Vendor), Serial: cmp.Or(clean(d.SerialNumber), sysfsSerial(d.Name)), WWN: clean(d.WWN),
 				ByPath: byPath[d.Name], Removable: d.IsRemovable,
 				Rotational: d.DriveType.String() == "HDD", Controller: strings.ToLower(d.StorageController.String()),
 				StorageType: strings.ToLower(d.DriveType.String()),
@@ -71,6 +72,20 @@ func Inventory() (contract.Hardware, error) {
 		hw.System.BIOS = clean(bi.Version)
 	}
 	return hw, nil
+}
+
+// sysfsSerial is the disk's serial from sysfs (virtio-blk: block/X/serial; NVMe:
+// block/X/device/serial), for when ghw finds none: it reads udev's database, and an
+// initramfs runs no udev.
+func sysfsSerial(name string) string {
+	for _, p := range []string{"/sys/block/" + name + "/serial", "/sys/block/" + name + "/device/serial"} {
+		if b, err := os.ReadFile(p); err == nil {
+			if s := clean(string(b)); s != "" {
+				return s
+			}
+		}
+	}
+	return ""
 }
 
 // skipDisk drops devices that are never install targets nor real disks.

@@ -58,12 +58,18 @@ func add(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New("add: --dir, --os-type, --os-version and one FILE are required")
 	}
 	file := fs.Arg(0)
+	var err error
 	if _, err := os.Stat(file); err != nil && !strings.ContainsRune(file, '/') {
 		file = filepath.Join(*dir, file) // a name already in the images dir
 	}
 	f := images.FormatFromName(file)
+	if isQcow2(file) { // official cloud images: converted to raw with qemu-img
+		if file, err = convertQcow2(ctx, file, *dir); err != nil {
+			return err
+		}
+		f = images.FormatRaw
+	}
 	if *format != "" {
-		var err error
 		if f, err = images.ParseFormat(*format); err != nil {
 			return fmt.Errorf("add: --format: %w", err)
 		}

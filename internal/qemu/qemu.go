@@ -142,6 +142,9 @@ type NIC struct {
 type Disk struct {
 	Path      string
 	BootIndex int // bootindex=, 0 for none
+	// Serial is the disk's serial number as the guest sees it (virtio-blk serial=,
+	// at most 20 characters); "" for none.
+	Serial string
 }
 
 // Config is one machine.
@@ -245,6 +248,9 @@ func (c Config) Args() []string {
 		dev := "virtio-blk-pci,drive=" + id
 		if d.BootIndex > 0 {
 			dev += ",bootindex=" + strconv.Itoa(d.BootIndex)
+		}
+		if d.Serial != "" {
+			dev += ",serial=" + d.Serial
 		}
 		a = append(a, "-drive", "file="+d.Path+",if=none,id="+id+",format=raw", "-device", dev)
 	}
