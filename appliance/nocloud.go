@@ -25,7 +25,7 @@ func (a *Appliance) handleNoCloud(w http.ResponseWriter, r *http.Request) error 
 	}
 	// Within this region only: a region's etcd role cannot read the control-only task
 	// index, and another region's task is not ours to serve.
-	t, err := a.store.GetRegionTask(r.Context(), a.cfg.Label, id)
+	t, err := a.store.GetTask(r.Context(), id) // the appliance's store is pinned to its region
 	if err != nil {
 		return err
 	}
