@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/internal/cliflag"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -126,7 +127,7 @@ func parseTasks(args []string, getenv func(string) string, stderr io.Writer) (*t
 		fmt.Fprint(stderr, tasksUsage)
 		return nil, fmt.Errorf("tasks: unknown command %q (list, show, approve or cancel)", c.sub)
 	}
-	pos, err := parseInterleaved(fs, args[1:])
+	pos, err := cliflag.ParseInterleaved(fs, args[1:])
 	if err != nil {
 		return nil, err
 	}
@@ -150,22 +151,6 @@ func parseTasks(args []string, getenv func(string) string, stderr io.Writer) (*t
 	}
 	c.creds.FromEnv(fs, getenv)
 	return c, c.validate()
-}
-
-// parseInterleaved parses flags before and after the positional arguments
-// (`approve ID --digest D` reads as well as `approve --digest D ID`).
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }
 
 // validate refuses before anything is dialled: a refused command writes nothing.

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/term"
 
+	"lpmos.dev/lpmos/internal/cliflag"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -104,7 +105,7 @@ func admin(ctx context.Context, args []string, env Env) error {
 	ttl := fs.Duration("ttl", store.DefaultTokenTTL, "tokens create: how long the token is valid")
 	outDir := fs.String("out-dir", "", "bootstrap: where to write admin-password and admin-token (mode 0600)")
 	// Flags may come after the positional NAME or ID.
-	pos, err := parseInterleaved(fs, rest)
+	pos, err := cliflag.ParseInterleaved(fs, rest)
 	if err != nil {
 		return err
 	}
@@ -330,20 +331,4 @@ func writeSecret(path, v string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// parseInterleaved parses flags that may come before, between or after the positional
-// arguments (`users add NAME --role admin`), and returns the positional ones.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }

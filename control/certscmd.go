@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/internal/cliflag"
 	"lpmos.dev/lpmos/internal/pki"
 	"lpmos.dev/lpmos/store"
 )
@@ -61,7 +62,7 @@ func certsCmd(args []string, env Env) error {
 	dir := fs.String("dir", "", "directory of the CA and the certificates (required)")
 	hosts := fs.String("hosts", "127.0.0.1,localhost", "init: comma-separated DNS names and IP addresses of the etcd server certificate (every member's, for a cluster)")
 	force := fs.Bool("force", false, "replace existing files (a new CA invalidates every certificate the old one signed)")
-	pos, err := parseInterleaved(fs, rest)
+	pos, err := cliflag.ParseInterleaved(fs, rest)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/internal/cliflag"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -43,7 +44,7 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 	pwFile := fs.String("password-file", "", "add: file whose first line is region-NAME's password (default: none, client certificate auth)")
 	rootPwFile := fs.String("root-password-file", "", "enable-auth: password of the root user it creates (default: none, client certificate CN root)")
 	controlPwFile := fs.String("control-password-file", "", "enable-auth: password of user lpmos-control (default: none, client certificate CN lpmos-control)")
-	pos, err := parseInterleaved(fs, rest)
+	pos, err := cliflag.ParseInterleaved(fs, rest)
 	if err != nil {
 		return err
 	}
