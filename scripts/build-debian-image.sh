@@ -36,6 +36,10 @@ sdboot=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
 packages=(systemd-sysv udev dbus "$kernel_pkg" initramfs-tools cloud-init openssh-server sudo
   ifupdown isc-dhcp-client iproute2 netbase ca-certificates less locales)
 
+# stdout carries only the image's path (tests read it): every tool's chatter (mkfs.ext4
+# says "Creating regular file" even with -q) goes to stderr.
+exec 3>&1 1>&2
+
 missing=()
 for tool in mmdebstrap sfdisk mkfs.fat mkfs.ext4 syslinux mcopy mmd zstd sha256sum flock; do
   command -v "$tool" >/dev/null || missing+=("$tool")
@@ -126,4 +130,4 @@ fi
 for f in debian-12.img debian-12.img.zst; do
   printf 'build-debian-image: %-18s %10d bytes (%s)\n' "$f" "$(stat -c %s "$out/$f")" "$(numfmt --to=iec-i --suffix=B "$(stat -c %s "$out/$f")")" >&2
 done
-echo "$out/debian-12.img.zst"
+echo "$out/debian-12.img.zst" >&3
