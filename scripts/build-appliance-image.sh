@@ -39,7 +39,7 @@ fat_mib=127  # partition 1: 1 MiB .. 128 MiB
 root_mib=896 # partition 2: 128 MiB .. 1 GiB
 mbr=/usr/lib/syslinux/mbr/mbr.bin
 sdboot=/usr/lib/systemd/boot/efi/systemd-bootx64.efi
-cmdline="root=PARTUUID=$diskid-02 rw console=tty0 console=ttyS0,115200 quiet systemd.firstboot=off"
+cmdline="root=PARTUUID=$diskid-02 rw console=tty0 console=ttyS0,115200 quiet systemd.firstboot=off modprobe.blacklist=floppy"
 
 missing=()
 for tool in go mmdebstrap mkfs.ext4 mkfs.fat syslinux mcopy mmd sfdisk zstd sha256sum flock; do
