@@ -273,6 +273,7 @@ func (a *applianceVM) checkHost(ctx context.Context, vm *qemu.VM) {
 		t.Errorf("/metrics on the management address: HTTP %d", code)
 	}
 	a.waitSSH(ctx)
+	a.checkFirmware(ctx, vm)
 	// Partition 3 starts at 1 GiB and ends at the disk's end.
 	size := strings.TrimSpace(a.ssh(ctx, "lsblk -bno SIZE /dev/vda3"))
 	if want := fmt.Sprint(int64(diskGiB-1) << 30); size != want {
@@ -288,6 +289,15 @@ func (a *applianceVM) checkHost(ctx context.Context, vm *qemu.VM) {
 	t.Logf("console: %s", line)
 	a.waitSerial(ctx, vm, "etcd        reachable")
 	t.Logf("console status (serial capture):\n%s", consoleStatus(vm.SerialLog()))
+}
+
+// checkFirmware: the image booted through the firmware's own path (syslinux under
+// BIOS, systemd-boot from EFI/BOOT/BOOTX64.EFI under UEFI).
+func (a *applianceVM) checkFirmware(ctx context.Context, vm *qemu.VM) {
+	got := strings.TrimSpace(a.ssh(ctx, "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi"))
+	if want := string(vm.Config.Firmware); got != want {
+		a.t.Errorf("%s booted under %s, want %s", vm.Name, got, want)
+	}
 }
 
 // addImage copies the test OS onto the appliance over SSH and catalogs it, as an
@@ -405,11 +415,12 @@ func (a *applianceVM) badConfig(ctx context.Context, vm *qemu.VM) {
 	t := a.t
 	start := time.Now()
 	line := a.waitSerial(ctx, vm, "last error  ")
-	for !strings.Contains(line, "REGION_LABEL is missing") {
+	for !strings.Contains(line, "REGION_LABEL is missing in /boot/lpmos/lpmos.env") {
 		line = a.waitSerialAfter(ctx, vm, "last error  ", line)
 	}
 	t.Logf("console names the bad setting %.1fs after power-on: %s", time.Since(vm.Started).Seconds(), line)
 	a.waitSSH(ctx)
+	a.checkFirmware(ctx, vm)
 	journal := a.ssh(ctx, "journalctl -b -u lpmos-appliance.service -p err -o cat --no-pager")
 	if !strings.Contains(journal, "REGION_LABEL is missing") {
 		t.Fatalf("journal (priority err) lacks the error:\n%s", journal)
