@@ -329,6 +329,7 @@ func (a *applianceVM) provision(ctx context.Context, osImg string) {
 	pctx, pcancel := context.WithTimeout(ctx, time.Minute)
 	defer pcancel()
 	if err := poll(pctx, 2*time.Second, func() bool {
+		created.TaskID, created.Warning = "", nil // Unmarshal leaves absent fields as they were
 		code, err := a.lab.API(ctx, "POST", lab.ControlURL()+"/api/v1/tasks",
 			map[string]string{"region_id": "dc1", "target_mac": mac, "os_type": "testos", "os_version": "1"}, &created)
 		if err != nil || code != 201 {
