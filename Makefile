@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build run test test-short bench storm start-etcd initramfs testos debian-image demo vagrant-lab clean
+.PHONY: all build run test test-short bench storm start-etcd initramfs testos debian-image demo vagrant-lab clean appliance-image deb test-appliance
 
 all: build
 
@@ -22,6 +22,21 @@ testos:
 # packages with mmdebstrap (build/debian/debian-12.img.zst; root).
 debian-image:
 	./scripts/build-debian-image.sh
+
+# The flashable appliance image (root): build/appliance/lpmos-appliance.img and .img.zst
+# (docs/appliance.md). Cached: a second run with no change takes seconds.
+appliance-image:
+	./scripts/build-appliance-image.sh
+
+# The Debian package: build/deb/lpmos_<version>_amd64.deb (docs/appliance.md).
+deb:
+	./scripts/build-deb.sh
+
+# The image booted in QEMU provisioning a second VM, and the .deb installed into a fresh
+# Debian root (root; CI runs it after make test).
+test-appliance: appliance-image deb
+	LPMOS_APPLIANCE_IMAGE=$(CURDIR)/build/appliance/lpmos-appliance.img LPMOS_DEB=$$(ls $(CURDIR)/build/deb/lpmos_*_amd64.deb) \
+		$(GO) test -count=1 -timeout 40m -v -run 'TestApplianceImage|TestDeb' ./lab/appliancevm/ ./dist/
 
 # The VM lab for a person (root): boot network, appliance, control plane, one PXE VM.
 demo: build initramfs testos
