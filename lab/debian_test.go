@@ -100,7 +100,9 @@ func TestDebianSSH(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("\npower-on -> SSH-ready (TCG):\n%s", strings.Join(report, "\n"))
+	table := "\nDebian image, power-on -> SSH-ready (TCG):\n" + strings.Join(report, "\n") + "\n"
+	t.Log(table)
+	appendTimings(t, table)
 }
 
 // installAndLogIn provisions one machine and logs into the installed Debian.

@@ -443,19 +443,26 @@ func printTimings(t *testing.T, rs []timings) {
 	}
 	fmt.Fprintf(&b, "all machines: %.1f s\n", total)
 	t.Log(b.String())
-	// go test hides a passing package's output: `make test` prints this file after
-	// the run, so CI's log shows the timings and a slowdown is visible.
-	if f := os.Getenv("LPMOS_TIMINGS_FILE"); f != "" {
-		// Appended: the fault tests (store/faulttest) and the Vagrant lab add theirs too.
-		os.MkdirAll(filepath.Dir(f), 0o755)
-		w, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err == nil {
-			_, err = w.WriteString(b.String())
-			err = errors.Join(err, w.Close())
-		}
-		if err != nil {
-			t.Errorf("timings file: %v", err)
-		}
+	appendTimings(t, b.String())
+}
+
+// appendTimings adds s to LPMOS_TIMINGS_FILE: go test hides a passing package's
+// output, and `make test` prints this file after the run, so CI's log shows the
+// timings and a slowdown is visible. Appended: the fault tests (store/faulttest), the
+// Vagrant lab and the Debian SSH test add theirs too.
+func appendTimings(t *testing.T, s string) {
+	f := os.Getenv("LPMOS_TIMINGS_FILE")
+	if f == "" {
+		return
+	}
+	os.MkdirAll(filepath.Dir(f), 0o755)
+	w, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err == nil {
+		_, err = w.WriteString(s)
+		err = errors.Join(err, w.Close())
+	}
+	if err != nil {
+		t.Errorf("timings file: %v", err)
 	}
 }
 
