@@ -171,7 +171,9 @@ func TestReportWaitsOutStoreOutage(t *testing.T) {
 			return 503, map[string]any{"status": "error", "message": "store unavailable: etcd does not answer; try again later", "retry_after": 5}
 		}
 		return ok("t1")(n - 6)
-	}, approval: func(*http.Request) (int, any) { return 404, map[string]any{"status": "error", "message": "No open task"} }}
+	}, approval: func(*http.Request) (int, any) {
+		return 404, map[string]any{"status": "error", "message": "No open task"}
+	}}
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	err := Run(t.Context(), testConfig(srv.URL)) // MaxAttempts 3
