@@ -15,6 +15,7 @@ import (
 	"lpmos.dev/lpmos/agent-initramfs/vmtest"
 	"lpmos.dev/lpmos/internal/qemu"
 	"lpmos.dev/lpmos/lab"
+	"lpmos.dev/lpmos/lab/labtest"
 )
 
 // TestDebianSSH installs the real Debian 12 image (make debian-image) on a UEFI and a
@@ -60,14 +61,7 @@ func TestDebianSSH(t *testing.T) {
 		"--os-type", "debian", "--os-version", "12", image).CombinedOutput(); err != nil {
 		t.Fatalf("lpmos-image add: %v\n%s", err, out)
 	}
-	key := filepath.Join(dir, "id_ed25519")
-	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lpmos-test", "-f", key).CombinedOutput(); err != nil {
-		t.Fatalf("ssh-keygen: %v\n%s", err, out)
-	}
-	pub, err := os.ReadFile(key + ".pub")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, pub := labtest.SSHKey(t, dir)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -94,7 +88,7 @@ func TestDebianSSH(t *testing.T) {
 		{Name: "deb-bios", MAC: "52:54:00:de:b1:02", Firmware: qemu.BIOS, CPUs: 2, MemMiB: 1024, DiskMiB: 3072, DiskSerial: "LPMOS-DEB-BIOS"},
 	} {
 		ok := t.Run(string(c.Firmware), func(t *testing.T) {
-			report = append(report, installAndLogIn(ctx, t, l, c, strings.TrimSpace(string(pub)), key, dir))
+			report = append(report, installAndLogIn(ctx, t, l, c, strings.TrimSpace(pub), key, dir))
 		})
 		if !ok {
 			break

@@ -25,6 +25,7 @@ import (
 	"lpmos.dev/lpmos/internal/proc"
 	"lpmos.dev/lpmos/internal/qemu"
 	"lpmos.dev/lpmos/lab"
+	"lpmos.dev/lpmos/lab/labtest"
 )
 
 // TestMission is the whole mission on a boot network, the way a datacenter uses it:
@@ -466,14 +467,9 @@ func appendTimings(t *testing.T, s string) {
 	}
 }
 
+// buildBinaries builds what the lab runs: the appliance, the control plane, lpmos-image.
 func buildBinaries(t *testing.T, dir string) string {
-	t.Helper()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
+	return labtest.BuildBinaries(t, dir, "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
 }
 
 func tailOf(s string, n int) string {

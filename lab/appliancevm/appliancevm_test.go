@@ -28,6 +28,7 @@ import (
 	"lpmos.dev/lpmos/internal/netlab"
 	"lpmos.dev/lpmos/internal/qemu"
 	"lpmos.dev/lpmos/lab"
+	"lpmos.dev/lpmos/lab/labtest"
 )
 
 // ImageEnv names the raw image under test (make test-appliance sets it).
@@ -64,12 +65,7 @@ func TestApplianceImage(t *testing.T) {
 	osImg := testos.Build(t)
 	dir := t.TempDir()
 	bin := buildBinaries(t, filepath.Join(dir, "bin"))
-	key := filepath.Join(dir, "id_ed25519")
-	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lpmos-test", "-f", key)
-	pub, err := os.ReadFile(key + ".pub")
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, pub := labtest.SSHKey(t, dir)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -106,7 +102,7 @@ func TestApplianceImage(t *testing.T) {
 	env := map[string]string{
 		"REGION_LABEL":        "dc1",
 		"ETCD_ENDPOINTS":      "http://" + mgmtHostIP + ":2379",
-		"SSH_AUTHORIZED_KEYS": strings.TrimSpace(string(pub)),
+		"SSH_AUTHORIZED_KEYS": strings.TrimSpace(pub),
 		"EXTRA_ARGS":          "--retry-after=2 --heartbeat-ttl=6s",
 	}
 	a := &applianceVM{t: t, lab: l, dir: dir, key: key}
@@ -549,12 +545,8 @@ func run(t *testing.T, argv ...string) {
 	}
 }
 
+// buildBinaries builds what runs beside the appliance VM: the control plane,
+// lpmos-etcd, lpmos-image.
 func buildBinaries(t *testing.T, dir string) string {
-	t.Helper()
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./control/cmd/lpmos-control", "./store/cmd/lpmos-etcd", "./images/cmd/lpmos-image")
-	cmd.Dir = "../.."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
+	return labtest.BuildBinaries(t, dir, "./control/cmd/lpmos-control", "./store/cmd/lpmos-etcd", "./images/cmd/lpmos-image")
 }

@@ -15,6 +15,7 @@ import (
 	"lpmos.dev/lpmos/agent-initramfs/vmtest"
 	"lpmos.dev/lpmos/images/testos"
 	"lpmos.dev/lpmos/lab"
+	"lpmos.dev/lpmos/lab/labtest"
 )
 
 func TestVagrantUp(t *testing.T) {
@@ -32,12 +33,7 @@ func TestVagrantUp(t *testing.T) {
 	boot := vmtest.BuildImages(t)
 	img := testos.Build(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	cmd := exec.Command("go", "build", "-o", bin+"/", "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
-	cmd.Dir = "../.."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := labtest.BuildBinaries(t, filepath.Join(dir, "bin"), "./appliance/cmd/lpmos-appliance", "./control/cmd/lpmos-control", "./images/cmd/lpmos-image")
 	repo, _ := filepath.Abs("../..")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

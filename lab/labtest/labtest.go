@@ -1,0 +1,44 @@
+// Package labtest holds what the VM tests share in their set-up: the project's
+// binaries built from the repository and an SSH key for logging into a machine.
+package labtest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// repoRoot is the repository root, two directories up from this file.
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// BuildBinaries builds the packages (paths from the repository root, like
+// "./appliance/cmd/lpmos-appliance") into dir and returns dir.
+func BuildBinaries(t testing.TB, dir string, pkgs ...string) string {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// SSHKey generates an ed25519 key pair in dir: the private key's path and the public
+// key's line.
+func SSHKey(t testing.TB, dir string) (key, pub string) {
+	t.Helper()
+	key = filepath.Join(dir, "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lpmos-test", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, string(b)
+}
