@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -36,6 +37,9 @@ type Config struct {
 	Clock func() time.Time
 	// MaxConns and MaxConnsPerSource cap open connections (0: no cap).
 	MaxConns, MaxConnsPerSource int
+	// RegionClusters are the regions on their own etcd named by --regions-file and
+	// --region (docs/federation.md); `regions add NAME --etcd URL` names more in etcd.
+	RegionClusters []store.RegionCluster
 }
 
 // Session defaults.
@@ -86,6 +90,13 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	c.EtcdCredentials.AddFlags(fs)
 	fs.IntVar(&c.MaxConns, "max-conns", 1024, "open connections in all (0: no cap)")
 	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 64, "open connections from one address (0: no cap)")
+	var regionsFile string
+	var regionFlags []string
+	fs.StringVar(&regionsFile, "regions-file", "", "YAML file naming regions on their own etcd: name, endpoints, TLS files, user (env LPMOS_REGIONS_FILE; docs/federation.md)")
+	fs.Func("region", "a region on its own etcd, NAME=ENDPOINT[,ENDPOINT...], dialled with the --etcd-* credentials (repeatable; wins over --regions-file)", func(v string) error {
+		regionFlags = append(regionFlags, v)
+		return nil
+	})
 	fs.IntVar(&c.UnmatchedAlert, "unmatched-alert", 5, "alert on the dashboard when a region has more unmatched reports than this")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -95,6 +106,24 @@ func ParseConfig(args []string, getenv func(string) string, stderr io.Writer) (C
 	}
 	c.EtcdCredentials.FromEnv(fs, getenv)
 	c.EtcdEndpoints = splitEndpoints(endpoints, getenv)
+	if regionsFile == "" {
+		regionsFile = getenv("LPMOS_REGIONS_FILE")
+	}
+	var fromFile, fromFlags []store.RegionCluster
+	if regionsFile != "" {
+		var err error
+		if fromFile, err = federation.LoadRegionsFile(regionsFile); err != nil {
+			return Config{}, err
+		}
+	}
+	for _, v := range regionFlags {
+		rc, err := federation.ParseRegionFlag(v, c.EtcdCredentials)
+		if err != nil {
+			return Config{}, err
+		}
+		fromFlags = append(fromFlags, rc)
+	}
+	c.RegionClusters = federation.MergeStatic(fromFile, fromFlags)
 	if allowed != "" {
 		c.AllowedHosts = strings.Split(allowed, ",")
 	}
