@@ -741,34 +741,39 @@ func (l *lab) awaitCatchUp(want regionState, up time.Time, within time.Duration)
 }
 
 // catchUpMetric is the control plane's lpmos_control_region_catchup_seconds histogram
-// for dc2 (count and sum; labelled by region, or not labelled at all).
+// for dc2 (count and sum).
 func (l *lab) catchUpMetric() (count, sum float64) {
+	l.t.Helper()
+	m := l.metrics()
+	return m["lpmos_control_region_catchup_seconds_count"], m["lpmos_control_region_catchup_seconds_sum"]
+}
+
+// metrics are the control plane's lpmos_control_ series for dc2 (labelled
+// region="dc2", or not labelled by region at all), by name.
+func (l *lab) metrics() map[string]float64 {
 	l.t.Helper()
 	code, body := l.call("GET", "/metrics", nil, nil)
 	if code != http.StatusOK {
-		l.t.Fatalf("GET /metrics: %d %s", code, body)
+		l.t.Fatalf("GET /metrics: %d %.300s", code, body)
 	}
-	const name = "lpmos_control_region_catchup_seconds"
+	out := map[string]float64{}
 	for _, line := range strings.Split(body, "\n") {
-		var dst *float64
-		switch {
-		case strings.HasPrefix(line, name+"_count"):
-			dst = &count
-		case strings.HasPrefix(line, name+"_sum"):
-			dst = &sum
-		default:
+		if !strings.HasPrefix(line, "lpmos_control_") {
 			continue
 		}
-		labels, value, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(line, name), "_count"), "_sum"), " ")
-		if labels != "" && !strings.Contains(labels, `region="dc2"`) {
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
 			continue
 		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err == nil {
-			*dst += v
+		name, labels, _ := strings.Cut(series, "{")
+		if strings.Contains(labels, "region=") && !strings.Contains(labels, `region="dc2"`) || strings.Contains(labels, "le=") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			out[name] += v
 		}
 	}
-	return count, sum
+	return out
 }
 
 // mirrorCaughtUp waits until the catch-up histogram counts one more catch-up than
@@ -786,10 +791,14 @@ func (l *lab) mirrorCaughtUp(before struct{ count, sum float64 }, within time.Du
 
 var timingsMu sync.Mutex
 
-// figure records a measurement in the test log and the timings file `make test` prints
+// figure records a duration in the test log and the timings file `make test` prints
 // (go test hides a passing test's log).
 func figure(t *testing.T, name string, d time.Duration, note string) {
-	line := fmt.Sprintf("wan %-26s %-22s %7.2f s  %s", t.Name(), name, d.Seconds(), note)
+	record(t, name, fmt.Sprintf("%7.2f s", d.Seconds()), note)
+}
+
+func record(t *testing.T, name, value, note string) {
+	line := fmt.Sprintf("wan %-24s %-26s %11s  %s", t.Name(), name, value, note)
 	t.Log(line)
 	f := os.Getenv("LPMOS_TIMINGS_FILE")
 	if f == "" {

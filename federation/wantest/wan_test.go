@@ -47,8 +47,8 @@ const (
 func TestWANCut(t *testing.T) {
 	l := newLab(t)
 	began := time.Now()
-	l.mainCut()
-	want := l.compactionCut()
+	e := l.mainCut()
+	want := l.compactionCut(e)
 	if !l.federated {
 		t.Log("NOTE: catch-up sweep skipped: this control plane does not federate region clusters")
 		return
@@ -68,14 +68,19 @@ func TestWANCut(t *testing.T) {
 	figure(t, "total", time.Since(began), "the whole test after its set-up")
 }
 
-// mainCut is scenario 1 and the break-glass approval.
-func (l *lab) mainCut() {
+// mainCut is scenario 1 and the break-glass approval. It returns e, a dc2 machine
+// whose task waits (pending) for the compaction cut.
+func (l *lab) mainCut() (e *machine) {
 	t := l.t
 	a, b, c := l.newMachine("a", "dc2"), l.newMachine("b", "dc2"), l.newMachine("c", "dc2")
 	for _, m := range []*machine{a, b, c} {
 		l.create(m)
 		l.boot(m)
 	}
+	// Created long before any cut, so that the control plane's mirror holds it when a
+	// cut begins (what it shows from memory is compared with dc2's etcd).
+	e = l.newMachine("e", "dc2")
+	l.create(e)
 	da, db := l.reported(a), l.reported(b)
 	l.reported(c)
 	// b was inventoried and powered off; it is approved while off and boots in the cut.
@@ -153,7 +158,7 @@ func (l *lab) mainCut() {
 	want := l.dc2State()
 	l.setLink(true)
 	if !l.federated {
-		return
+		return e
 	}
 	up := time.Now()
 	figure(t, "cut1 catchup_api", l.awaitCatchUp(want, up, catchUpWithin), fmt.Sprintf("%s cut; link up -> the API shows every dc2 change (%s)", cutFor, want))
@@ -172,6 +177,7 @@ func (l *lab) mainCut() {
 	if n != 1 {
 		t.Fatalf("u's unmatched report listed %d times after the cut, want once", n)
 	}
+	return e
 }
 
 // cutAPI checks the control API during a cut: dc2's task answered from memory
@@ -280,14 +286,12 @@ func (l *lab) trail(m *machine, approver, reason string) {
 	}
 }
 
-// compactionCut: during a cut, a local cancel and unmatched reports in dc2, then dc2's
-// etcd compacted past every revision the control plane saw; after the link is back the
-// control plane shows the same state as dc2's etcd (and, at the next cut, its mirror
-// holds it: it reloaded).
-func (l *lab) compactionCut() regionState {
+// compactionCut: during a cut, a local cancel of e's task (its machine never came) and
+// unmatched reports in dc2, then dc2's etcd compacted past every revision the control
+// plane saw; after the link is back the control plane shows the same state as dc2's
+// etcd (and, at the next cut, its mirror holds it: it reloaded).
+func (l *lab) compactionCut(e *machine) regionState {
 	t := l.t
-	e := l.newMachine("e", "dc2")
-	l.create(e) // waits for a machine that will not come: cancelled locally in the cut
 	var metric0 struct{ count, sum float64 }
 	if l.federated {
 		metric0.count, metric0.sum = l.catchUpMetric()
@@ -359,6 +363,11 @@ func (l *lab) sweepCut(prev regionState, n int) regionState {
 	note := fmt.Sprintf("%d changes in dc2 during a %s cut (written in %.1f s); link up -> the API shows them (%s)", n, time.Since(cut).Round(time.Second), wrote.Seconds(), want)
 	figure(t, fmt.Sprintf("n=%d catchup_api", n), l.awaitCatchUp(want, up, catchUpWithin), note)
 	figure(t, fmt.Sprintf("n=%d catchup_mirror", n), l.mirrorCaughtUp(metric0, catchUpWithin), "lpmos_control_region_catchup_seconds")
+	mem, ok := l.metrics()["lpmos_control_mirror_bytes"]
+	if !ok || mem <= 0 {
+		t.Fatalf("lpmos_control_mirror_bytes for dc2: %v (present %v)", mem, ok)
+	}
+	record(t, fmt.Sprintf("n=%d mirror_bytes", n), fmt.Sprintf("%.0f KiB", mem/1024), fmt.Sprintf("lpmos_control_mirror_bytes: the control plane's memory for dc2 (%s)", want))
 	return want
 }
 
