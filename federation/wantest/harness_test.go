@@ -562,15 +562,21 @@ func (l *lab) breakGlass(args ...string) (string, error) {
 	return string(out), err
 }
 
-// regionState is what the control plane must show of a region: each task's status and
-// the unmatched reports.
+// regionState is what the control plane must show of a region: each task's status,
+// the unmatched reports, and how many audit entries each task's trail holds (compared
+// only where both sides read it: the control plane keeps no trail in memory).
 type regionState struct {
 	tasks     map[string]store.Status
 	unmatched map[string]string // id -> MAC
+	audit     map[string]int    // task id -> entries
 }
 
 func (s regionState) String() string {
-	return fmt.Sprintf("%d tasks, %d unmatched reports", len(s.tasks), len(s.unmatched))
+	n := 0
+	for _, c := range s.audit {
+		n += c
+	}
+	return fmt.Sprintf("%d tasks with %d audit entries, %d unmatched reports", len(s.tasks), n, len(s.unmatched))
 }
 
 // diff says how got differs from s ("" when equal).
@@ -600,6 +606,11 @@ func (s regionState) diff(got regionState) string {
 	if missing+extra > 0 {
 		d = append(d, fmt.Sprintf("unmatched reports: %d missing, %d not in the region", missing, extra))
 	}
+	for id, n := range s.audit {
+		if got.audit != nil && got.audit[id] != n {
+			d = append(d, fmt.Sprintf("task %s's audit trail: %d entries, want %d", id, got.audit[id], n))
+		}
+	}
 	if len(d) > 5 {
 		d = append(d[:5], fmt.Sprintf("... (%d differences)", len(d)))
 	}
@@ -610,13 +621,18 @@ func (s regionState) diff(got regionState) string {
 func (l *lab) dc2State() regionState {
 	l.t.Helper()
 	ctx := stepCtx(l.t, 10*time.Second)
-	s := regionState{tasks: map[string]store.Status{}, unmatched: map[string]string{}}
+	s := regionState{tasks: map[string]store.Status{}, unmatched: map[string]string{}, audit: map[string]int{}}
 	tasks, _, err := l.dc2st.TaskPage(ctx, "dc2", "", store.Page{Limit: store.MaxPageLimit})
 	if err != nil {
 		l.t.Fatalf("dc2's tasks: %v", err)
 	}
 	for _, t := range tasks {
 		s.tasks[t.TaskID] = t.Status
+		trail, err := l.dc2st.ListAudit(ctx, store.AuditFilter{Region: "dc2", TaskID: t.TaskID})
+		if err != nil {
+			l.t.Fatalf("dc2's audit trail of %s: %v", t.TaskID, err)
+		}
+		s.audit[t.TaskID] = len(trail)
 	}
 	reports, _, err := l.dc2st.UnmatchedPage(ctx, "dc2", store.Page{Limit: store.MaxPageLimit}, false)
 	if err != nil {
@@ -628,9 +644,10 @@ func (l *lab) dc2State() regionState {
 	return s
 }
 
-// apiState reads dc2's state through the control API, every page, and says how many
-// tasks were marked stale and whether the lists named dc2 in stale_regions.
-func (l *lab) apiState() (s regionState, staleTasks int, staleList bool, err error) {
+// apiState reads dc2's state through the control API, every page (with each task's
+// audit trail when withAudit), and says how many tasks were marked stale and whether
+// the lists named dc2 in stale_regions.
+func (l *lab) apiState(withAudit bool) (s regionState, staleTasks int, staleList bool, err error) {
 	s = regionState{tasks: map[string]store.Status{}, unmatched: map[string]string{}}
 	for after := ""; ; {
 		var page apiTasks
@@ -668,6 +685,18 @@ func (l *lab) apiState() (s regionState, staleTasks int, staleList bool, err err
 			break
 		}
 	}
+	if !withAudit {
+		return s, staleTasks, staleList, nil
+	}
+	s.audit = map[string]int{}
+	for id := range s.tasks {
+		var page apiAudit
+		code, body := l.call("GET", "/api/v1/audit?region=dc2&limit=500&task="+id, nil, &page)
+		if code != http.StatusOK {
+			return s, 0, false, fmt.Errorf("GET /api/v1/audit?region=dc2&task=%s: %d %s", id, code, body)
+		}
+		s.audit[id] = len(page.Entries)
+	}
 	return s, staleTasks, staleList, nil
 }
 
@@ -704,7 +733,7 @@ func (l *lab) staleView(want regionState) {
 	var staleList bool
 	var err error
 	if !pollUntil(5*time.Second, func() bool {
-		got, staleTasks, staleList, err = l.apiState()
+		got, staleTasks, staleList, err = l.apiState(false)
 		return err == nil && staleList && want.diff(got) == ""
 	}) {
 		l.t.Fatalf("dc2 as the control plane shows it during the cut (from memory): err %v, stale_regions has dc2: %v; differs from dc2's etcd: %s",
@@ -729,7 +758,7 @@ func (l *lab) awaitCatchUp(want regionState, up time.Time, within time.Duration)
 		if r.Reachable == nil || !*r.Reachable || r.Stale {
 			return false
 		}
-		got, staleTasks, staleList, err = l.apiState()
+		got, staleTasks, staleList, err = l.apiState(true)
 		return err == nil && staleTasks == 0 && !staleList && want.diff(got) == ""
 	})
 	took := time.Since(up)
