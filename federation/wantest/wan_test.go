@@ -209,13 +209,17 @@ func (l *lab) cutAPI(a, c *machine, before regionState) {
 	if now := l.dc2State(); before.diff(now) != "" {
 		t.Fatalf("dc2's etcd changed after refused writes: %s", before.diff(now))
 	}
-	for _, page := range []string{"/", "/regions/dc2", "/tasks?region=dc2"} {
+	// The pages: never a 500; dc2's and its task's say since when it is unreachable.
+	for page, says := range map[string][]string{"/": nil, "/tasks?region=dc2": nil, "/unmatched": nil, "/audit": nil,
+		"/regions/dc2": {"unreachable since"}, "/tasks/" + a.taskID: {"unreachable since", "stale"}} {
 		code, body := l.call("GET", page, nil, nil)
 		if code != http.StatusOK {
 			t.Fatalf("page %s during the cut: %d\n%.500s", page, code, body)
 		}
-		if page == "/regions/dc2" && !strings.Contains(body, "unreachable since") {
-			t.Fatalf("page %s during the cut does not say \"unreachable since\":\n%.2000s", page, body)
+		for _, w := range says {
+			if !strings.Contains(body, w) {
+				t.Fatalf("page %s during the cut does not say %q:\n%.3000s", page, w, body)
+			}
 		}
 	}
 }
