@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
@@ -78,7 +79,8 @@ type lab struct {
 	// dc2's tasks are created and approved in dc2's etcd directly and the control
 	// plane's assertions are skipped, loudly.
 	federated bool
-	agents    int // agents started, for unique log names
+	feed      *liveFeed // the live push, followed when federated
+	agents    int       // agents started, for unique log names
 }
 
 // newLab builds the binaries and the image, creates the namespaces and links, and
@@ -148,6 +150,7 @@ func newLab(t *testing.T) *lab {
 	if r := l.regions()["dc1"]; r.Cluster != "shared" {
 		t.Fatalf("dc1 (on hq's etcd) is listed with cluster %q, want shared", r.Cluster)
 	}
+	l.feed = l.follow()
 	return l
 }
 
@@ -858,4 +861,148 @@ func fileSHA256(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// liveFeed follows the control plane's live push (/live, what every open page gets)
+// for the whole test, as a browser does: dialled again whenever it drops.
+type liveFeed struct {
+	mu     sync.Mutex
+	events []liveEvent
+}
+
+// liveEvent is one pushed message: the tasks and regions it carries.
+type liveEvent struct {
+	at    time.Time
+	Type  string     `json:"type"`
+	Task  *liveTask  `json:"task"`
+	Tasks []liveTask `json:"tasks"`
+	// Regions as the dashboard's rows.
+	Regions []struct {
+		Name      string `json:"name"`
+		Reachable bool   `json:"reachable"`
+		Stale     bool   `json:"stale"`
+	} `json:"regions"`
+}
+
+type liveTask struct {
+	ID     string `json:"id"`
+	Region string `json:"region"`
+	Status string `json:"status"`
+	Stale  bool   `json:"stale"`
+}
+
+// follow starts the feed; it ends with the test.
+func (l *lab) follow() *liveFeed {
+	f := &liveFeed{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	l.t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			f.read(ctx, l)
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond): // the browser's reconnect delay
+			}
+		}
+	}()
+	return f
+}
+
+func (f *liveFeed) read(ctx context.Context, l *lab) {
+	origin := "http://127.0.0.1:" + strconv.Itoa(cpPort)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, _, err := websocket.Dial(dctx, "ws://127.0.0.1:"+strconv.Itoa(cpPort)+"/live", &websocket.DialOptions{
+		HTTPClient: l.cpHTTP, HTTPHeader: http.Header{"Authorization": {"Bearer " + l.admin}, "Origin": {origin}}})
+	cancel()
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(64 << 20) // the first message is a snapshot of every region's newest tasks
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			return
+		}
+		e := liveEvent{at: time.Now()}
+		if json.Unmarshal(b, &e) != nil {
+			continue
+		}
+		f.mu.Lock()
+		f.events = append(f.events, e)
+		f.mu.Unlock()
+	}
+}
+
+// since returns the events pushed at or after t.
+func (f *liveFeed) since(t time.Time) []liveEvent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []liveEvent
+	for _, e := range f.events {
+		if !e.at.Before(t) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// regionPushed waits until a push at or after t shows dc2 reachable (or not), and
+// returns when it came.
+func (l *lab) regionPushed(f *liveFeed, t time.Time, reachable bool, within time.Duration) time.Time {
+	l.t.Helper()
+	var at time.Time
+	l.poll(fmt.Sprintf("the live push shows dc2 reachable=%v", reachable), within, func() bool {
+		for _, e := range f.since(t) {
+			for _, r := range e.Regions {
+				if r.Name == "dc2" && r.Reachable == reachable && r.Stale == !reachable {
+					at = e.at
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return at
+}
+
+// tasksPushed waits until pushes at or after t have shown every task of want in its
+// status, fresh, and returns when the last of them came.
+func (l *lab) tasksPushed(f *liveFeed, t time.Time, want map[string]store.Status, within time.Duration) time.Time {
+	l.t.Helper()
+	var last time.Time
+	var missing []string
+	if !pollUntil(within, func() bool {
+		seen := map[string]time.Time{}
+		for _, e := range f.since(t) {
+			tasks := e.Tasks
+			if e.Task != nil {
+				tasks = append(tasks, *e.Task)
+			}
+			for _, tk := range tasks {
+				if st, ok := want[tk.ID]; ok && tk.Status == string(st) && !tk.Stale {
+					if _, already := seen[tk.ID]; !already {
+						seen[tk.ID] = e.at
+					}
+				}
+			}
+		}
+		missing = missing[:0]
+		last = time.Time{}
+		for id := range want {
+			at, ok := seen[id]
+			if !ok {
+				missing = append(missing, id)
+			}
+			if at.After(last) {
+				last = at
+			}
+		}
+		return len(missing) == 0
+	}) {
+		l.t.Fatalf("the live push did not show %d of %d tasks in their status within %s: %v", len(missing), len(want), within, missing)
+	}
+	return last
 }

@@ -101,6 +101,7 @@ func (l *lab) mainCut() (e *machine) {
 	cut := time.Now()
 	if l.federated {
 		figure(t, "cut1 unreachable_shown", l.awaitUnreachable(cut), "link down -> GET /api/v1/regions shows dc2 reachable=false")
+		figure(t, "cut1 unreachable_pushed", l.regionPushed(l.feed, cut, false, 10*time.Second).Sub(cut), "link down -> the live push shows dc2 unreachable, stale")
 		l.staleView(before)
 		l.cutAPI(a, c, before)
 	}
@@ -163,6 +164,16 @@ func (l *lab) mainCut() (e *machine) {
 	up := time.Now()
 	figure(t, "cut1 catchup_api", l.awaitCatchUp(want, up, catchUpWithin), fmt.Sprintf("%s cut; link up -> the API shows every dc2 change (%s)", cutFor, want))
 	figure(t, "cut1 catchup_mirror", l.mirrorCaughtUp(metric0, catchUpWithin), "lpmos_control_region_catchup_seconds: link up -> mirror at dc2's revision")
+	// What an open page gets: dc2 reachable again, and the installs of the cut done.
+	live := l.regionPushed(l.feed, up, true, catchUpWithin)
+	done := map[string]store.Status{a.taskID: store.StatusCompleted, b.taskID: store.StatusCompleted, c.taskID: store.StatusCompleted}
+	if at := l.tasksPushed(l.feed, up, done, catchUpWithin); at.After(live) {
+		live = at
+	}
+	if took := live.Sub(up); took > catchUpWithin {
+		t.Fatalf("the live push showed dc2's changes %s after the link came back, want within %s", took, catchUpWithin)
+	}
+	figure(t, "cut1 catchup_live", live.Sub(up), "link up -> the live push (/live) shows dc2 reachable and a, b, c completed")
 	l.trail(a, "admin", "")
 	l.trail(b, "admin", "")
 	l.trail(c, "local:alice", reason)
