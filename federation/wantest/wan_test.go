@@ -92,6 +92,9 @@ func (l *lab) mainCut() (e *machine) {
 		t.Fatalf("b before the cut: %v %v, want approved", st.Status, err)
 	}
 	before := l.dc2State()
+	if before.tasks[a.taskID] != store.StatusInstalling {
+		t.Fatalf("a at the cut: %q, want installing (mid-stream)", before.tasks[a.taskID])
+	}
 	var metric0 struct{ count, sum float64 }
 	if l.federated {
 		metric0.count, metric0.sum = l.catchUpMetric()
