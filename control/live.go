@@ -6,12 +6,14 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -62,13 +64,14 @@ type subscriber struct {
 }
 
 type hub struct {
-	st  *store.Store
-	log *slog.Logger
-	ov  *overview
+	fleet *federation.Fleet
+	log   *slog.Logger
+	ov    *overview
 
 	mu             sync.Mutex
 	subs           map[*subscriber]struct{}
 	dirtyTasks     map[string]string // task id -> region
+	dirtyRegionsOf map[string]bool   // regions whose newest tasks are pushed again (a resync, a cut, a return)
 	dirtyRegions   bool
 	dirtyUnmatched bool
 	kick           chan struct{}
@@ -76,9 +79,9 @@ type hub struct {
 	etcdErr        string // last ping's error, "" when etcd answers
 }
 
-func newHub(st *store.Store, log *slog.Logger, ov *overview) *hub {
-	return &hub{st: st, log: log, ov: ov,
-		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{},
+func newHub(fl *federation.Fleet, log *slog.Logger, ov *overview) *hub {
+	return &hub{fleet: fl, log: log, ov: ov,
+		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{}, dirtyRegionsOf: map[string]bool{},
 		kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 }
 
@@ -90,7 +93,7 @@ func (h *hub) run(ctx context.Context) {
 	go func() { h.pingLoop(ctx); close(pinged) }()
 	defer func() { <-flushed; <-pinged; close(h.stopped) }()
 	for {
-		err := h.st.WatchAll(ctx, func() {
+		err := h.fleet.Home().WatchAll(ctx, func() {
 			// Changes during a gap between watches are not replayed: re-read all.
 			h.markAll()
 		}, h.onChange)
@@ -118,7 +121,7 @@ func (h *hub) pingLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, pingEvery/2)
-		err := h.st.Ping(pctx)
+		err := h.fleet.Home().Ping(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -128,7 +131,7 @@ func (h *hub) pingLoop(ctx context.Context) {
 			msg = "etcd unreachable: what this page shows may be stale"
 		} else {
 			actx, cancel := context.WithTimeout(ctx, pingEvery/2)
-			alarms, aerr := h.st.Alarms(actx)
+			alarms, aerr := h.fleet.Home().Alarms(actx)
 			cancel()
 			if aerr == nil && len(alarms) > 0 {
 				msg = "etcd alarm " + strings.Join(alarms, ", ") + ": every write (tasks, approvals, progress) is refused until an operator compacts, defragments and disarms it"
@@ -160,6 +163,27 @@ func (h *hub) poke() {
 	case h.kick <- struct{}{}:
 	default:
 	}
+}
+
+// onMirrorChange is a change a region cluster's mirror applied: as a change of home's
+// watch, and after a (re)load every page learns the region's state again.
+func (h *hub) onMirrorChange(c store.Change) {
+	if c.Kind == store.ChangeResync {
+		h.onReach(c.Region)
+		return
+	}
+	h.onChange(c)
+}
+
+// onReach: a region cluster became reachable or unreachable (or was added or
+// removed): the regions, and the region's tasks (now stale, or fresh again), are
+// pushed again.
+func (h *hub) onReach(region string) {
+	h.mu.Lock()
+	h.dirtyRegions, h.dirtyUnmatched = true, true
+	h.dirtyRegionsOf[region] = true
+	h.mu.Unlock()
+	h.poke()
 }
 
 func (h *hub) onChange(c store.Change) {
@@ -198,20 +222,33 @@ func (h *hub) flushLoop(ctx context.Context) {
 
 func (h *hub) flush(ctx context.Context) {
 	h.mu.Lock()
-	tasks, regions, unmatched := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched
-	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched = map[string]string{}, false, false
+	tasks, regions, unmatched, regionTasks := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf
+	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf = map[string]string{}, false, false, map[string]bool{}
 	h.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	for region := range regionTasks {
+		vs, _, err := h.ov.taskPage(rctx, region, "", store.Page{Limit: maxSnapTasks})
+		if err != nil {
+			h.log.Warn("live: read region tasks", "region", region, "err", err)
+			continue
+		}
+		for i := range vs {
+			h.broadcast(liveMsg{Type: "task", Task: &vs[i]})
+		}
+	}
 	for id := range tasks {
-		t, err := h.st.GetTask(rctx, id)
+		t, stale, err := h.fleet.GetTask(rctx, id)
+		var ue *federation.UnreachableError
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			h.broadcast(liveMsg{Type: "task_deleted", Deleted: id})
+		case errors.As(err, &ue):
+			h.log.Debug("live: read task", "task", id, "err", err)
 		case err != nil:
 			h.log.Warn("live: read task", "task", id, "err", err)
 		default:
-			v := h.ov.task(t)
+			v := h.ov.task(t, bool(stale))
 			h.broadcast(liveMsg{Type: "task", Task: &v})
 		}
 	}
@@ -325,14 +362,12 @@ func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
 	}
 	// The newest maxSnapTasks, without hardware (a snapshot per page load must not
 	// read every report), sent oldest first as before.
-	tasks, _, err := h.st.TaskPage(ctx, "", "", store.Page{Limit: maxSnapTasks})
+	tasks, _, err := h.ov.taskPage(ctx, "", "", store.Page{Limit: maxSnapTasks})
 	if err != nil {
 		return m, err
 	}
-	m.Tasks = make([]taskView, 0, len(tasks))
-	for i := len(tasks) - 1; i >= 0; i-- {
-		m.Tasks = append(m.Tasks, h.ov.task(tasks[i]))
-	}
+	slices.Reverse(tasks)
+	m.Tasks = tasks
 	return m, nil
 }
 
@@ -401,7 +436,7 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-endsC:
 			cctx, cancel := context.WithTimeout(ctx, httpjson.RequestDeadline)
-			at, err := s.store.SessionEnds(cctx, session, s.sessionLimits())
+			at, err := s.home.SessionEnds(cctx, session, s.sessionLimits())
 			cancel()
 			switch {
 			case errors.Is(err, store.ErrUnauthorized):

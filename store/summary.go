@@ -120,7 +120,7 @@ func (s *Store) taskList(ctx context.Context, region string, status Status) (*pa
 	if status != "" && !status.Valid() {
 		return nil, invalid("status", "unknown status %q", status)
 	}
-	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
+	l := &pagedList{scope: taskScope(region, status), validID: func(id string) bool {
 		_, err := uuid.Parse(id)
 		return err == nil
 	}, timed: taskIDTimes}

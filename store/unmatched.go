@@ -102,7 +102,7 @@ func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHa
 	} else if err := ValidateRegion(region); err != nil {
 		return nil, PageMarks{}, err
 	}
-	l := &pagedList{scope: "unmatched/" + region, validID: func(id string) bool {
+	l := &pagedList{scope: unmatchedScope(region), validID: func(id string) bool {
 		_, ok := unmatchedIDTime(id)
 		return ok
 	}, timed: &timedIDs{time: unmatchedIDTime, grain: time.Second,

@@ -77,6 +77,7 @@
     setText(root, "mac", v.mac);
     setText(root, "os", v.os);
     setText(root, "error", v.error || "");
+    $$('[data-field="stale"]', root).forEach((e) => { e.hidden = !v.stale; });
     setText(root, "percent_text", v.percent_text);
     setText(root, "stage", v.stage);
     setText(root, "rate", v.rate || "—");
@@ -153,9 +154,10 @@
   }
   function fillRegion(root, r) {
     $$('[data-field="health"]', root).forEach((e) => {
-      e.textContent = r.health;
+      e.textContent = r.health_text || r.health;
       e.className = "health health-" + r.health;
     });
+    $$('[data-field="region-stale"]', root).forEach((e) => { e.hidden = !r.stale; });
     $$('[data-field="heartbeat"]', root).forEach((e) => {
       const t = el("time");
       if (r.heartbeat) {
