@@ -109,6 +109,9 @@ func (s *Server) run(ctx context.Context) {
 	s.home.Close()
 }
 
+// Fleet is the control plane's view of the regions and their clusters.
+func (s *Server) Fleet() *federation.Fleet { return s.fleet }
+
 // Wait blocks until the server stops.
 func (s *Server) Wait() error { <-s.done; return s.err }
 

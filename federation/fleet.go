@@ -550,6 +550,20 @@ func (f *Fleet) RegionNames(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// MirrorRevision is the revision of region's cluster its mirror reflects (false: no
+// such region cluster, or not loaded yet): a test waits for the mirror with it.
+func (f *Fleet) MirrorRevision(region string) (int64, bool) {
+	c := f.own(region)
+	if c == nil {
+		return 0, false
+	}
+	_, m, _, _ := c.state()
+	if m == nil || !m.Loaded() {
+		return 0, false
+	}
+	return m.Revision(), true
+}
+
 // MirrorBytes is each region cluster's mirror size (approximate bytes held).
 func (f *Fleet) MirrorBytes() map[string]int {
 	out := map[string]int{}
