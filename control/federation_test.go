@@ -9,8 +9,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
@@ -95,7 +98,8 @@ func TestMixedLayouts(t *testing.T) {
 	}
 	t.Cleanup(func() { cp.Stop() })
 	base := cp.URL()
-	withAdmin(t, home.Store, base)
+	_, token := withAdmin(t, home.Store, base)
+	live := followLive(t, ctx, base, token)
 	ubuntu := contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}
 	regions := []fedRegion{{"dc1", home.Store, home}, {"dc2", dc2.Store, dc2}}
 	for _, r := range regions {
@@ -164,6 +168,11 @@ func TestMixedLayouts(t *testing.T) {
 	}
 	done1 := seedFlow(regions[0], "02:00:00:00:01:01", true)
 	done2 := seedFlow(regions[1], "02:00:00:00:02:01", true)
+	// dc2's progress reached the open pages through its mirror (home's watch never
+	// sees dc2).
+	live.wait(t, "dc2's completion pushed", func(m fedLive) bool {
+		return m.Type == "task" && m.Task.ID == done2 && m.Task.Status == "completed" && !m.Task.Stale
+	})
 	if _, ok := home.Get(t, "/os/index/task/"+done2); ok {
 		t.Fatal("dc2's task is in the control plane's etcd too")
 	}
@@ -203,6 +212,17 @@ func TestMixedLayouts(t *testing.T) {
 	if r2["unreachable_since"] == nil || r2["stale"] != true || r2["cluster"] != "own" {
 		t.Fatalf("dc2 while cut: %v", r2)
 	}
+	live.wait(t, "dc2 pushed unreachable, its tasks stale", func(m fedLive) bool {
+		return m.Type == "task" && m.Task.ID == done2 && m.Task.Stale
+	})
+	live.wait(t, "dc2 pushed unreachable", func(m fedLive) bool {
+		for _, r := range m.Regions {
+			if r.Name == "dc2" && !r.Reachable && r.Health == "unreachable" && strings.HasPrefix(r.HealthText, "unreachable since ") && r.Stale {
+				return true
+			}
+		}
+		return false
+	})
 	if r1 := regionOf(t, base, "dc1"); r1["reachable"] != true || r1["stale"] != nil {
 		t.Fatalf("dc1 while dc2 is cut: %v", r1)
 	}
@@ -255,6 +275,7 @@ func TestMixedLayouts(t *testing.T) {
 		{"POST", "/api/v1/tasks/" + waiting + "/cancel", `{"reason":"no"}`},
 		{"POST", "/api/v1/tasks/" + waiting + "/reset-agent-token", ``},
 		{"PUT", "/api/v1/regions/dc2/cloud-init", `{"ssh_authorized_keys":[]}`},
+		{"POST", "/api/v1/unmatched/dc2/20261201100000-02:00:00:00:02:09/match", `{"os_type":"ubuntu","os_version":"22.04"}`},
 	} {
 		start := time.Now()
 		code, m := apiDo(t, w.method, base+w.path, w.body)
@@ -303,6 +324,9 @@ func TestMixedLayouts(t *testing.T) {
 		return l["count"] == 3.0 && l["stale_regions"] == nil && u["count"] == 1.0 && m["status"] == "pending_approval" && m["stale"] == nil
 	})
 	t.Logf("dc2 caught up %s after the link came back", took.Round(time.Millisecond))
+	live.wait(t, "the report made during the cut pushed", func(m fedLive) bool {
+		return m.Type == "task" && m.Task.ID == waiting && m.Task.Status == "pending_approval" && !m.Task.Stale
+	})
 	if m := task(local.TaskID); m["region_id"] != "dc2" || m["stale"] != nil {
 		t.Fatalf("the task created during the cut: %v", m)
 	}
@@ -323,6 +347,15 @@ func TestMixedLayouts(t *testing.T) {
 	}
 	if task(live1)["status"] != "approved" {
 		t.Fatal("dc1's approval during the cut is lost")
+	}
+	// The audit trail of every region: dc1's from home, dc2's from its cluster.
+	code, a := apiDo(t, "GET", base+"/api/v1/audit?action=task.create&limit=500", "")
+	created := map[string]bool{}
+	for _, e := range a["entries"].([]any) {
+		created[e.(map[string]any)["task_id"].(string)] = true
+	}
+	if code != 200 || !created[done1] || !created[done2] || !created[waiting] || !created[local.TaskID] || a["unreachable_regions"] != nil {
+		t.Fatalf("audit of every region: %d %v", code, a)
 	}
 	poll(t, 5*time.Second, "metrics", func() bool {
 		_, body := get(t, base+"/metrics")
@@ -410,4 +443,69 @@ func TestRegionEtcdRestart(t *testing.T) {
 	if code, m := apiDo(t, "POST", base+"/api/v1/tasks", fmt.Sprintf(newDC2, 3)); code != http.StatusCreated {
 		t.Fatalf("create in dc2 after the restart: %d %v", code, m)
 	}
+}
+
+// fedLive is a live push message, the fields the federation tests read.
+type fedLive struct {
+	Type string `json:"type"`
+	Task *struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+		Stale  bool   `json:"stale"`
+	} `json:"task"`
+	Regions []struct {
+		Name       string `json:"name"`
+		Health     string `json:"health"`
+		HealthText string `json:"health_text"`
+		Reachable  bool   `json:"reachable"`
+		Stale      bool   `json:"stale"`
+	} `json:"regions"`
+}
+
+// liveFeed is every message a /live connection received.
+type liveFeed struct {
+	mu   sync.Mutex
+	msgs []fedLive
+}
+
+func followLive(t *testing.T, ctx context.Context, base, token string) *liveFeed {
+	t.Helper()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/live",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {base}, "Authorization": {"Bearer " + token}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadLimit(64 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	f := &liveFeed{}
+	go func() {
+		for {
+			_, b, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			var m fedLive
+			if json.Unmarshal(b, &m) == nil {
+				f.mu.Lock()
+				f.msgs = append(f.msgs, m)
+				f.mu.Unlock()
+			}
+		}
+	}()
+	return f
+}
+
+// wait polls until a message received satisfies ok (10 s at most).
+func (f *liveFeed) wait(t *testing.T, what string, ok func(fedLive) bool) {
+	t.Helper()
+	poll(t, 10*time.Second, what, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, m := range f.msgs {
+			if (m.Type != "task" || m.Task != nil) && ok(m) {
+				return true
+			}
+		}
+		return false
+	})
 }
