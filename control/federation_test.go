@@ -447,12 +447,8 @@ func TestRegionEtcdRestart(t *testing.T) {
 
 // fedLive is a live push message, the fields the federation tests read.
 type fedLive struct {
-	Type string `json:"type"`
-	Task *struct {
-		ID     string `json:"id"`
-		Status string `json:"status"`
-		Stale  bool   `json:"stale"`
-	} `json:"task"`
+	Type    string       `json:"type"`
+	Task    *fedLiveTask `json:"task"`
 	Regions []struct {
 		Name       string `json:"name"`
 		Health     string `json:"health"`
@@ -460,6 +456,13 @@ type fedLive struct {
 		Reachable  bool   `json:"reachable"`
 		Stale      bool   `json:"stale"`
 	} `json:"regions"`
+	Tasks []fedLiveTask `json:"tasks"` // a "tasks" batch
+}
+
+type fedLiveTask struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Stale  bool   `json:"stale"`
 }
 
 // liveFeed is every message a /live connection received.
@@ -487,7 +490,13 @@ func followLive(t *testing.T, ctx context.Context, base, token string) *liveFeed
 			var m fedLive
 			if json.Unmarshal(b, &m) == nil {
 				f.mu.Lock()
-				f.msgs = append(f.msgs, m)
+				if m.Type == "tasks" { // a batch: one "task" each
+					for i := range m.Tasks {
+						f.msgs = append(f.msgs, fedLive{Type: "task", Task: &m.Tasks[i]})
+					}
+				} else {
+					f.msgs = append(f.msgs, m)
+				}
 				f.mu.Unlock()
 			}
 		}

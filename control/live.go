@@ -41,7 +41,7 @@ const (
 
 // liveMsg is one message to the browser. Type says which fields are set.
 type liveMsg struct {
-	Type      string          `json:"type"` // snapshot, task, task_deleted, regions, unmatched, etcd
+	Type      string          `json:"type"` // snapshot, task, tasks, task_deleted, regions, unmatched, etcd
 	Task      *taskView       `json:"task,omitempty"`
 	Tasks     []taskView      `json:"tasks,omitempty"`
 	Deleted   string          `json:"deleted,omitempty"`
@@ -233,8 +233,8 @@ func (h *hub) flush(ctx context.Context) {
 			h.log.Warn("live: read region tasks", "region", region, "err", err)
 			continue
 		}
-		for i := range vs {
-			h.broadcast(liveMsg{Type: "task", Task: &vs[i]})
+		if len(vs) > 0 {
+			h.broadcast(liveMsg{Type: "tasks", Tasks: vs}) // one message: a page's send buffer is 64
 		}
 	}
 	for id := range tasks {

@@ -307,8 +307,8 @@ func (f *Fleet) healthLoop(ctx context.Context, c *cluster, st *store.Store, m *
 	region := c.rc.Region
 	t := time.NewTicker(pingEvery)
 	defer t.Stop()
-	var catchUpTo int64 // the cluster's revision when it came back; 0: none pending
-	var backAt time.Time
+	var measures sync.WaitGroup
+	defer measures.Wait()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, pingDeadline)
 		rev, err := st.Revision(pctx)
@@ -325,32 +325,39 @@ func (f *Fleet) healthLoop(ctx context.Context, c *cluster, st *store.Store, m *
 			now := time.Now()
 			if c.markReached(now) {
 				f.log.Info("region cluster reachable again", "region", region)
-				catchUpTo, backAt = rev, now
 				f.reach(region)
+				measures.Add(1)
+				go func() { defer measures.Done(); f.measureCatchUp(ctx, region, m, rev, now) }()
 			}
-		}
-		// Catch-up: the mirror reflects the revision the cluster had when it came back.
-		for catchUpTo > 0 && ctx.Err() == nil {
-			if m.Revision() >= catchUpTo {
-				d := time.Since(backAt)
-				f.log.Info("region mirror caught up", "region", region, "took", d.Round(time.Millisecond))
-				if f.lis.CatchUp != nil {
-					f.lis.CatchUp(region, d)
-				}
-				catchUpTo = 0
-				break
-			}
-			if time.Since(backAt) > time.Minute {
-				catchUpTo = 0 // give up measuring (the mirror says why in the log)
-				break
-			}
-			sleep(ctx, 20*time.Millisecond)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// measureCatchUp waits (a minute at most) until the mirror reflects revision rev, the
+// cluster's when it answered again at backAt, and reports how long that took.
+func (f *Fleet) measureCatchUp(ctx context.Context, region string, m *store.Mirror, rev int64, backAt time.Time) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for m.Revision() < rev {
+		if time.Since(backAt) > time.Minute {
+			f.log.Warn("region mirror not caught up after a minute", "region", region, "at", m.Revision(), "want", rev)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	d := time.Since(backAt)
+	f.log.Info("region mirror caught up", "region", region, "took", d.Round(time.Millisecond), "resyncs", m.Resyncs())
+	if f.lis.CatchUp != nil {
+		f.lis.CatchUp(region, d)
 	}
 }
 

@@ -49,6 +49,7 @@
         (m.tasks || []).forEach(task);
         break;
       case "task": task(m.task); break;
+      case "tasks": (m.tasks || []).forEach(task); break;
       case "task_deleted":
         $$('tr[data-task="' + CSS.escape(m.deleted) + '"]').forEach((r) => r.remove());
         break;
