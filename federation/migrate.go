@@ -15,13 +15,13 @@ import (
 
 // Migration moves one region from the shared cluster (the control plane's own etcd,
 // Home) to its own cluster (Target), in four steps an operator runs one by one
-// (lpmos-control regions migrate copy|verify|switch|finish; docs/federation.md):
+// (lpmos-control regions migrate copy|verify|register|finish; docs/federation.md):
 //
 //	Copy    every key of the region at one revision of Home into Target (which must
 //	        hold none), then the migration's record in Home: revisions, count, hash
 //	Verify  Home's keys of the region unchanged since the copy (count and hash), and
 //	        Target at the copy's revision holding exactly them
-//	Switch  Verify, then register Target as the region's cluster: the control plane
+//	Register  Verify, then register Target as the region's cluster: the control plane
 //	        reads and writes the region there from then on
 //	Finish  Verify, then delete the region's keys from Home, and the record
 //
@@ -118,7 +118,7 @@ func (m Migration) Copy(ctx context.Context, to store.RegionCluster, force bool)
 
 // Verify checks the migration recorded in Home: the region's keys in Home unchanged
 // since the copy, and the target at the copy's revision holding exactly them. It says
-// what the target holds now (after the switch the appliance writes there).
+// what the target holds now (once the appliance runs there, it writes there).
 func (m Migration) Verify(ctx context.Context) (store.RegionMigration, error) {
 	rec, _, err := m.verify(ctx)
 	return rec, err
@@ -161,7 +161,7 @@ func (m Migration) checkSource(ctx context.Context, rec store.RegionMigration, a
 		}
 		return src, fmt.Errorf("migrate %s: region %s's keys in the shared etcd changed since the copy at revision %d (%s): "+
 			"something still writes there (its appliance?), and the target lacks those changes; nothing deleted. "+
-			"Stop what writes, then regions migrate copy %s --force (before the switch; after it, compare by hand)",
+			"Stop what writes, then regions migrate copy %s --force (before the appliance runs on its own etcd; after that, compare by hand)",
 			m.Region, m.Region, rec.SourceRevision, what, m.Region)
 	}
 	if len(src.Leased) > 0 && !alive {
@@ -175,7 +175,7 @@ func (m Migration) checkSource(ctx context.Context, rec store.RegionMigration, a
 // that revision is compacted (an etcd keeps about an hour of history), it compares the
 // target now with src (the shared etcd's keys, checked unchanged since the copy) key
 // by key instead: each one there with the same value or written after the copy (by
-// the appliance, after the switch); one missing is counted (the appliance deletes
+// the appliance, once it runs there); one missing is counted (the appliance deletes
 // keys too: a completed task's MAC index entry, a matched report).
 func (m Migration) checkTarget(ctx context.Context, rec store.RegionMigration, src store.RegionKeys, now bool) error {
 	at, err := m.Target.ReadRegionKeys(ctx, m.Region, rec.TargetRevision)
@@ -229,9 +229,9 @@ func (m Migration) checkTarget(ctx context.Context, rec store.RegionMigration, s
 	return nil
 }
 
-// Switch verifies, then registers the target as the region's cluster (audited): the
+// Register verifies, then registers the target as the region's cluster (audited): the
 // control plane follows the registration and serves the region from there.
-func (m Migration) Switch(ctx context.Context) error {
+func (m Migration) Register(ctx context.Context) error {
 	rec, _, err := m.verify(ctx)
 	if err != nil {
 		return err
@@ -239,7 +239,7 @@ func (m Migration) Switch(ctx context.Context) error {
 	if err := m.Home.PutRegionCluster(ctx, rec.Target); err != nil {
 		return err
 	}
-	m.audit(ctx, "switch", rec)
+	m.audit(ctx, "register", rec)
 	m.say("registered %s as region %s's etcd: the control plane reads and writes region %s there from now on",
 		strings.Join(rec.Target.Endpoints, ","), m.Region, m.Region)
 	return nil
@@ -247,7 +247,7 @@ func (m Migration) Switch(ctx context.Context) error {
 
 // Finish verifies, then deletes the region's keys (and its task index entries) from
 // the shared etcd, each guarded on being unchanged since the check, and ends the
-// migration. The target must be registered as the region's cluster first (Switch).
+// migration. The target must be registered as the region's cluster first (Register).
 func (m Migration) Finish(ctx context.Context) error {
 	rec, src, err := m.verify(ctx)
 	if err != nil {
@@ -258,7 +258,7 @@ func (m Migration) Finish(ctx context.Context) error {
 		return err
 	}
 	if !ok || !slices.Equal(c.Endpoints, rec.Target.Endpoints) {
-		return fmt.Errorf("migrate %s: the target %s is not registered as region %s's cluster yet: regions migrate switch %s first "+
+		return fmt.Errorf("migrate %s: the target %s is not registered as region %s's cluster yet: regions migrate register %s first "+
 			"(the control plane still reads the region in the shared etcd)", m.Region, strings.Join(rec.Target.Endpoints, ","), m.Region, m.Region)
 	}
 	rec.Finishing = true

@@ -196,7 +196,7 @@ func TestMigrateRegion(t *testing.T) {
 	refused("empty region", "no key of region dc9", err)
 	_, err = mig.Verify(ctx)
 	refused("verify before copy", "no migration of region dc1", err)
-	refused("switch before copy", "no migration of region dc1", mig.Switch(ctx))
+	refused("register before copy", "no migration of region dc1", mig.Register(ctx))
 	refused("finish before copy", "no migration of region dc1", mig.Finish(ctx))
 
 	// The appliance still running against the shared etcd.
@@ -274,17 +274,17 @@ func TestMigrateRegion(t *testing.T) {
 	if _, err := mig.Verify(ctx); err != nil || !strings.Contains(out.String(), "unchanged since the copy") || !strings.Contains(out.String(), "as copied") {
 		t.Fatalf("verify: %v\n%s", err, out.String())
 	}
-	// Finish before the switch: refused.
+	// Finish before the registration: refused.
 	sharedBefore = shared.Dump(t, "/os/")
 	ownBefore := own.Dump(t, "/os/")
-	if err := mig.Finish(ctx); err == nil || !strings.Contains(err.Error(), "switch dc1 first") {
-		t.Fatalf("finish before switch: %v", err)
+	if err := mig.Finish(ctx); err == nil || !strings.Contains(err.Error(), "register dc1 first") {
+		t.Fatalf("finish before register: %v", err)
 	}
 	storetest.AssertSame(t, sharedBefore, shared.Dump(t, "/os/"))
 	storetest.AssertSame(t, ownBefore, own.Dump(t, "/os/"))
 
-	if err := mig.Switch(ctx); err != nil {
-		t.Fatalf("switch: %v", err)
+	if err := mig.Register(ctx); err != nil {
+		t.Fatalf("register: %v", err)
 	}
 	cs, _, _, err := shared.Store.RegionClusters(ctx)
 	if err != nil || len(cs) != 1 || cs[0].Region != "dc1" || cs[0].Endpoints[0] != own.Endpoints[0] {
@@ -379,7 +379,7 @@ func TestMigrateFinishResumes(t *testing.T) {
 	if rec.Keys <= 128 {
 		t.Fatalf("only %d keys: the test needs more than one batch", rec.Keys)
 	}
-	if err := mig.Switch(ctx); err != nil {
+	if err := mig.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// What an interrupted finish leaves: the record marked finishing, part deleted.
