@@ -26,7 +26,7 @@ import (
 //	lpmos-control regions remove NAME [--force]            remove that registration
 //	lpmos-control regions list | show NAME                 layouts (and the role)
 //	lpmos-control regions enable-auth [--root-password-file F] [--control-password-file F]
-//	lpmos-control regions migrate copy|verify|register|finish NAME   shared -> own etcd
+//	lpmos-control regions migrate copy|verify|register|finish|abort NAME   shared -> own etcd
 const regionsUsage = `usage:
   lpmos-control regions add NAME [--password-file F]
       etcd user and role region-NAME: read-write on exactly NAME's keys (idempotent;
@@ -45,10 +45,12 @@ const regionsUsage = `usage:
       etcd user and role lpmos-control (every LPMOS key), etcd's root user if missing,
       then etcd's authentication on (add every region first: clients without a user stop)
   lpmos-control regions migrate copy NAME --to URL[,URL] [REGION ETCD FLAGS] [--force]
-  lpmos-control regions migrate verify|register|finish NAME
+  lpmos-control regions migrate verify|register|finish|abort NAME
       move region NAME from the control plane's etcd to its own (docs/federation.md):
       copy its keys at one revision (stop its appliance first), verify both sides,
       register the target, then delete the region's keys from the control plane's etcd
+      (finish --static: the target is in the control plane's --regions-file/--region
+      instead of registered); abort forgets a migration not yet registered
 each with --etcd-endpoints (env ETCD_ENDPOINTS; default 127.0.0.1:2379) and the etcd
 administrator's --etcd-user and --etcd-password (env ETCD_USER, ETCD_PASSWORD) for the
 control plane's etcd; REGION ETCD FLAGS are how the control plane dials the region's:
@@ -86,13 +88,14 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 	fs.StringVar(&rc.PasswordFile, "region-etcd-password-file", "", "file holding --region-etcd-user's password")
 	role := fs.Bool("role", false, "add --etcd: also create etcd user and role region-NAME in the region's etcd (needs its administrator)")
 	force := fs.Bool("force", false, "remove: even with open tasks; add --etcd: even if the control plane's etcd holds keys of the region; migrate copy: replace the target's keys of the region, copy with the appliance alive")
+	static := fs.Bool("static", false, "migrate finish: the target is named in the control plane's --regions-file or --region, not registered")
 	dialTimeout := fs.Duration("dial-timeout", 30*time.Second, "how long to wait for each etcd to answer")
 	pos, err := cliflag.ParseInterleaved(fs, rest)
 	if err != nil {
 		return err
 	}
 	want := map[string]int{"add": 1, "show": 1, "enable-auth": 0, "remove": 1, "list": 0,
-		"migrate copy": 1, "migrate verify": 1, "migrate register": 1, "migrate finish": 1}
+		"migrate copy": 1, "migrate verify": 1, "migrate register": 1, "migrate finish": 1, "migrate abort": 1}
 	n, known := want[cmd]
 	if !known {
 		return fmt.Errorf("regions: unknown subcommand %q\n%s", cmd, regionsUsage)
@@ -117,6 +120,7 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 		"region-etcd-cacert": withCluster, "region-etcd-cert": withCluster, "region-etcd-key": withCluster,
 		"region-etcd-user": withCluster, "region-etcd-password-file": withCluster,
 		"password-file": cmd == "add" && (*regionEtcd == "" || *role),
+		"static":        cmd == "migrate finish",
 	} {
 		if set[name] && !ok {
 			return fmt.Errorf("regions %s: --%s does not apply here\n%s", cmd, name, regionsUsage)
@@ -207,6 +211,8 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 		fmt.Fprintf(out, "next: lpmos-control regions migrate verify %s; then register %s (the control plane serves it from there) and start its appliance on that etcd\n", region, region)
+	case "migrate abort":
+		return federation.Migration{Home: st, Region: region, Out: out}.Abort(ctx)
 	default: // migrate verify, register, finish: the target is the one recorded by the copy
 		rec, err := st.GetRegionMigration(ctx, region)
 		if err != nil {
@@ -231,7 +237,7 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 			fmt.Fprintf(out, "next: start region %s's appliance on its own etcd (--etcd-endpoints %s, or its embedded etcd with this data), check it in the UI, then lpmos-control regions migrate finish %s\n",
 				region, strings.Join(rec.Target.Endpoints, ","), region)
 		case "migrate finish":
-			return m.Finish(ctx)
+			return m.Finish(ctx, *static)
 		}
 	}
 	return nil

@@ -149,7 +149,12 @@ func TestRegionsMigrateCommand(t *testing.T) {
 		t.Fatalf("refusals wrote the target: %v", d)
 	}
 
-	out := run("copied ", "regions", "migrate", "copy", "dc1", "--to", ep)
+	run("copied ", "regions", "migrate", "copy", "dc1", "--to", ep)
+	run("aborted", "regions", "migrate", "abort", "dc1")
+	homeBefore = home.Dump(t, "/")
+	refused("holds", "regions", "migrate", "copy", "dc1", "--to", ep)
+	refused("does not apply", "regions", "migrate", "verify", "dc1", "--static")
+	out := run("copied ", "regions", "migrate", "copy", "dc1", "--to", ep, "--force")
 	t.Logf("copy:\n%s", out)
 	run("next: register", "regions", "list")
 	run("verified", "regions", "migrate", "verify", "dc1")

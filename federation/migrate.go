@@ -79,9 +79,13 @@ func (m Migration) Copy(ctx context.Context, to store.RegionCluster, force bool)
 		return store.RegionMigration{}, fmt.Errorf("migrate %s: %s is the control plane's own etcd (it holds region %s's keys at the same revisions), not another cluster",
 			m.Region, strings.Join(to.Endpoints, ","), m.Region)
 	}
-	if n := dst.Count() + len(dst.Leased); n > 0 {
+	if len(dst.Leased) > 0 {
+		return store.RegionMigration{}, fmt.Errorf("migrate %s: region %s's appliance runs on the target already (%s there): "+
+			"a copy would overwrite what it wrote; stop it first", m.Region, m.Region, dst.Leased[0])
+	}
+	if n := dst.Count(); n > 0 {
 		if !force {
-			first := append(keysOf(dst.KVs), dst.Leased...)[0]
+			first := dst.KVs[0].Key
 			return store.RegionMigration{}, fmt.Errorf("migrate %s: the target holds %d key(s) of region %s already (%s ...): "+
 				"--force replaces them with the shared etcd's", m.Region, n, m.Region, first)
 		}
@@ -247,8 +251,9 @@ func (m Migration) Register(ctx context.Context) error {
 
 // Finish verifies, then deletes the region's keys (and its task index entries) from
 // the shared etcd, each guarded on being unchanged since the check, and ends the
-// migration. The target must be registered as the region's cluster first (Register).
-func (m Migration) Finish(ctx context.Context) error {
+// migration. The target must be registered as the region's cluster first (Register),
+// unless static: the control plane names it in its --regions-file or --region flags.
+func (m Migration) Finish(ctx context.Context, static bool) error {
 	rec, src, err := m.verify(ctx)
 	if err != nil {
 		return err
@@ -257,7 +262,7 @@ func (m Migration) Finish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !ok || !slices.Equal(c.Endpoints, rec.Target.Endpoints) {
+	if !static && (!ok || !slices.Equal(c.Endpoints, rec.Target.Endpoints)) {
 		return fmt.Errorf("migrate %s: the target %s is not registered as region %s's cluster yet: regions migrate register %s first "+
 			"(the control plane still reads the region in the shared etcd)", m.Region, strings.Join(rec.Target.Endpoints, ","), m.Region, m.Region)
 	}
@@ -274,6 +279,28 @@ func (m Migration) Finish(ctx context.Context) error {
 	}
 	m.audit(ctx, "finish", rec)
 	m.say("deleted %d key(s) of region %s (%s) from the shared etcd: the migration is done", deleted, m.Region, kinds(src))
+	return nil
+}
+
+// Abort ends a migration that is not registered: its record goes, the target's copy
+// stays (a later copy needs --force), the shared etcd is untouched.
+func (m Migration) Abort(ctx context.Context) error {
+	rec, err := m.Home.GetRegionMigration(ctx, m.Region)
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", m.Region, err)
+	}
+	if c, ok, err := registered(ctx, m.Home, m.Region); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("migrate %s: the region is registered on %s: the control plane serves it from there; "+
+			"regions remove %s first (what was written there since is not in the shared etcd)", m.Region, strings.Join(c.Endpoints, ","), m.Region)
+	}
+	if err := m.Home.DeleteRegionMigration(ctx, m.Region); err != nil {
+		return err
+	}
+	m.audit(ctx, "abort", rec)
+	m.say("migration of region %s aborted: the shared etcd still holds the region; the copy on %s is left as it is",
+		m.Region, strings.Join(rec.Target.Endpoints, ","))
 	return nil
 }
 
@@ -297,14 +324,6 @@ func registered(ctx context.Context, home *store.Store, region string) (store.Re
 		}
 	}
 	return store.RegionCluster{}, false, nil
-}
-
-func keysOf(kvs []store.RegionKV) []string {
-	out := make([]string, len(kvs))
-	for i, kv := range kvs {
-		out[i] = kv.Key
-	}
-	return out
 }
 
 // kinds is "12 tasks, 3 audit, ..." in a stable order.

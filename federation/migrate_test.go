@@ -197,7 +197,7 @@ func TestMigrateRegion(t *testing.T) {
 	_, err = mig.Verify(ctx)
 	refused("verify before copy", "no migration of region dc1", err)
 	refused("register before copy", "no migration of region dc1", mig.Register(ctx))
-	refused("finish before copy", "no migration of region dc1", mig.Finish(ctx))
+	refused("finish before copy", "no migration of region dc1", mig.Finish(ctx, false))
 
 	// The appliance still running against the shared etcd.
 	hb := heartbeat(t, shared.Store, "dc1")
@@ -277,7 +277,7 @@ func TestMigrateRegion(t *testing.T) {
 	// Finish before the registration: refused.
 	sharedBefore = shared.Dump(t, "/os/")
 	ownBefore := own.Dump(t, "/os/")
-	if err := mig.Finish(ctx); err == nil || !strings.Contains(err.Error(), "register dc1 first") {
+	if err := mig.Finish(ctx, false); err == nil || !strings.Contains(err.Error(), "register dc1 first") {
 		t.Fatalf("finish before register: %v", err)
 	}
 	storetest.AssertSame(t, sharedBefore, shared.Dump(t, "/os/"))
@@ -302,7 +302,7 @@ func TestMigrateRegion(t *testing.T) {
 		t.Fatal(err)
 	}
 	sharedBefore, ownBefore = shared.Dump(t, "/os/"), own.Dump(t, "/os/")
-	err = mig.Finish(ctx)
+	err = mig.Finish(ctx, false)
 	if err == nil || !strings.Contains(err.Error(), "changed since the copy") || !strings.Contains(err.Error(), "/os/dhcp/leases/dc1/10.1.0.8") {
 		t.Fatalf("finish after a write in the shared etcd: %v", err)
 	}
@@ -321,7 +321,7 @@ func TestMigrateRegion(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Reset()
-	if err := mig.Finish(ctx); err != nil {
+	if err := mig.Finish(ctx, false); err != nil {
 		t.Fatalf("finish: %v\n%s", err, out.String())
 	}
 	if !strings.Contains(out.String(), "compacted") || !strings.Contains(out.String(), fmt.Sprintf("deleted %d key(s)", wantKeys)) {
@@ -398,13 +398,13 @@ func TestMigrateFinishResumes(t *testing.T) {
 	if err := shared.Store.PutLease(ctx, "dc1", store.DHCPLease{MAC: "52:54:00:01:00:08", IP: "10.1.0.8"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := mig.Finish(ctx); err == nil || !strings.Contains(err.Error(), "10.1.0.8") {
+	if err := mig.Finish(ctx, false); err == nil || !strings.Contains(err.Error(), "10.1.0.8") {
 		t.Fatalf("resumed finish after a write: %v", err)
 	}
 	if err := shared.Store.DeleteLease(ctx, "dc1", "10.1.0.8"); err != nil {
 		t.Fatal(err)
 	}
-	if err := mig.Finish(ctx); err != nil {
+	if err := mig.Finish(ctx, false); err != nil {
 		t.Fatalf("resumed finish: %v", err)
 	}
 	for k, v := range shared.Dump(t, "/os/") {
@@ -416,6 +416,67 @@ func TestMigrateFinishResumes(t *testing.T) {
 	for _, id := range dc1 {
 		if _, err := inOwn.GetTask(ctx, id); err != nil {
 			t.Fatalf("task %s on the own cluster: %v", id, err)
+		}
+	}
+}
+
+// Abort forgets a migration not yet registered (the shared etcd untouched); a copy
+// onto a cluster where the region's appliance runs already is refused even with
+// --force; finish with static (the target in the control plane's configuration, not
+// registered) goes without a registration.
+func TestMigrateAbortLiveTargetStatic(t *testing.T) {
+	shared, own := storetest.Start(t), storetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	populate(t, ctx, shared.Store, "dc1", 1)
+	mig := federation.Migration{Home: shared.Store, Target: own.Store, Region: "dc1"}
+	to := store.RegionCluster{Region: "dc1", Endpoints: own.Endpoints}
+	sharedBefore := shared.Dump(t, "/os/install/")
+	if _, err := mig.Copy(ctx, to, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := mig.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.Store.GetRegionMigration(ctx, "dc1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("record after abort: %v", err)
+	}
+	storetest.AssertSame(t, sharedBefore, shared.Dump(t, "/os/install/"))
+	if err := mig.Abort(ctx); err == nil || !strings.Contains(err.Error(), "no migration") {
+		t.Fatalf("abort twice: %v", err)
+	}
+
+	// The region's appliance runs on the target: even --force refuses.
+	hb := heartbeat(t, own.Store, "dc1")
+	ownBefore := own.Dump(t, "/os/")
+	if _, err := mig.Copy(ctx, to, true); err == nil || !strings.Contains(err.Error(), "runs on the target already") {
+		t.Fatalf("copy onto a live appliance: %v", err)
+	}
+	storetest.AssertSame(t, ownBefore, own.Dump(t, "/os/"))
+	if err := hb.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mig.Copy(ctx, to, true); err != nil {
+		t.Fatalf("copy again with --force: %v", err)
+	}
+	if err := mig.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := mig.Abort(ctx); err == nil || !strings.Contains(err.Error(), "regions remove dc1 first") {
+		t.Fatalf("abort once registered: %v", err)
+	}
+	if _, err := shared.Store.DeleteRegionCluster(ctx, "dc1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mig.Finish(ctx, false); err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Fatalf("finish unregistered: %v", err)
+	}
+	if err := mig.Finish(ctx, true); err != nil {
+		t.Fatalf("finish --static: %v", err)
+	}
+	for k, v := range shared.Dump(t, "/os/") {
+		if isRegionKey("dc1", k, v) {
+			t.Fatalf("left: %s", k)
 		}
 	}
 }
