@@ -65,7 +65,7 @@ func regionsCmd(ctx context.Context, args []string, env Env) error {
 	cmd, rest := args[0], args[1:]
 	if cmd == "migrate" {
 		if len(rest) == 0 {
-			return fmt.Errorf("regions migrate: which step (copy, verify, register, finish)?\n%s", regionsUsage)
+			return fmt.Errorf("regions migrate: which step (copy, verify, register, finish, abort)?\n%s", regionsUsage)
 		}
 		cmd, rest = "migrate "+rest[0], rest[1:]
 	}
