@@ -417,9 +417,10 @@ func (c *cluster) unreachable() error {
 
 // failed notes a request's failure: an etcd that does not answer makes the region
 // unreachable at once (the next ping would, a little later). It says whether err was
-// such a failure.
-func (f *Fleet) failed(c *cluster, err error) bool {
-	if err == nil || !(store.Unavailable(err) || errors.Is(err, store.ErrNoAnswer)) {
+// such a failure. A request whose own deadline ran out (ctx, the caller's) says
+// nothing about the cluster.
+func (f *Fleet) failed(ctx context.Context, c *cluster, err error) bool {
+	if err == nil || ctx.Err() != nil || !(store.Unavailable(err) || errors.Is(err, store.ErrNoAnswer)) {
 		return false
 	}
 	if c.markFailed() {
@@ -504,7 +505,7 @@ func (f *Fleet) ownRegion(ctx context.Context, c *cluster) RegionStatus {
 		if err == nil {
 			return RegionStatus{Region: r, Cluster: ClusterOwn, Reachable: true}
 		}
-		f.failed(c, err)
+		f.failed(ctx, c, err)
 	}
 	rs := RegionStatus{Region: store.Region{Name: name, Status: store.RegionOffline, Counts: map[store.Status]int{}}, Cluster: ClusterOwn, Stale: true}
 	if m != nil {

@@ -47,7 +47,7 @@ func write[T any](ctx context.Context, f *Fleet, region string, op func(context.
 	cctx, cancel := ownCall(ctx)
 	defer cancel()
 	v, err := op(cctx, st)
-	if f.failed(c, err) {
+	if f.failed(ctx, c, err) {
 		return zero, c.unreachable()
 	}
 	return v, err
@@ -93,7 +93,7 @@ func (f *Fleet) locate(ctx context.Context, id string) (*cluster, *store.Task, e
 		if err == nil {
 			return c, nil, nil
 		}
-		if f.failed(c, err) {
+		if f.failed(ctx, c, err) {
 			unreachable = append(unreachable, c.rc.Region)
 		}
 	}
@@ -123,7 +123,7 @@ func (f *Fleet) GetTask(ctx context.Context, id string) (store.Task, Stale, erro
 		cctx, cancel := ownCall(ctx)
 		v, err := st.GetTask(cctx, id)
 		cancel()
-		if !f.failed(c, err) {
+		if !f.failed(ctx, c, err) {
 			return v, false, err
 		}
 	}
@@ -177,7 +177,7 @@ func ownRead[T any](ctx context.Context, f *Fleet, c *cluster, live func(context
 		cctx, cancel := ownCall(ctx)
 		v, err := live(cctx, st)
 		cancel()
-		if !f.failed(c, err) {
+		if !f.failed(ctx, c, err) {
 			return v, false, err
 		}
 	}
@@ -573,7 +573,7 @@ func (f *Fleet) AuditPage(ctx context.Context, fl store.AuditFilter, p store.Pag
 					cctx, cancel := ownCall(ctx)
 					es, m, err := st.AuditPage(cctx, fl, p)
 					cancel()
-					if !f.failed(c, err) {
+					if !f.failed(ctx, c, err) {
 						return es, m, false, err
 					}
 				}
