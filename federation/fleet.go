@@ -572,6 +572,17 @@ func (f *Fleet) MirrorRevision(region string) (int64, bool) {
 	return m.Revision(), true
 }
 
+// MirrorResyncs is how many times region's mirror reloaded everything after its
+// first load (its watch's revision was compacted away).
+func (f *Fleet) MirrorResyncs(region string) int {
+	if c := f.own(region); c != nil {
+		if _, m, _, _ := c.state(); m != nil {
+			return m.Resyncs()
+		}
+	}
+	return 0
+}
+
 // MirrorBytes is each region cluster's mirror size (approximate bytes held).
 func (f *Fleet) MirrorBytes() map[string]int {
 	out := map[string]int{}

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/federation"
+	"lpmos.dev/lpmos/federation/fedtest"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
@@ -235,4 +237,68 @@ func TestRegistrationsFollowedLive(t *testing.T) {
 		r, err := f.GetRegion(ctx, "dc2")
 		return err == nil && r.Cluster == "shared"
 	})
+}
+
+// dc2's etcd compacted past what the control plane saw while the link was cut: when
+// the link is back, the mirror reloads (a resync) and shows the same end state as
+// dc2's etcd, nothing stale.
+func TestCompactionDuringCut(t *testing.T) {
+	home, dc2 := storetest.Start(t), storetest.Start(t)
+	link := fedtest.NewLink(t, strings.TrimPrefix(dc2.Endpoints[0], "http://"))
+	f, ctx := startFleet(t, home.Store, []store.RegionCluster{{Region: "dc2", Endpoints: []string{link.Endpoint()}}})
+	ids := []string{newTask(t, ctx, dc2.Store, "dc2", 1), newTask(t, ctx, dc2.Store, "dc2", 2)}
+	rev, err := dc2.Store.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the mirror at dc2's revision", func() bool {
+		r, ok := f.MirrorRevision("dc2")
+		return ok && r >= rev
+	})
+	link.Cut()
+	eventually(t, 2*time.Second, "dc2 unreachable", func() bool {
+		r, err := f.GetRegion(ctx, "dc2")
+		return err == nil && !r.Reachable
+	})
+	// During the cut: one task cancelled, one created, then the history compacted.
+	if _, err := dc2.Store.CancelTask(ctx, ids[0], "gone"); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, newTask(t, ctx, dc2.Store, "dc2", 3))
+	rev, err = dc2.Store.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dc2.Client.Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	if ts, _, stale, err := f.TaskPage(ctx, "dc2", "", store.Page{Limit: 10}, false); err != nil || len(ts) != 2 || fmt.Sprint(stale) != "[dc2]" {
+		t.Fatalf("dc2 during the cut: %d tasks, stale %v, %v", len(ts), stale, err)
+	}
+	resyncs := f.MirrorResyncs("dc2")
+	link.Restore(t)
+	eventually(t, 10*time.Second, "dc2 back, resynced", func() bool {
+		r, ok := f.MirrorRevision("dc2")
+		return ok && r >= rev && f.MirrorResyncs("dc2") > resyncs
+	})
+	// Cut again: what the mirror holds is the end state.
+	link.Cut()
+	eventually(t, 2*time.Second, "dc2 unreachable again", func() bool {
+		r, err := f.GetRegion(ctx, "dc2")
+		return err == nil && !r.Reachable
+	})
+	ts, _, stale, err := f.TaskPage(ctx, "dc2", "", store.Page{Limit: 10}, false)
+	if err != nil || len(ts) != 3 || fmt.Sprint(stale) != "[dc2]" {
+		t.Fatalf("dc2 from the mirror after the resync: %d tasks, stale %v, %v", len(ts), stale, err)
+	}
+	for _, tk := range ts {
+		want := store.StatusPending
+		if tk.TaskID == ids[0] {
+			want = store.StatusCancelled
+		}
+		if tk.Status != want {
+			t.Fatalf("task %s from the mirror: %s, want %s", tk.TaskID, tk.Status, want)
+		}
+	}
+	t.Logf("resyncs: %d", f.MirrorResyncs("dc2"))
 }
