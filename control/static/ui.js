@@ -143,7 +143,7 @@
     const th = el("th", { scope: "row" });
     th.append(el("a", { href: "/regions/" + encodeURIComponent(r.name) }, r.name));
     const health = el("td");
-    health.append(el("span", { "data-field": "health" }));
+    health.append(el("span", { "data-field": "health" }), " ", el("span", { class: "stale", "data-field": "region-stale", hidden: "" }, "stale"));
     const hb = el("td");
     hb.append(el("span", { "data-field": "heartbeat" }));
     const counts = el("td");
