@@ -338,6 +338,11 @@ func TestMixedLayouts(t *testing.T) {
 			}
 		}
 	}
+	// The region's history keeps the outage.
+	if _, body := get(t, base+"/regions/dc2"); !strings.Contains(body, `<span class="health health-unreachable">went unreachable</span>`) ||
+		!strings.Contains(body, "went online") {
+		t.Fatalf("dc2's health history does not show the outage:\n%s", body[strings.Index(body, "health-history"):])
+	}
 	// dc2 takes writes again: approve the machine that reported during the cut.
 	if code, m := apiDo(t, "POST", base+"/api/v1/tasks/"+waiting+"/approve", fmt.Sprintf(`{"plan_digest":%q}`, digest(task(waiting)))); code != 200 {
 		t.Fatalf("approve after the cut: %d %v", code, m)

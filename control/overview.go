@@ -148,7 +148,7 @@ type healthLog struct {
 	mu       sync.Mutex
 	started  time.Time
 	observed time.Time // when the last recorded read began
-	last     map[string]bool
+	last     map[string]string // health: online, offline, unreachable (its etcd does not answer)
 	lastBeat map[string]regionView // as last seen online
 	events   map[string][]healthEvent
 }
@@ -156,13 +156,14 @@ type healthLog struct {
 type healthEvent struct {
 	At     time.Time
 	Online bool
+	Health string
 	Note   string
 }
 
 const healthLogMax = 100
 
 func newHealthLog() *healthLog {
-	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
+	return &healthLog{started: time.Now().UTC(), last: map[string]string{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
 }
 
 // record notes the regions' state as one read saw it (only changes are kept) and the
@@ -183,11 +184,11 @@ func (h *healthLog) record(rs []regionView) {
 			h.lastBeat[r.Name] = r
 		}
 		prev, seen := h.last[r.Name]
-		if seen && prev == r.Online {
+		if seen && prev == r.Health {
 			continue
 		}
-		h.last[r.Name] = r.Online
-		ev := append(h.events[r.Name], healthEvent{At: at, Online: r.Online, Note: changeNote(seen, r.Health)})
+		h.last[r.Name] = r.Health
+		ev := append(h.events[r.Name], healthEvent{At: at, Online: r.Online, Health: r.Health, Note: changeNote(seen, r.Health)})
 		if len(ev) > healthLogMax {
 			ev = ev[len(ev)-healthLogMax:]
 		}
@@ -226,8 +227,8 @@ func (h *healthLog) history(rv regionView) []healthEvent {
 	defer h.mu.Unlock()
 	rec := h.events[rv.Name]
 	out := make([]healthEvent, 0, len(rec)+1)
-	if prev, seen := h.last[rv.Name]; (!seen || prev != rv.Online) && !rv.readAt.IsZero() && rv.readAt.After(h.observed) {
-		out = append(out, healthEvent{At: rv.readAt, Online: rv.Online, Note: changeNote(seen, rv.Health)})
+	if prev, seen := h.last[rv.Name]; (!seen || prev != rv.Health) && !rv.readAt.IsZero() && rv.readAt.After(h.observed) {
+		out = append(out, healthEvent{At: rv.readAt, Online: rv.Online, Health: rv.Health, Note: changeNote(seen, rv.Health)})
 	}
 	for i := len(rec) - 1; i >= 0; i-- { // recorded in order
 		out = append(out, rec[i])
