@@ -27,7 +27,7 @@ func startFleet(t *testing.T, home *store.Store, static []store.RegionCluster) (
 
 func newTask(t *testing.T, ctx context.Context, st *store.Store, region string, i int) string {
 	t.Helper()
-	tk, err := st.CreateTask(ctx, store.NewTask{RegionID: region, TargetMAC: fmt.Sprintf("02:00:00:00:%02x:%02x", len(region), i),
+	tk, err := st.CreateTask(ctx, store.NewTask{RegionID: region, TargetMAC: fmt.Sprintf("02:00:00:%02x:%02x:%02x", len(region), i>>8, i&0xff),
 		OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}})
 	if err != nil {
 		t.Fatal(err)
@@ -301,4 +301,49 @@ func TestCompactionDuringCut(t *testing.T) {
 		}
 	}
 	t.Logf("resyncs: %d", f.MirrorResyncs("dc2"))
+}
+
+// Catch-up figures: N changes made in dc2 while its link was cut (each a new task),
+// then the link restored: how long until the mirror holds dc2's revision (and every
+// task), and the memory the mirror holds. Logged for docs/federation.md.
+func TestCatchUpFigures(t *testing.T) {
+	for _, n := range []int{10, 100, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			home, dc2 := storetest.Start(t), storetest.Start(t)
+			link := fedtest.NewLink(t, strings.TrimPrefix(dc2.Endpoints[0], "http://"))
+			f, ctx := startFleet(t, home.Store, []store.RegionCluster{{Region: "dc2", Endpoints: []string{link.Endpoint()}}})
+			eventually(t, 10*time.Second, "mirror loaded", func() bool { _, ok := f.MirrorRevision("dc2"); return ok })
+			link.Cut()
+			eventually(t, 2*time.Second, "dc2 unreachable", func() bool {
+				r, err := f.GetRegion(ctx, "dc2")
+				return err == nil && !r.Reachable
+			})
+			for i := range n {
+				newTask(t, ctx, dc2.Store, "dc2", i)
+			}
+			rev, err := dc2.Store.Revision(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			link.Restore(t)
+			back := time.Now()
+			eventually(t, 10*time.Second, "caught up", func() bool { r, _ := f.MirrorRevision("dc2"); return r >= rev })
+			took := time.Since(back)
+			eventually(t, 2*time.Second, "dc2 reachable", func() bool {
+				r, err := f.GetRegion(ctx, "dc2")
+				return err == nil && r.Reachable
+			})
+			// Everything is in the mirror: cut again and read it from there.
+			link.Cut()
+			eventually(t, 2*time.Second, "dc2 unreachable again", func() bool {
+				r, err := f.GetRegion(ctx, "dc2")
+				return err == nil && !r.Reachable
+			})
+			if k, stale, err := f.CountTasks(ctx, "dc2", ""); err != nil || k != n || len(stale) != 1 {
+				t.Fatalf("mirror holds %d tasks (stale %v, %v), want %d", k, stale, err, n)
+			}
+			b := f.MirrorBytes()["dc2"]
+			t.Logf("FIGURE catch-up N=%d: link back -> mirror at dc2's revision in %s; mirror %d bytes (%d per task)", n, took.Round(time.Millisecond), b, b/n)
+		})
+	}
 }

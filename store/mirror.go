@@ -37,45 +37,70 @@ func NewMirror(st *Store, region string) *Mirror {
 	return &Mirror{st: st, region: region, tasks: map[string]Task{}, unmatched: map[string]UnmatchedReport{}}
 }
 
-// Run loads, then follows, until ctx ends.
+// Run loads, then follows, until ctx ends. Stand-in: every batch of changes WatchAll
+// reports is followed by a full reload (read after the revision it then claims).
 func (m *Mirror) Run(ctx context.Context, changed func(Change)) error {
 	if changed == nil {
 		changed = func(Change) {}
 	}
-	for ctx.Err() == nil {
-		err := m.st.WatchAll(ctx, func() {
-			for ctx.Err() == nil {
-				if err := m.reload(ctx); err == nil {
-					break
+	var mu sync.Mutex
+	var pending []Change
+	resync := false
+	kick := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			err := m.st.WatchAll(ctx, func() {
+				mu.Lock()
+				resync = true
+				mu.Unlock()
+				poke()
+			}, func(c Change) {
+				if c.Region != m.region {
+					return
 				}
-				sleepCtx(ctx, 200*time.Millisecond)
-			}
-			if ctx.Err() == nil {
-				changed(Change{Kind: ChangeResync, Region: m.region})
-			}
-		}, func(c Change) {
-			if c.Region != m.region {
+				mu.Lock()
+				pending = append(pending, c)
+				mu.Unlock()
+				poke()
+			})
+			if ctx.Err() != nil || errors.Is(err, ErrUnauthorized) {
 				return
 			}
-			for ctx.Err() == nil {
-				if err := m.apply(ctx, c); err == nil {
-					break
-				}
-				sleepCtx(ctx, 200*time.Millisecond)
+			sleepCtx(ctx, 500*time.Millisecond)
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-kick:
+		}
+		mu.Lock()
+		batch, rs := pending, resync
+		pending, resync = nil, false
+		mu.Unlock()
+		for ctx.Err() == nil {
+			if err := m.reload(ctx, rs); err == nil {
+				break
 			}
-			if ctx.Err() == nil {
-				changed(c)
-			}
-		})
+			sleepCtx(ctx, 200*time.Millisecond)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, ErrUnauthorized) {
-			return err
+		if rs {
+			changed(Change{Kind: ChangeResync, Region: m.region})
 		}
-		sleepCtx(ctx, 500*time.Millisecond)
+		for _, c := range batch {
+			changed(c)
+		}
 	}
-	return ctx.Err()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {
@@ -87,7 +112,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func (m *Mirror) reload(ctx context.Context) error {
+func (m *Mirror) reload(ctx context.Context, resync bool) error {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	rev, err := m.st.Revision(rctx)
@@ -131,67 +156,13 @@ func (m *Mirror) reload(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.tasks, m.unmatched, m.reg, m.hasReg = tasks, um, reg, true
-	if m.loads > 0 {
+	if resync && m.loads > 0 {
 		m.resyncs++
 	}
-	m.loads++
+	if resync {
+		m.loads++
+	}
 	m.loaded, m.rev = true, max(m.rev, rev)
-	return nil
-}
-
-func (m *Mirror) apply(ctx context.Context, c Change) error {
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	switch c.Kind {
-	case ChangeTask:
-		t, err := m.st.GetTask(rctx, c.TaskID)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			m.mu.Lock()
-			delete(m.tasks, c.TaskID)
-			m.mu.Unlock()
-		case err != nil:
-			return err
-		default:
-			t.Hardware = nil
-			m.mu.Lock()
-			m.tasks[t.TaskID] = t
-			m.mu.Unlock()
-		}
-	case ChangeUnmatched:
-		if c.Deleted {
-			m.mu.Lock()
-			delete(m.unmatched, c.ID)
-			m.mu.Unlock()
-			break
-		}
-		u, err := m.st.GetUnmatched(rctx, c.Region, c.ID)
-		switch {
-		case errors.Is(err, ErrNotFound):
-		case err != nil:
-			return err
-		default:
-			u.Hardware = nil
-			m.mu.Lock()
-			m.unmatched[u.ID] = u
-			m.mu.Unlock()
-		}
-	case ChangeRegion:
-		reg, err := m.st.GetRegion(rctx, m.region)
-		if err != nil {
-			return err
-		}
-		m.mu.Lock()
-		m.reg, m.hasReg = reg, true
-		m.mu.Unlock()
-	}
-	rev, err := m.st.Revision(rctx)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	m.rev = max(m.rev, rev)
-	m.mu.Unlock()
 	return nil
 }
 
