@@ -430,7 +430,7 @@ func (m *Mirror) Region() (Region, bool) {
 // Per-entry overheads of Bytes beyond the values' own bytes: the decoded structs, the
 // map entry and the ids in the sorted lists (measured: mirror_test.go).
 const (
-	mirrorTaskOverhead      = 1000
+	mirrorTaskOverhead      = 450
 	mirrorUnmatchedOverhead = 120
 )
 

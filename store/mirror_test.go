@@ -619,6 +619,7 @@ func TestMirrorResyncsOnceAfterCompaction(t *testing.T) {
 	m := run.m
 	p.Cut()
 	changesDuringCut(t, e.Store, installing, 30)
+	progress(t, e.Store, installing[0], 42) // at the compaction's revision: replayed by the watch
 	rev, err := e.Store.Revision(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
@@ -626,12 +627,14 @@ func TestMirrorResyncsOnceAfterCompaction(t *testing.T) {
 	if _, err := e.Client.Compact(ctxT(t), rev, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
+	cutChanges, _ := run.snapshot()
 	p.Restore()
 	waitCaught(t, m, e.Store, 20*time.Second)
 	sameAsStore(t, m, e.Store, "dc1")
 	if m.Resyncs() != 1 {
 		t.Errorf("Resyncs() = %d, want 1", m.Resyncs())
 	}
+
 	if _, resyncs := run.snapshot(); resyncs != 2 {
 		t.Errorf("ChangeResync passed %d times, want 2 (the load, the resync)", resyncs)
 	}
@@ -641,6 +644,23 @@ func TestMirrorResyncsOnceAfterCompaction(t *testing.T) {
 	sameAsStore(t, m, e.Store, "dc1")
 	if m.Resyncs() != 1 {
 		t.Errorf("Resyncs() = %d after a live change, want 1", m.Resyncs())
+	}
+	// The reload holds the gap: since the cut, the only changes passed on one by one
+	// are the live write's, none of the gap (at or below the reload's revision, which
+	// the restarted watches replay).
+	got, _ := run.snapshot()
+	delta := map[string]int{}
+	for k, n := range got {
+		if n != cutChanges[k] {
+			delta[k] = n - cutChanges[k]
+		}
+	}
+	want := map[string]int{}
+	for _, part := range []store.TaskPart{store.PartMetadata, store.PartStatus, store.PartProgress} {
+		want[changeKey(store.Change{Kind: store.ChangeTask, Region: "dc1", TaskID: installing[1].TaskID, Part: part})] = 1
+	}
+	if !reflect.DeepEqual(delta, want) {
+		t.Errorf("changes passed on since the cut:\n%v\nwant the live write's only:\n%v", delta, want)
 	}
 }
 
@@ -699,8 +719,8 @@ func TestMirrorConcurrentReaders(t *testing.T) {
 
 // The memory a mirror holds for a region of n tasks with hardware, plan, approval and
 // progress: Bytes() beside the heap it really keeps (live heap with the mirror minus
-// without it, after GC). LPMOS_MIRROR_TASKS sets n (default 300; the report's figures
-// are 1000 and 10000).
+// without it, after GC). LPMOS_MIRROR_TASKS sets n and checks Bytes against the heap
+// (default 300, not checked; the figures in docs are for 1000 and 10000).
 func TestMirrorMemory(t *testing.T) {
 	n := 300
 	if v := os.Getenv("LPMOS_MIRROR_TASKS"); v != "" {
@@ -752,7 +772,9 @@ func TestMirrorMemory(t *testing.T) {
 	held := int64(with) - int64(without)
 	t.Logf("%d tasks: loaded in %s; Bytes() %d (%d per task); heap held %d (%d per task); heap growth from before %d",
 		n, loadTook.Round(time.Millisecond), bytes, bytes/n, held, held/int64(n), int64(with)-int64(before))
-	if held <= 0 || float64(bytes) < 0.5*float64(held) || float64(bytes) > 2*float64(held) {
+	// The heap is the process's: beside the package's parallel tests it says little.
+	// Measured alone (LPMOS_MIRROR_TASKS set), Bytes must be near what is held.
+	if os.Getenv("LPMOS_MIRROR_TASKS") != "" && (held <= 0 || float64(bytes) < 0.5*float64(held) || float64(bytes) > 2*float64(held)) {
 		t.Errorf("Bytes() %d is not within a factor 2 of the heap held %d", bytes, held)
 	}
 }
@@ -778,4 +800,24 @@ func TestMirrorCatchUp(t *testing.T) {
 		}
 	}
 	sameAsStore(t, m, e.Store, "dc1")
+	// LPMOS_MIRROR_CUT=60s: a long cut, where gRPC's reconnect backoff shows (Open caps
+	// it at 2 s; gRPC's default grows to 120 s).
+	if v := os.Getenv("LPMOS_MIRROR_CUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Cut()
+		changesDuringCut(t, e.Store, installing, 100)
+		time.Sleep(d) // the cut lasts d: the scenario, not a synchronisation
+		run.arm()
+		p.Restore()
+		back := time.Now()
+		took := waitCaught(t, m, e.Store, 3*time.Minute)
+		t.Logf(" 100 changes during a %s cut: first change %s and caught up %s after the link came back",
+			d, run.firstChange().Sub(back).Round(time.Millisecond), took.Round(time.Millisecond))
+		if took > 10*time.Second {
+			t.Errorf("caught up %s after the link came back, want within seconds", took)
+		}
+	}
 }
