@@ -456,21 +456,37 @@ func TestMirrorFollowsRegion(t *testing.T) {
 }
 
 // Region's Online: while the mirror hears from etcd, the heartbeat key says it (as
-// ListRegions); while it hears nothing, the heartbeat's age does.
+// ListRegions); while it hears nothing (the link is cut), the heartbeat's age does.
 func TestMirrorRegionOnlineByHeartbeatAge(t *testing.T) {
 	e := storetest.Start(t)
 	s := e.Store
-	mirrorHeartbeat(t, s, "dc1")
-	ms := store.New(e.Client)
+	hb := mirrorHeartbeat(t, s, "dc1")
+	p := startProxy(t, e.Endpoints[0])
+	ms := openVia(t, p)
 	run := runMirror(t, ms, "dc1")
 	waitCaught(t, run.m, s, 10*time.Second)
 	if r, _ := run.m.Region(); !r.Online || r.Status != store.RegionOnline {
 		t.Fatalf("fresh heartbeat: %s", js(r))
 	}
-	// Ten minutes on: nothing heard for ten minutes, a heartbeat ten minutes old.
+	// Cut, and ten minutes on: nothing heard for ten minutes, a heartbeat that old.
+	p.Cut()
 	ms.SetClock(func() time.Time { return time.Now().UTC().Add(10 * time.Minute) })
 	if r, _ := run.m.Region(); r.Online || r.Status != store.RegionOffline {
 		t.Fatalf("old heartbeat, nothing heard: %s", js(r))
+	}
+	// The link back and the next beat (an appliance beats every TTL/3): the mirror
+	// follows etcd live, the key is there, so online (as ListRegions) whatever the
+	// heartbeat's age says.
+	p.Restore()
+	if err := hb.Beat(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r, _ := run.m.Region(); !r.Online; r, _ = run.m.Region() {
+		if time.Now().After(deadline) {
+			t.Fatalf("link back, heartbeat key there: still %s", js(r))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
