@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"lpmos.dev/lpmos/contract"
@@ -835,5 +836,31 @@ func TestMirrorCatchUp(t *testing.T) {
 		if took > 10*time.Second {
 			t.Errorf("caught up %s after the link came back, want within seconds", took)
 		}
+	}
+}
+
+// A mirror needs only read access to the region's prefixes (its etcd role is enough);
+// a client whose role does not cover the region gets Run's permanent error at once,
+// not a retry forever.
+func TestMirrorWithRegionRole(t *testing.T) {
+	e := authEtcd(t)
+	root := openAs(t, e, "root")
+	mirrorHeartbeat(t, root, "dc1")
+	installingTask(t, root, "dc1", mac(1))
+	dc1 := openAs(t, e, store.RegionUser("dc1"))
+	run := runMirror(t, dc1, "dc1")
+	waitCaught(t, run.m, root, 10*time.Second)
+	sameAsStore(t, run.m, root, "dc1")
+
+	m := store.NewMirror(dc1, "dc2")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := m.Run(ctx, nil)
+	if !errors.Is(err, rpctypes.ErrPermissionDenied) || time.Since(start) > 5*time.Second {
+		t.Fatalf("dc1's client mirroring dc2: %v after %s, want permission denied at once", err, time.Since(start))
+	}
+	if m.Loaded() {
+		t.Error("loaded what it may not read")
 	}
 }
