@@ -291,6 +291,11 @@ func TestMixedLayouts(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "region dc2 is unreachable since") {
 		t.Fatalf("web create in dc2 while cut: %d\n%.400s", code, body)
 	}
+	code, body, _ = form(t, base+"/tasks/"+waiting+"/cancel", map[string][]string{"action": {"cancel"}}, nil)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `id="action-error"`) || !strings.Contains(body, "region dc2 is unreachable since") {
+		t.Fatalf("web cancel in dc2 while cut: %d\n%.400s", code, body)
+	}
+	storetest.AssertSame(t, before, dc2.Dump(t, "/os/"))
 	// dc1 is unaffected.
 	live1 := seedFlow(regions[0], "02:00:00:00:01:02", false)
 
