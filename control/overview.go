@@ -147,8 +147,8 @@ func (o *overview) since() time.Time { return o.health.started }
 type healthLog struct {
 	mu       sync.Mutex
 	started  time.Time
-	observed time.Time // when the last recorded read began
-	last     map[string]string // health: online, offline, unreachable (its etcd does not answer)
+	observed time.Time             // when the last recorded read began
+	last     map[string]string     // health: online, offline, unreachable (its etcd does not answer)
 	lastBeat map[string]regionView // as last seen online
 	events   map[string][]healthEvent
 }
