@@ -251,7 +251,8 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 	region := c.rc.Region
 	log := f.log.With("region", region)
 	var st *store.Store
-	for first := true; ctx.Err() == nil; first = false {
+	lastErr := ""
+	for ctx.Err() == nil {
 		dctx, cancel := context.WithTimeout(ctx, dialDeadline)
 		s, err := store.Open(dctx, c.rc.DialConfig())
 		cancel()
@@ -259,8 +260,10 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 			st = s
 			break
 		}
-		if first {
-			log.Warn("region cluster does not answer; retrying in the background", "endpoints", c.rc.Endpoints, "err", err)
+		if ctx.Err() == nil && err.Error() != lastErr {
+			// Once per distinct error: a wrong CA or user says so, not only "no answer".
+			lastErr = err.Error()
+			log.Warn("region cluster cannot be dialled; retrying in the background", "endpoints", c.rc.Endpoints, "err", err)
 		}
 		if c.markFailed() {
 			f.reach(region)
