@@ -71,6 +71,9 @@ type hub struct {
 	mu             sync.Mutex
 	subs           map[*subscriber]struct{}
 	dirtyTasks     map[string]string // task id -> region
+	// dirtyMirrored: tasks a region cluster's mirror changed (id -> region), read
+	// from that mirror, not over the WAN.
+	dirtyMirrored  map[string]string
 	dirtyRegionsOf map[string]bool   // regions whose newest tasks are pushed again (a resync, a cut, a return)
 	dirtyRegions   bool
 	dirtyUnmatched bool
@@ -81,7 +84,7 @@ type hub struct {
 
 func newHub(fl *federation.Fleet, log *slog.Logger, ov *overview) *hub {
 	return &hub{fleet: fl, log: log, ov: ov,
-		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{}, dirtyRegionsOf: map[string]bool{},
+		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{}, dirtyMirrored: map[string]string{}, dirtyRegionsOf: map[string]bool{},
 		kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 }
 
@@ -172,6 +175,16 @@ func (h *hub) onMirrorChange(c store.Change) {
 		h.onReach(c.Region)
 		return
 	}
+	if c.Kind == store.ChangeTask {
+		h.mu.Lock()
+		h.dirtyMirrored[c.TaskID] = c.Region
+		if c.Part == store.PartStatus || c.Deleted {
+			h.dirtyRegions = true
+		}
+		h.mu.Unlock()
+		h.poke()
+		return
+	}
 	h.onChange(c)
 }
 
@@ -223,8 +236,22 @@ func (h *hub) flushLoop(ctx context.Context) {
 func (h *hub) flush(ctx context.Context) {
 	h.mu.Lock()
 	tasks, regions, unmatched, regionTasks := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf
+	mirrored := h.dirtyMirrored
 	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf = map[string]string{}, false, false, map[string]bool{}
+	h.dirtyMirrored = map[string]string{}
 	h.mu.Unlock()
+	for id, region := range mirrored {
+		if _, again := tasks[id]; again {
+			continue // home's watch named it too: read below
+		}
+		t, stale, ok := h.fleet.MirroredTask(region, id)
+		if !ok {
+			tasks[id] = region // gone from the mirror, or the region moved: read it
+			continue
+		}
+		v := h.ov.task(t, stale)
+		h.broadcast(liveMsg{Type: "task", Task: &v})
+	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for region := range regionTasks {

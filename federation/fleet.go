@@ -575,6 +575,23 @@ func (f *Fleet) MirrorRevision(region string) (int64, bool) {
 	return m.Revision(), true
 }
 
+// MirroredTask is task id as region's mirror holds it (without hardware): what a
+// change the mirror just applied made of it, without a read over the WAN. stale says
+// the region's cluster does not answer; ok is false when the mirror does not hold it
+// (deleted, or no such region cluster).
+func (f *Fleet) MirroredTask(region, id string) (t store.Task, stale, ok bool) {
+	c := f.own(region)
+	if c == nil {
+		return store.Task{}, false, false
+	}
+	_, m, reachable, _ := c.state()
+	if m == nil {
+		return store.Task{}, false, false
+	}
+	t, ok = m.Task(id)
+	return t, !reachable, ok
+}
+
 // MirrorResyncs is how many times region's mirror reloaded everything after its
 // first load (its watch's revision was compacted away).
 func (f *Fleet) MirrorResyncs(region string) int {
