@@ -80,20 +80,33 @@ func (f *Fleet) locate(ctx context.Context, id string) (*cluster, *store.Task, e
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, nil, err
 	}
-	var unreachable []string
-	for _, c := range f.all() {
+	// Every region cluster at once: one WAN round trip, not one per cluster.
+	cs := f.all()
+	found := make([]bool, len(cs))
+	down := make([]bool, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
 		st, _, ok, _ := c.state()
 		if !ok {
-			unreachable = append(unreachable, c.rc.Region)
+			down[i] = true
 			continue
 		}
-		cctx, cancel := ownCall(ctx)
-		_, err := st.GetTask(cctx, id)
-		cancel()
-		if err == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := ownCall(ctx)
+			_, err := st.GetTask(cctx, id)
+			cancel()
+			found[i], down[i] = err == nil, f.failed(ctx, c, err)
+		}()
+	}
+	wg.Wait()
+	var unreachable []string
+	for i, c := range cs {
+		if found[i] {
 			return c, nil, nil
 		}
-		if f.failed(ctx, c, err) {
+		if down[i] {
 			unreachable = append(unreachable, c.rc.Region)
 		}
 	}
