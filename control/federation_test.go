@@ -189,6 +189,33 @@ func TestMixedLayouts(t *testing.T) {
 		t.Fatalf("create: %d %v", code, m)
 	}
 	waiting := m["task_id"].(string)
+	// Hostile and mistaken input across clusters: clear 4xx, nothing written.
+	homeBefore, dc2Before := home.Dump(t, "/os/install/"), dc2.Dump(t, "/os/")
+	_, dc2Page := apiDo(t, "GET", base+"/api/v1/tasks?region=dc2&limit=1", "")
+	_, allPage := apiDo(t, "GET", base+"/api/v1/tasks?limit=1", "")
+	for _, c := range []struct {
+		method, path, body string
+		code               int
+		says               string
+	}{
+		{"GET", "/api/v1/tasks/01a2310c-aefa-7202-bd91-e9aba22ff207", "", 404, "not found"},
+		{"GET", "/api/v1/tasks/..%2F..%2Fos", "", 404, "not found"},
+		{"POST", "/api/v1/tasks/01a2310c-aefa-7202-bd91-e9aba22ff207/approve", `{"plan_digest":"x"}`, 404, "not found"},
+		{"GET", "/api/v1/tasks?after=garbage", "", 400, "not a cursor"},
+		{"GET", "/api/v1/tasks?after=" + dc2Page["next"].(string), "", 400, "another list"},
+		{"GET", "/api/v1/tasks?region=dc2&after=" + allPage["next"].(string), "", 400, "another list"},
+		{"GET", "/api/v1/tasks?region=DC2", "", 400, "region"},
+		{"POST", "/api/v1/tasks", `{"region_id":"dc2","target_mac":"nope","os_type":"ubuntu","os_version":"22.04"}`, 400, "MAC"},
+		{"POST", "/api/v1/tasks", `{"region_id":"dc2","target_mac":"02:00:00:00:02:02","os_type":"ubuntu","os_version":"22.04"}`, 409, "open task"},
+	} {
+		code, m := apiDo(t, c.method, base+c.path, c.body)
+		if msg, _ := m["message"].(string); code != c.code || !strings.Contains(strings.ToLower(msg), strings.ToLower(c.says)) {
+			t.Fatalf("%s %s: %d %v, want %d saying %q", c.method, c.path, code, m, c.code, c.says)
+		}
+	}
+	storetest.AssertSame(t, homeBefore, home.Dump(t, "/os/install/"))
+	storetest.AssertSame(t, dc2Before, dc2.Dump(t, "/os/"))
+
 
 	// The mirror is what the cut shows: wait until it holds dc2's present.
 	rev, err := dc2.Store.Revision(ctx)
