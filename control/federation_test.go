@@ -216,7 +216,6 @@ func TestMixedLayouts(t *testing.T) {
 	storetest.AssertSame(t, homeBefore, home.Dump(t, "/os/install/"))
 	storetest.AssertSame(t, dc2Before, dc2.Dump(t, "/os/"))
 
-
 	// The mirror is what the cut shows: wait until it holds dc2's present.
 	rev, err := dc2.Store.Revision(ctx)
 	if err != nil {

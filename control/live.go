@@ -68,13 +68,13 @@ type hub struct {
 	log   *slog.Logger
 	ov    *overview
 
-	mu             sync.Mutex
-	subs           map[*subscriber]struct{}
-	dirtyTasks     map[string]string // task id -> region
+	mu         sync.Mutex
+	subs       map[*subscriber]struct{}
+	dirtyTasks map[string]string // task id -> region
 	// dirtyMirrored: tasks a region cluster's mirror changed (id -> region), read
 	// from that mirror, not over the WAN.
 	dirtyMirrored  map[string]string
-	dirtyRegionsOf map[string]bool   // regions whose newest tasks are pushed again (a resync, a cut, a return)
+	dirtyRegionsOf map[string]bool // regions whose newest tasks are pushed again (a resync, a cut, a return)
 	dirtyRegions   bool
 	dirtyUnmatched bool
 	kick           chan struct{}
