@@ -13,7 +13,7 @@ import (
 // agent_token shows the new generation, not yet issued. Audited with the request's
 // actor (store.ActorFrom). A task that ended: 409.
 func (s *Server) resetAgentToken(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.store.ResetAgentToken(r.Context(), r.PathValue("id"))
+	t, err := s.fleet.ResetAgentToken(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}

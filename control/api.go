@@ -2,12 +2,15 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/internal/metrics"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
@@ -15,7 +18,9 @@ import (
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	h := func(f httpjson.HandlerFunc) http.HandlerFunc { return httpjson.Handle(s.log, f) }
+	h := func(f httpjson.HandlerFunc) http.HandlerFunc {
+		return httpjson.Handle(s.log, func(w http.ResponseWriter, r *http.Request) error { return unreachableAs503(f(w, r)) })
+	}
 	mux.HandleFunc("POST /api/v1/tasks", h(s.createTask))
 	mux.HandleFunc("GET /api/v1/tasks", h(s.listTasks))
 	mux.HandleFunc("GET /api/v1/tasks/{id}", h(s.getTask))
@@ -62,11 +67,15 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	entries, marks, err := s.store.AuditPage(r.Context(), f, p)
+	entries, marks, skipped, err := s.fleet.AuditPage(r.Context(), f, p)
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries), "next": marks.Next})
+	body := map[string]any{"entries": entries, "count": len(entries), "next": marks.Next}
+	if len(skipped) > 0 {
+		body["unreachable_regions"] = skipped // their entries are not in this list
+	}
+	httpjson.Write(w, http.StatusOK, body)
 	return nil
 }
 
@@ -75,7 +84,7 @@ func (s *Server) createTask(w http.ResponseWriter, r *http.Request) error {
 	if err := httpjson.Decode(w, r, &req); err != nil {
 		return err
 	}
-	t, err := s.store.CreateTask(r.Context(), req)
+	t, err := s.fleet.CreateTask(r.Context(), req)
 	if err != nil {
 		return err
 	}
@@ -95,7 +104,7 @@ type createdTask struct {
 // before they upload images; the agent fails the task if it is still missing when
 // approved.
 func (s *Server) catalogWarning(ctx context.Context, t store.Task) string {
-	reg, err := s.store.GetRegion(ctx, t.RegionID)
+	reg, err := s.fleet.GetRegion(ctx, t.RegionID)
 	if err != nil || reg.Heartbeat == nil {
 		return fmt.Sprintf("region %s is offline or unknown: its image catalog cannot be checked", t.RegionID)
 	}
@@ -135,6 +144,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	}
 	var tasks []store.Task
 	var marks store.PageMarks
+	var stale []string
 	if m := q.Get("mac"); m != "" {
 		if p.After != "" {
 			return &store.ValidationError{Field: "after", Message: "a MAC's tasks are one page: no cursor"}
@@ -144,21 +154,22 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		f.MAC = mac
-		tasks, err = s.store.ListTasks(r.Context(), f)
+		tasks, stale, err = s.fleet.ListTasks(r.Context(), f)
 	} else {
-		page := s.store.TaskPage
-		if withHW {
-			page = s.store.TaskPageWhole
-		}
-		tasks, marks, err = page(r.Context(), f.Region, f.Status, p)
+		tasks, marks, stale, err = s.fleet.TaskPage(r.Context(), f.Region, f.Status, p, withHW)
 	}
 	if err != nil {
 		return err
 	}
-	if tasks == nil {
-		tasks = []store.Task{}
+	out := make([]apiTask, len(tasks))
+	for i, t := range tasks {
+		out[i] = apiTask{Task: masked(t), Stale: slices.Contains(stale, t.RegionID)}
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"tasks": maskedAll(tasks), "count": len(tasks), "next": marks.Next})
+	body := map[string]any{"tasks": out, "count": len(tasks), "next": marks.Next}
+	if len(stale) > 0 {
+		body["stale_regions"] = stale
+	}
+	httpjson.Write(w, http.StatusOK, body)
 	return nil
 }
 
@@ -185,12 +196,29 @@ func hardwareParam(q url.Values) (bool, error) {
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.store.GetTask(r.Context(), r.PathValue("id"))
+	t, stale, err := s.fleet.GetTask(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	httpjson.Write(w, http.StatusOK, masked(t))
+	httpjson.Write(w, http.StatusOK, apiTask{Task: masked(t), Stale: bool(stale)})
 	return nil
+}
+
+// apiTask is a task as the API shows it: stale when its region's cluster does not
+// answer and it is shown as last seen (docs/federation.md).
+type apiTask struct {
+	store.Task
+	Stale bool `json:"stale,omitempty"`
+}
+
+// unreachableAs503 turns a refusal for a region whose cluster does not answer into
+// its 503, message and retry_after.
+func unreachableAs503(err error) error {
+	var ue *federation.UnreachableError
+	if errors.As(err, &ue) {
+		return &httpjson.Error{Code: http.StatusServiceUnavailable, Message: ue.Error(), Extra: map[string]any{"retry_after": federation.RetryAfter}}
+	}
+	return err
 }
 
 // actionBody is the optional body of cancel.
@@ -216,7 +244,7 @@ func (s *Server) approveTask(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeOptional(w, r, &b); err != nil {
 		return err
 	}
-	t, err := s.store.ApproveTask(r.Context(), r.PathValue("id"), b.PlanDigest)
+	t, err := s.fleet.ApproveTask(r.Context(), r.PathValue("id"), b.PlanDigest)
 	if err != nil {
 		return err
 	}
@@ -230,7 +258,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeOptional(w, r, &b); err != nil {
 		return err
 	}
-	t, err := s.store.CancelTask(r.Context(), r.PathValue("id"), b.Reason)
+	t, err := s.fleet.CancelTask(r.Context(), r.PathValue("id"), b.Reason)
 	if err != nil {
 		return err
 	}
@@ -240,7 +268,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
-	regions, err := s.store.ListRegions(r.Context())
+	regions, err := s.fleet.ListRegions(r.Context())
 	if err != nil {
 		return err
 	}
@@ -273,7 +301,7 @@ func (s *Server) listUnmatched(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	reports, marks, err := s.store.UnmatchedPage(r.Context(), region, p, withHW)
+	reports, marks, stale, err := s.fleet.UnmatchedPage(r.Context(), region, p, withHW)
 	if err != nil {
 		return err
 	}
@@ -286,7 +314,11 @@ func (s *Server) listUnmatched(w http.ResponseWriter, r *http.Request) error {
 		}
 		list = sums
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"reports": list, "count": len(reports), "next": marks.Next})
+	body := map[string]any{"reports": list, "count": len(reports), "next": marks.Next}
+	if len(stale) > 0 {
+		body["stale_regions"] = stale
+	}
+	httpjson.Write(w, http.StatusOK, body)
 	return nil
 }
 
@@ -296,7 +328,7 @@ func (s *Server) getUnmatched(w http.ResponseWriter, r *http.Request) error {
 	if err := store.ValidateRegion(region); err != nil {
 		return err
 	}
-	u, err := s.store.GetUnmatched(r.Context(), region, r.PathValue("id"))
+	u, err := s.fleet.GetUnmatched(r.Context(), region, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -313,7 +345,7 @@ func (s *Server) matchUnmatched(w http.ResponseWriter, r *http.Request) error {
 	if err := httpjson.Decode(w, r, &m); err != nil {
 		return err
 	}
-	t, err := s.store.MatchUnmatched(r.Context(), region, r.PathValue("id"), m)
+	t, err := s.fleet.MatchUnmatched(r.Context(), region, r.PathValue("id"), m)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	entries, marks, err := s.store.AuditPage(r.Context(), f, p)
+	entries, marks, skipped, err := s.fleet.AuditPage(r.Context(), f, p)
 	if err != nil {
 		return err
 	}
@@ -33,7 +33,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.render(w, r, http.StatusOK, "audit", page{Title: "Audit", Nav: "audit"},
-		map[string]any{"Entries": entries, "Filter": f, "Since": q.Get("since"), "Regions": regions, "Actions": auditActions,
+		map[string]any{"Entries": entries, "Unreachable": skipped, "Filter": f, "Since": q.Get("since"), "Regions": regions, "Actions": auditActions,
 			"Links": linksFor(r, "/audit", marks)})
 	return nil
 }

@@ -166,7 +166,7 @@ func (s *Server) authenticate(r *http.Request) (*identity, error) {
 		if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 			return nil, errors.Join(store.ErrUnauthorized, errors.New("Authorization is not a Bearer token"))
 		}
-		u, err := s.store.AuthenticateToken(ctx, strings.TrimSpace(tok))
+		u, err := s.home.AuthenticateToken(ctx, strings.TrimSpace(tok))
 		if err != nil {
 			return nil, err
 		}
@@ -179,7 +179,7 @@ func (s *Server) authenticate(r *http.Request) (*identity, error) {
 	if err != nil {
 		return nil, errors.Join(store.ErrUnauthorized, errors.New("no session"))
 	}
-	u, sess, err := s.store.SessionUser(ctx, c.Value, s.sessionLimits())
+	u, sess, err := s.home.SessionUser(ctx, c.Value, s.sessionLimits())
 	if err != nil {
 		return nil, err
 	}
@@ -329,7 +329,7 @@ func (s *Server) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	u, cookie, _, err := s.store.Login(ctx, name, pw, s.sessionLimits())
+	u, cookie, _, err := s.home.Login(ctx, name, pw, s.sessionLimits())
 	if errors.Is(err, store.ErrUnauthorized) {
 		s.log.Info("login refused", "from", r.RemoteAddr, "why", err)
 		d.Error = "Wrong user name or password (or the user is disabled)."
@@ -347,7 +347,7 @@ func (s *Server) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) logoutSubmit(w http.ResponseWriter, r *http.Request) error {
 	if c, err := r.Cookie(sessionCookie); err == nil {
-		if err := s.store.Logout(r.Context(), c.Value); err != nil {
+		if err := s.home.Logout(r.Context(), c.Value); err != nil {
 			return err
 		}
 		s.live.endSession(c.Value, "logged out")

@@ -74,7 +74,7 @@ func maskedAll(ts []store.Task) []store.Task {
 // getRegionCloudInit is GET /api/v1/regions/{region}/cloud-init: the region's
 // defaults, user-data masked ({} when it has none).
 func (s *Server) getRegionCloudInit(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.store.RegionCloudInit(r.Context(), r.PathValue("region"))
+	c, err := s.fleet.RegionCloudInit(r.Context(), r.PathValue("region"))
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func (s *Server) putRegionCloudInit(w http.ResponseWriter, r *http.Request) erro
 		return err
 	}
 	region := r.PathValue("region")
-	if err := s.store.SetRegionCloudInit(r.Context(), region, &c); err != nil {
+	if err := s.fleet.SetRegionCloudInit(r.Context(), region, &c); err != nil {
 		return err
 	}
 	s.log.Info("region cloud-init defaults set", "region", region, "ssh_keys", len(c.SSHAuthorizedKeys), "user_data_bytes", len(c.UserData))

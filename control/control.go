@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/internal/connlimit"
 	"lpmos.dev/lpmos/store"
 )
@@ -19,7 +20,9 @@ import (
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	store    *store.Store
+	home     *store.Store      // users, sessions, tokens, the control audit
+	fleet    *federation.Fleet // every region, on home or on its own cluster
+	fleetRun context.CancelFunc
 	ln       net.Listener
 	srv      *http.Server
 	done     chan struct{}
@@ -57,15 +60,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.Clock != nil {
 		st.SetClock(cfg.Clock)
 	}
-	s := &Server{cfg: cfg, log: log, store: st, done: make(chan struct{}), logins: newLoginLimits()}
-	s.overview = newOverview(st, cfg.UnmatchedAlert)
-	s.live = newHub(st, log, s.overview)
+	s := &Server{cfg: cfg, log: log, home: st, done: make(chan struct{}), logins: newLoginLimits()}
+	s.fleet = federation.New(st, cfg.RegionClusters, log.With("part", "fleet"))
+	s.overview = newOverview(s.fleet, cfg.UnmatchedAlert)
+	s.live = newHub(s.fleet, log, s.overview)
 	s.metrics = newControlMetrics(s)
+	s.fleet.Listen(federation.Listener{Change: s.live.onMirrorChange, Reach: s.live.onReach, CatchUp: s.metrics.catchUp})
 	ln, err := net.Listen("tcp", cfg.Addr())
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("--port: listen on %s: %w", cfg.Addr(), err)
 	}
+	// Region clusters: one that does not answer is retried in the background (shown
+	// unreachable), never a reason not to start.
+	fleetCtx, cancelFleet := context.WithCancel(context.WithoutCancel(ctx))
+	s.fleetRun = cancelFleet
+	s.fleet.Start(fleetCtx)
 	// A slow or idle client holds a connection only so long; the caps bound how many.
 	s.ln = connlimit.New(ln, cfg.MaxConns, cfg.MaxConnsPerSource)
 	s.srv = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -74,7 +84,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.cancel = cancelRun
 	go s.live.run(runCtx)
 	go s.run(runCtx)
-	log.Info("control plane ready", "url", s.URL(), "etcd", cfg.EtcdEndpoints)
+	log.Info("control plane ready", "url", s.URL(), "etcd", cfg.EtcdEndpoints, "region_clusters", len(cfg.RegionClusters))
 	return s, nil
 }
 
@@ -94,8 +104,13 @@ func (s *Server) run(ctx context.Context) {
 	}
 	s.cancel() // also when Serve failed: the live push must stop before the store closes
 	<-s.live.stopped
-	s.store.Close()
+	s.fleetRun()
+	s.fleet.Wait()
+	s.home.Close()
 }
+
+// Fleet is the control plane's view of the regions and their clusters.
+func (s *Server) Fleet() *federation.Fleet { return s.fleet }
 
 // Wait blocks until the server stops.
 func (s *Server) Wait() error { <-s.done; return s.err }

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -39,7 +41,7 @@ const (
 
 // liveMsg is one message to the browser. Type says which fields are set.
 type liveMsg struct {
-	Type      string          `json:"type"` // snapshot, task, task_deleted, regions, unmatched, etcd
+	Type      string          `json:"type"` // snapshot, task, tasks, task_deleted, regions, unmatched, etcd
 	Task      *taskView       `json:"task,omitempty"`
 	Tasks     []taskView      `json:"tasks,omitempty"`
 	Deleted   string          `json:"deleted,omitempty"`
@@ -62,13 +64,17 @@ type subscriber struct {
 }
 
 type hub struct {
-	st  *store.Store
-	log *slog.Logger
-	ov  *overview
+	fleet *federation.Fleet
+	log   *slog.Logger
+	ov    *overview
 
-	mu             sync.Mutex
-	subs           map[*subscriber]struct{}
-	dirtyTasks     map[string]string // task id -> region
+	mu         sync.Mutex
+	subs       map[*subscriber]struct{}
+	dirtyTasks map[string]string // task id -> region
+	// dirtyMirrored: tasks a region cluster's mirror changed (id -> region), read
+	// from that mirror, not over the WAN.
+	dirtyMirrored  map[string]string
+	dirtyRegionsOf map[string]bool // regions whose newest tasks are pushed again (a resync, a cut, a return)
 	dirtyRegions   bool
 	dirtyUnmatched bool
 	kick           chan struct{}
@@ -76,9 +82,9 @@ type hub struct {
 	etcdErr        string // last ping's error, "" when etcd answers
 }
 
-func newHub(st *store.Store, log *slog.Logger, ov *overview) *hub {
-	return &hub{st: st, log: log, ov: ov,
-		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{},
+func newHub(fl *federation.Fleet, log *slog.Logger, ov *overview) *hub {
+	return &hub{fleet: fl, log: log, ov: ov,
+		subs: map[*subscriber]struct{}{}, dirtyTasks: map[string]string{}, dirtyMirrored: map[string]string{}, dirtyRegionsOf: map[string]bool{},
 		kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 }
 
@@ -90,7 +96,7 @@ func (h *hub) run(ctx context.Context) {
 	go func() { h.pingLoop(ctx); close(pinged) }()
 	defer func() { <-flushed; <-pinged; close(h.stopped) }()
 	for {
-		err := h.st.WatchAll(ctx, func() {
+		err := h.fleet.Home().WatchAll(ctx, func() {
 			// Changes during a gap between watches are not replayed: re-read all.
 			h.markAll()
 		}, h.onChange)
@@ -118,7 +124,7 @@ func (h *hub) pingLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, pingEvery/2)
-		err := h.st.Ping(pctx)
+		err := h.fleet.Home().Ping(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -128,7 +134,7 @@ func (h *hub) pingLoop(ctx context.Context) {
 			msg = "etcd unreachable: what this page shows may be stale"
 		} else {
 			actx, cancel := context.WithTimeout(ctx, pingEvery/2)
-			alarms, aerr := h.st.Alarms(actx)
+			alarms, aerr := h.fleet.Home().Alarms(actx)
 			cancel()
 			if aerr == nil && len(alarms) > 0 {
 				msg = "etcd alarm " + strings.Join(alarms, ", ") + ": every write (tasks, approvals, progress) is refused until an operator compacts, defragments and disarms it"
@@ -160,6 +166,37 @@ func (h *hub) poke() {
 	case h.kick <- struct{}{}:
 	default:
 	}
+}
+
+// onMirrorChange is a change a region cluster's mirror applied: as a change of home's
+// watch, and after a (re)load every page learns the region's state again.
+func (h *hub) onMirrorChange(c store.Change) {
+	if c.Kind == store.ChangeResync {
+		h.onReach(c.Region)
+		return
+	}
+	if c.Kind == store.ChangeTask {
+		h.mu.Lock()
+		h.dirtyMirrored[c.TaskID] = c.Region
+		if c.Part == store.PartStatus || c.Deleted {
+			h.dirtyRegions = true
+		}
+		h.mu.Unlock()
+		h.poke()
+		return
+	}
+	h.onChange(c)
+}
+
+// onReach: a region cluster became reachable or unreachable (or was added or
+// removed): the regions, and the region's tasks (now stale, or fresh again), are
+// pushed again.
+func (h *hub) onReach(region string) {
+	h.mu.Lock()
+	h.dirtyRegions, h.dirtyUnmatched = true, true
+	h.dirtyRegionsOf[region] = true
+	h.mu.Unlock()
+	h.poke()
 }
 
 func (h *hub) onChange(c store.Change) {
@@ -198,20 +235,47 @@ func (h *hub) flushLoop(ctx context.Context) {
 
 func (h *hub) flush(ctx context.Context) {
 	h.mu.Lock()
-	tasks, regions, unmatched := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched
-	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched = map[string]string{}, false, false
+	tasks, regions, unmatched, regionTasks := h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf
+	mirrored := h.dirtyMirrored
+	h.dirtyTasks, h.dirtyRegions, h.dirtyUnmatched, h.dirtyRegionsOf = map[string]string{}, false, false, map[string]bool{}
+	h.dirtyMirrored = map[string]string{}
 	h.mu.Unlock()
+	for id, region := range mirrored {
+		if _, again := tasks[id]; again {
+			continue // home's watch named it too: read below
+		}
+		t, stale, ok := h.fleet.MirroredTask(region, id)
+		if !ok {
+			tasks[id] = region // gone from the mirror, or the region moved: read it
+			continue
+		}
+		v := h.ov.task(t, stale)
+		h.broadcast(liveMsg{Type: "task", Task: &v})
+	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	for region := range regionTasks {
+		vs, _, err := h.ov.taskPage(rctx, region, "", store.Page{Limit: maxSnapTasks})
+		if err != nil {
+			h.log.Warn("live: read region tasks", "region", region, "err", err)
+			continue
+		}
+		if len(vs) > 0 {
+			h.broadcast(liveMsg{Type: "tasks", Tasks: vs}) // one message: a page's send buffer is 64
+		}
+	}
 	for id := range tasks {
-		t, err := h.st.GetTask(rctx, id)
+		t, stale, err := h.fleet.GetTask(rctx, id)
+		var ue *federation.UnreachableError
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			h.broadcast(liveMsg{Type: "task_deleted", Deleted: id})
+		case errors.As(err, &ue):
+			h.log.Debug("live: read task", "task", id, "err", err)
 		case err != nil:
 			h.log.Warn("live: read task", "task", id, "err", err)
 		default:
-			v := h.ov.task(t)
+			v := h.ov.task(t, bool(stale))
 			h.broadcast(liveMsg{Type: "task", Task: &v})
 		}
 	}
@@ -325,14 +389,12 @@ func (h *hub) snapshot(ctx context.Context) (liveMsg, error) {
 	}
 	// The newest maxSnapTasks, without hardware (a snapshot per page load must not
 	// read every report), sent oldest first as before.
-	tasks, _, err := h.st.TaskPage(ctx, "", "", store.Page{Limit: maxSnapTasks})
+	tasks, _, err := h.ov.taskPage(ctx, "", "", store.Page{Limit: maxSnapTasks})
 	if err != nil {
 		return m, err
 	}
-	m.Tasks = make([]taskView, 0, len(tasks))
-	for i := len(tasks) - 1; i >= 0; i-- {
-		m.Tasks = append(m.Tasks, h.ov.task(tasks[i]))
-	}
+	slices.Reverse(tasks)
+	m.Tasks = tasks
 	return m, nil
 }
 
@@ -401,7 +463,7 @@ func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-endsC:
 			cctx, cancel := context.WithTimeout(ctx, httpjson.RequestDeadline)
-			at, err := s.store.SessionEnds(cctx, session, s.sessionLimits())
+			at, err := s.home.SessionEnds(cctx, session, s.sessionLimits())
 			cancel()
 			switch {
 			case errors.Is(err, store.ErrUnauthorized):

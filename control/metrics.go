@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/internal/metrics"
 	"lpmos.dev/lpmos/store"
 )
@@ -21,6 +22,13 @@ type controlMetrics struct {
 	http        *metrics.HTTP
 	logins      *prometheus.CounterVec // result
 	unavailable prometheus.Counter
+	catchUps    *prometheus.HistogramVec // region
+}
+
+// catchUp records how long a region cluster's mirror took to catch up after its link
+// came back.
+func (m *controlMetrics) catchUp(region string, d time.Duration) {
+	m.catchUps.WithLabelValues(region).Observe(d.Seconds())
 }
 
 func newControlMetrics(s *Server) *controlMetrics {
@@ -32,6 +40,9 @@ func newControlMetrics(s *Server) *controlMetrics {
 			Help: "Web logins (POST /login), by result: success, failure (wrong name or password), rate_limited, error."}, []string{"result"}),
 		unavailable: prometheus.NewCounter(prometheus.CounterOpts{Name: "lpmos_control_store_unavailable_total",
 			Help: "Requests answered 503 because etcd did not answer."}),
+		catchUps: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lpmos_control_region_catchup_seconds",
+			Help:    "From a region cluster answering again to its mirror reflecting the cluster's revision of that moment.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}}, []string{"region"}),
 	}
 	// Logins are counted from what POST /login answered: a redirect is a session, 401
 	// wrong credentials, 429 the login rate limit.
@@ -56,13 +67,13 @@ func newControlMetrics(s *Server) *controlMetrics {
 	for _, r := range []string{"success", "failure", "rate_limited"} {
 		m.logins.WithLabelValues(r) // shown at 0 from the start
 	}
-	reg.MustRegister(m.logins, m.unavailable, &regionCollector{st: s.store})
+	reg.MustRegister(m.logins, m.unavailable, m.catchUps, &regionCollector{fleet: s.fleet})
 	return m
 }
 
 // regionCollector reads every region's counts on scrape (store.ListRegions: one
 // transaction, keys only for the task and unmatched counts).
-type regionCollector struct{ st *store.Store }
+type regionCollector struct{ fleet *federation.Fleet }
 
 var (
 	regionTasksDesc = prometheus.NewDesc("lpmos_control_tasks", "Tasks by region and status (read from etcd on scrape).",
@@ -73,6 +84,10 @@ var (
 		[]string{"region"}, nil)
 	regionScrapeErrDesc = prometheus.NewDesc("lpmos_control_regions_scrape_error",
 		"1 when the last scrape could not read the regions from etcd.", nil, nil)
+	regionReachableDesc = prometheus.NewDesc("lpmos_control_region_reachable",
+		"1 while the etcd holding the region answers (its own cluster, or the control plane's).", []string{"region"}, nil)
+	mirrorBytesDesc = prometheus.NewDesc("lpmos_control_mirror_bytes",
+		"Approximate bytes the control plane holds in memory for a region on its own cluster.", []string{"region"}, nil)
 )
 
 func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -80,12 +95,17 @@ func (c *regionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- regionOnlineDesc
 	ch <- regionUnmatchedDesc
 	ch <- regionScrapeErrDesc
+	ch <- regionReachableDesc
+	ch <- mirrorBytesDesc
 }
 
 func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	regions, err := c.st.ListRegions(ctx)
+	for region, n := range c.fleet.MirrorBytes() {
+		ch <- prometheus.MustNewConstMetric(mirrorBytesDesc, prometheus.GaugeValue, float64(n), region)
+	}
+	regions, err := c.fleet.ListRegions(ctx)
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(regionScrapeErrDesc, prometheus.GaugeValue, 1)
 		return
@@ -101,5 +121,10 @@ func (c *regionCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(regionOnlineDesc, prometheus.GaugeValue, online, r.Name)
 		ch <- prometheus.MustNewConstMetric(regionUnmatchedDesc, prometheus.GaugeValue, float64(r.Unmatched), r.Name)
+		reachable := 0.0
+		if r.Reachable {
+			reachable = 1
+		}
+		ch <- prometheus.MustNewConstMetric(regionReachableDesc, prometheus.GaugeValue, reachable, r.Name)
 	}
 }

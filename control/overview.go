@@ -3,10 +3,12 @@ package control
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -17,7 +19,7 @@ import (
 // watch says regions changed (observe); the pages and the push only read from it, so
 // rendering a page never changes what another page shows.
 type overview struct {
-	st     *store.Store
+	fleet  *federation.Fleet
 	alert  int // unmatched reports per region above which a region alerts
 	rates  *rateTracker
 	health *healthLog
@@ -28,8 +30,8 @@ type overview struct {
 	observed bool     // total and names are set
 }
 
-func newOverview(st *store.Store, alert int) *overview {
-	return &overview{st: st, alert: alert, rates: newRateTracker(), health: newHealthLog()}
+func newOverview(fl *federation.Fleet, alert int) *overview {
+	return &overview{fleet: fl, alert: alert, rates: newRateTracker(), health: newHealthLog()}
 }
 
 // regions reads every region (one transaction, keys only but for the region keys) as
@@ -37,7 +39,7 @@ func newOverview(st *store.Store, alert int) *overview {
 // heartbeat as the health log saw it. It records nothing.
 func (o *overview) regions(ctx context.Context) ([]regionView, int, error) {
 	at := time.Now().UTC()
-	rs, err := o.st.ListRegions(ctx)
+	rs, err := o.fleet.ListRegions(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -84,7 +86,7 @@ func (o *overview) regionNames(ctx context.Context) ([]string, error) {
 	if ok {
 		return names, nil
 	}
-	return o.st.RegionNames(ctx)
+	return o.fleet.RegionNames(ctx)
 }
 
 // unmatchedTotal is the number of unmatched reports as last observed (ok is false
@@ -99,7 +101,7 @@ func (o *overview) unmatchedTotal() (n int, ok bool) {
 // unmatched lists the newest max unmatched reports of a region ("" for all) as views,
 // newest first: one page, with the page's hardware only (for the summaries).
 func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unmatchedView, error) {
-	us, _, err := o.st.UnmatchedPage(ctx, region, store.Page{Limit: max}, true)
+	us, _, _, err := o.fleet.UnmatchedPage(ctx, region, store.Page{Limit: max}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -110,19 +112,24 @@ func (o *overview) unmatched(ctx context.Context, region string, max int) ([]unm
 	return out, nil
 }
 
-// task is one task as a view, with the rate and ETA of its install.
-func (o *overview) task(t store.Task) taskView { return newTaskView(t, o.rates) }
+// task is one task as a view, with the rate and ETA of its install; stale when it is
+// shown as last seen (its region's cluster does not answer).
+func (o *overview) task(t store.Task, stale bool) taskView {
+	v := newTaskView(t, o.rates)
+	v.Stale = stale
+	return v
+}
 
 // taskPage is one page of tasks as views, newest first: keys-only index reads, then
 // only the page's tasks, without hardware.
 func (o *overview) taskPage(ctx context.Context, region string, status store.Status, p store.Page) ([]taskView, store.PageMarks, error) {
-	tasks, marks, err := o.st.TaskPage(ctx, region, status, p)
+	tasks, marks, stale, err := o.fleet.TaskPage(ctx, region, status, p, false)
 	if err != nil {
 		return nil, marks, err
 	}
 	out := make([]taskView, 0, len(tasks))
 	for _, t := range tasks {
-		out = append(out, o.task(t))
+		out = append(out, o.task(t, slices.Contains(stale, t.RegionID)))
 	}
 	return out, marks, nil
 }
@@ -140,8 +147,8 @@ func (o *overview) since() time.Time { return o.health.started }
 type healthLog struct {
 	mu       sync.Mutex
 	started  time.Time
-	observed time.Time // when the last recorded read began
-	last     map[string]bool
+	observed time.Time             // when the last recorded read began
+	last     map[string]string     // health: online, offline, unreachable (its etcd does not answer)
 	lastBeat map[string]regionView // as last seen online
 	events   map[string][]healthEvent
 }
@@ -149,13 +156,14 @@ type healthLog struct {
 type healthEvent struct {
 	At     time.Time
 	Online bool
+	Health string
 	Note   string
 }
 
 const healthLogMax = 100
 
 func newHealthLog() *healthLog {
-	return &healthLog{started: time.Now().UTC(), last: map[string]bool{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
+	return &healthLog{started: time.Now().UTC(), last: map[string]string{}, lastBeat: map[string]regionView{}, events: map[string][]healthEvent{}}
 }
 
 // record notes the regions' state as one read saw it (only changes are kept) and the
@@ -176,11 +184,11 @@ func (h *healthLog) record(rs []regionView) {
 			h.lastBeat[r.Name] = r
 		}
 		prev, seen := h.last[r.Name]
-		if seen && prev == r.Online {
+		if seen && prev == r.Health {
 			continue
 		}
-		h.last[r.Name] = r.Online
-		ev := append(h.events[r.Name], healthEvent{At: at, Online: r.Online, Note: changeNote(seen, r.Health)})
+		h.last[r.Name] = r.Health
+		ev := append(h.events[r.Name], healthEvent{At: at, Online: r.Online, Health: r.Health, Note: changeNote(seen, r.Health)})
 		if len(ev) > healthLogMax {
 			ev = ev[len(ev)-healthLogMax:]
 		}
@@ -219,8 +227,8 @@ func (h *healthLog) history(rv regionView) []healthEvent {
 	defer h.mu.Unlock()
 	rec := h.events[rv.Name]
 	out := make([]healthEvent, 0, len(rec)+1)
-	if prev, seen := h.last[rv.Name]; (!seen || prev != rv.Online) && !rv.readAt.IsZero() && rv.readAt.After(h.observed) {
-		out = append(out, healthEvent{At: rv.readAt, Online: rv.Online, Note: changeNote(seen, rv.Health)})
+	if prev, seen := h.last[rv.Name]; (!seen || prev != rv.Health) && !rv.readAt.IsZero() && rv.readAt.After(h.observed) {
+		out = append(out, healthEvent{At: rv.readAt, Online: rv.Online, Health: rv.Health, Note: changeNote(seen, rv.Health)})
 	}
 	for i := len(rec) - 1; i >= 0; i-- { // recorded in order
 		out = append(out, rec[i])

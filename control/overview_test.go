@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/storetest"
 )
@@ -18,7 +19,7 @@ func TestOverviewHealthHistory(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	etcd := storetest.Start(t)
-	ov := newOverview(etcd.Store, 5)
+	ov := newOverview(federation.New(etcd.Store, nil, nil), 5)
 	hb, err := etcd.Store.StartHeartbeat(ctx, func() store.Heartbeat {
 		return store.Heartbeat{Region: "dc1", APIURL: "http://dc1.example:8081", Version: "v1", Images: []contract.ImageRef{{OSRef: contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}}}}
 	}, 10*time.Second, nil)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 	"lpmos.dev/lpmos/store/httpjson"
 )
@@ -106,7 +107,7 @@ func (s *Server) tasksPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	total, err := s.store.CountTasks(ctx, f.Region, store.Status(f.Status))
+	total, stale, err := s.fleet.CountTasks(ctx, f.Region, store.Status(f.Status))
 	if err != nil {
 		return err
 	}
@@ -118,7 +119,7 @@ func (s *Server) tasksPage(w http.ResponseWriter, r *http.Request) error {
 	// rows and add none.
 	s.render(w, r, http.StatusOK, "tasks", page{Title: "Tasks", Nav: "tasks", Filter: f},
 		map[string]any{"Tasks": tasks, "Regions": regions, "Statuses": store.Statuses, "Filter": f,
-			"Total": total, "Links": linksFor(r, "/tasks", marks), "Newest": marks.Prev == ""})
+			"Total": total, "Links": linksFor(r, "/tasks", marks), "Newest": marks.Prev == "", "StaleRegions": stale})
 	return nil
 }
 
@@ -230,12 +231,16 @@ func (s *Server) createSubmit(w http.ResponseWriter, r *http.Request) error {
 	if len(f.Errors) > 0 {
 		return s.renderCreate(w, r, http.StatusBadRequest, f)
 	}
-	t, err := s.store.CreateTask(r.Context(), n)
+	t, err := s.fleet.CreateTask(r.Context(), n)
 	if err != nil {
 		var ve *store.ValidationError
+		var ue *federation.UnreachableError
 		switch {
 		case errors.As(err, &ve):
 			f.Errors[formField[ve.Field]] = ve.Message
+		case errors.As(err, &ue):
+			f.FormError = ue.Error()
+			return s.renderCreate(w, r, http.StatusServiceUnavailable, f)
 		case errors.Is(err, store.ErrConflict):
 			f.FormError = err.Error()
 		default:
@@ -277,6 +282,10 @@ type taskPageData struct {
 	Timeline     []timelineStep
 	Error        string
 	ImageWarning string // the region does not advertise the task's image
+	// Stale: the region's cluster does not answer; the task is shown as last seen,
+	// Unreachable says since when.
+	Stale       bool
+	Unreachable string
 }
 
 type timelineStep struct {
@@ -287,15 +296,25 @@ type timelineStep struct {
 }
 
 func (s *Server) loadTaskPage(ctx context.Context, id string) (taskPageData, error) {
-	t, err := s.store.GetTask(ctx, id)
+	t, stale, err := s.fleet.GetTask(ctx, id)
 	if err != nil {
 		return taskPageData{}, err
 	}
-	d := taskPageData{Task: t, View: s.overview.task(t), HW: parseHardware(t.Hardware, t.TargetMAC),
-		Image: t.OSRef.String()}
+	d := taskPageData{Task: t, View: s.overview.task(t, bool(stale)), HW: parseHardware(t.Hardware, t.TargetMAC),
+		Image: t.OSRef.String(), Stale: bool(stale)}
+	if stale {
+		d.Unreachable = "unreachable"
+		if rs, err := s.fleet.GetRegion(ctx, t.RegionID); err == nil && rs.UnreachableSince != nil {
+			d.Unreachable = "unreachable since " + rs.UnreachableSince.UTC().Format("15:04") + " UTC"
+		}
+	}
 	d.Target, d.PlanImage, d.DiskRefused = planText(&d.HW, t.Plan)
-	trail, err := s.store.ListAudit(ctx, store.AuditFilter{Region: t.RegionID, TaskID: t.TaskID})
-	if err != nil {
+	trail, _, _, err := s.fleet.AuditPage(ctx, store.AuditFilter{Region: t.RegionID, TaskID: t.TaskID}, store.Page{Limit: 1000})
+	var ue *federation.UnreachableError
+	switch {
+	case errors.As(err, &ue):
+		trail = nil // the steps show without their actors until the region answers
+	case err != nil:
 		return taskPageData{}, err
 	}
 	d.Timeline = timeline(t, trail)
@@ -387,8 +406,9 @@ func (s *Server) actionError(w http.ResponseWriter, r *http.Request, id string, 
 	if lerr != nil {
 		return err
 	}
+	err = unreachableAs503(err) // shown on the page, as the API says it
 	code := httpjson.StatusFor(err)
-	if code >= 500 {
+	if code >= 500 && !errors.As(err, new(*httpjson.Error)) {
 		return err
 	}
 	d.Error = err.Error()
@@ -414,7 +434,7 @@ func (s *Server) approveSubmit(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	// The digest the page showed: if the plan changed since, the store refuses.
-	t, err := s.store.ApproveTask(r.Context(), id, r.PostForm.Get("plan_digest"))
+	t, err := s.fleet.ApproveTask(r.Context(), id, r.PostForm.Get("plan_digest"))
 	if err != nil {
 		return s.actionError(w, r, id, err)
 	}
@@ -438,7 +458,7 @@ func (s *Server) cancelSubmit(w http.ResponseWriter, r *http.Request) error {
 		}
 		reason += ": " + extra
 	}
-	t, err := s.store.CancelTask(r.Context(), id, reason)
+	t, err := s.fleet.CancelTask(r.Context(), id, reason)
 	if err != nil {
 		return s.actionError(w, r, id, err)
 	}
@@ -500,7 +520,7 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 	var reports []store.UnmatchedReport
 	var marks store.PageMarks
 	if countIn(regions, region, func(rv regionView) int { return rv.Unmatched }) > 0 {
-		if reports, marks, err = s.store.UnmatchedPage(ctx, region, p, true); err != nil {
+		if reports, marks, _, err = s.fleet.UnmatchedPage(ctx, region, p, true); err != nil {
 			return err
 		}
 	}
@@ -511,7 +531,7 @@ func (s *Server) renderUnmatched(w http.ResponseWriter, r *http.Request, code in
 		if pending {
 			// Link target: the MAC's open task, through the MAC index (one read, not
 			// every pending task of the fleet).
-			t, err := s.store.OpenTaskForMAC(ctx, u.Region, u.MACAddress)
+			t, err := s.fleet.OpenTaskForMAC(ctx, u.Region, u.MACAddress)
 			switch {
 			case err == nil && t.Status == store.StatusPending:
 				it.Pending = []store.Task{t}
@@ -561,10 +581,14 @@ func (s *Server) matchSubmit(w http.ResponseWriter, r *http.Request) error {
 			return s.renderUnmatched(w, r, http.StatusBadRequest, store.Page{}, fail)
 		}
 	}
-	t, err := s.store.MatchUnmatched(r.Context(), region, id, m)
+	t, err := s.fleet.MatchUnmatched(r.Context(), region, id, m)
 	if err != nil {
 		var ve *store.ValidationError
+		var ue *federation.UnreachableError
 		switch {
+		case errors.As(err, &ue):
+			fail.FormError = ue.Error()
+			return s.renderUnmatched(w, r, http.StatusServiceUnavailable, store.Page{}, fail)
 		case errors.As(err, &ve) && (ve.Field == "os_type" || ve.Field == "os_version"):
 			fail.Errors[ve.Field] = ve.Message
 		case httpjson.StatusFor(err) < 500:

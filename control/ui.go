@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"embed"
+	"errors"
 	"html/template"
 	"io/fs"
 	"net/http"
@@ -123,13 +124,15 @@ func noCache(h http.Handler) http.Handler {
 // status codes in the one place the API uses too (httpjson.StatusFor).
 func (s *Server) pageHandler(f func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := f(w, r)
+		err := unreachableAs503(f(w, r))
 		if err == nil {
 			return
 		}
 		code := httpjson.StatusFor(err)
 		msg := err.Error()
 		switch {
+		case code == http.StatusServiceUnavailable && errors.As(err, new(*httpjson.Error)):
+			s.log.Warn("page: refused", "path", r.URL.Path, "err", err) // a region that does not answer: say which
 		case code == http.StatusServiceUnavailable:
 			s.log.Warn("page: store unavailable", "path", r.URL.Path, "err", err)
 			msg = "store unavailable: etcd does not answer. What you see elsewhere may be stale; try again in a few seconds."

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"lpmos.dev/lpmos/contract"
+	"lpmos.dev/lpmos/federation"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -36,6 +37,8 @@ type taskView struct {
 	Error       string    `json:"error"`
 	Created     time.Time `json:"created"`
 	Updated     time.Time `json:"updated"`
+	// Stale: shown as last seen, its region's cluster does not answer.
+	Stale bool `json:"stale,omitempty"`
 }
 
 func statusLabel(s store.Status) string {
@@ -96,7 +99,14 @@ type regionView struct {
 	Installing int              `json:"installing"`
 	Unmatched  int              `json:"unmatched"`
 	Alert      bool             `json:"alert"`
-	readAt     time.Time        // when the read that made this view began
+	// Where the region lives and whether its cluster answers (docs/federation.md);
+	// HealthText is what the health cell says ("unreachable since 15:04 UTC").
+	Cluster          string     `json:"cluster"`
+	Reachable        bool       `json:"reachable"`
+	UnreachableSince *time.Time `json:"unreachable_since,omitempty"`
+	Stale            bool       `json:"stale,omitempty"`
+	HealthText       string     `json:"health_text"`
+	readAt           time.Time  // when the read that made this view began
 }
 
 type statusCount struct {
@@ -105,11 +115,20 @@ type statusCount struct {
 	N      int    `json:"n"`
 }
 
-func newRegionView(r store.Region, alert int) regionView {
+func newRegionView(rs federation.RegionStatus, alert int) regionView {
+	r := rs.Region
 	v := regionView{Name: r.Name, Online: r.Online, Health: "offline", Unmatched: r.Unmatched,
-		Alert: r.Unmatched > alert, CountMap: map[string]int{}}
+		Alert: r.Unmatched > alert, CountMap: map[string]int{},
+		Cluster: rs.Cluster, Reachable: rs.Reachable, UnreachableSince: rs.UnreachableSince, Stale: rs.Stale}
 	if r.Online {
 		v.Health = "online"
+	}
+	v.HealthText = v.Health
+	if !rs.Reachable {
+		v.Health, v.HealthText = "unreachable", "unreachable"
+		if rs.UnreachableSince != nil {
+			v.HealthText = "unreachable since " + rs.UnreachableSince.UTC().Format("15:04") + " UTC"
+		}
 	}
 	if hb := r.Heartbeat; hb != nil {
 		at := hb.Timestamp

@@ -206,7 +206,7 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, p Page) ([]AuditEn
 		}
 		prefix = auditPrefix(f.Region)
 	}
-	l := &pagedList{scope: fmt.Sprintf("audit/%s/%s/%s/%s/%d", f.Region, f.TaskID, f.Actor, f.Action, f.Since.Unix()),
+	l := &pagedList{scope: auditScope(f),
 		validID: func(id string) bool { return len(id) <= 64 }, scan: true}
 	if f.TaskID != "" {
 		region := f.Region

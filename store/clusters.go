@@ -86,7 +86,10 @@ func (s *Store) PutRegionCluster(ctx context.Context, c RegionCluster) error {
 		return err
 	}
 	b, _ := json.Marshal(c)
-	audit := newAudit(ctx, s.now(), AuditRegionCluster, c.Region, "").with("endpoints", strings.Join(c.Endpoints, ","))
+	// Audited in the control scope, not the region's: a registration is the control
+	// plane's decision, and a region's own keys in this etcd are what a migration
+	// copies, compares and deletes (federation.Migration).
+	audit := newAudit(ctx, s.now(), AuditRegionCluster, "", "").with("endpoints", strings.Join(c.Endpoints, ","))
 	audit.Target = c.Region
 	if _, err := s.c.Txn(ctx).Then(clientv3.OpPut(clusterKey(c.Region), string(b)), audit.op()).Commit(); err != nil {
 		return fmt.Errorf("register region %s's etcd: %w", c.Region, err)
@@ -100,7 +103,7 @@ func (s *Store) DeleteRegionCluster(ctx context.Context, region string) (bool, e
 	if err := ValidateRegion(region); err != nil {
 		return false, err
 	}
-	audit := newAudit(ctx, s.now(), AuditRegionCluster, region, "").with("removed", "true")
+	audit := newAudit(ctx, s.now(), AuditRegionCluster, "", "").with("removed", "true")
 	audit.Target = region
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(clusterKey(region)), ">", 0)).
 		Then(clientv3.OpDelete(clusterKey(region)), audit.op()).Commit()

@@ -114,11 +114,27 @@ func clip(s string) string {
 // readPage reads one page of l, newest first, at one revision (returned, for reading
 // the rows' tasks or values at that same view).
 func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, PageMarks, int64, error) {
+	var rev int64
+	rows, marks, err := l.page(p, func(n int, at *pagePos, newer bool) ([]pageRow, error) {
+		rows, r, err := s.pageRows(ctx, l, n, at, newer)
+		rev = r
+		return rows, err
+	})
+	if err != nil {
+		return nil, PageMarks{}, 0, err
+	}
+	return rows, marks, rev, nil
+}
+
+// page makes one page of l, newest first, from rows fetches: up to n rows beyond at
+// (nil: from the newest), newest first, or oldest first when newer. etcd's ranges
+// fetch them for readPage, memory for a Mirror: one cursor logic for both.
+func (l *pagedList) page(p Page, fetch func(n int, at *pagePos, newer bool) ([]pageRow, error)) ([]pageRow, PageMarks, error) {
 	if p.Limit < 1 || p.Limit > MaxPageLimit {
-		return nil, PageMarks{}, 0, invalid("limit", "%d is not 1-%d", p.Limit, MaxPageLimit)
+		return nil, PageMarks{}, invalid("limit", "%d is not 1-%d", p.Limit, MaxPageLimit)
 	}
 	if p.After != "" && p.Before != "" {
-		return nil, PageMarks{}, 0, invalid("before", "give after or before, not both")
+		return nil, PageMarks{}, invalid("before", "give after or before, not both")
 	}
 	var at *pagePos
 	newer := p.Before != ""
@@ -128,13 +144,13 @@ func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, 
 		}
 		pos, err := l.parseCursor(field, c)
 		if err != nil {
-			return nil, PageMarks{}, 0, err
+			return nil, PageMarks{}, err
 		}
 		at = &pos
 	}
-	rows, rev, err := s.pageRows(ctx, l, p.Limit+1, at, newer)
+	rows, err := fetch(p.Limit+1, at, newer)
 	if err != nil {
-		return nil, PageMarks{}, 0, err
+		return nil, PageMarks{}, err
 	}
 	more := len(rows) > p.Limit
 	if more {
@@ -145,12 +161,12 @@ func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, 
 		if !more {
 			// Nothing newer than this page: it is the first page, and a first page is
 			// full.
-			return s.readPage(ctx, l, Page{Limit: p.Limit})
+			return l.page(Page{Limit: p.Limit}, fetch)
 		}
 		slices.Reverse(rows)
 		m.Prev = l.cursor(rows[0].pos())
 		m.Next = l.cursor(rows[len(rows)-1].pos())
-		return rows, m, rev, nil
+		return rows, m, nil
 	}
 	if more {
 		m.Next = l.cursor(rows[len(rows)-1].pos())
@@ -161,7 +177,7 @@ func (s *Store) readPage(ctx context.Context, l *pagedList, p Page) ([]pageRow, 
 			m.Prev = l.cursor(rows[0].pos())
 		}
 	}
-	return rows, m, rev, nil
+	return rows, m, nil
 }
 
 func (r pageRow) pos() pagePos { return pagePos{id: r.id, label: r.label} }

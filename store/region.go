@@ -321,6 +321,16 @@ func (s *Store) WaitStatus(ctx context.Context, region, id string, cur Status) e
 	return ctx.Err()
 }
 
+// Revision is the cluster's current revision (a Mirror has caught up when its
+// Revision reaches it).
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	resp, err := s.c.Get(ctx, healthProbeKey, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("etcd revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
 // Alarms lists etcd's raised alarms ("NOSPACE", "CORRUPT"), for health pages: an
 // alarm stops every write, and operators must hear of it before the 500s would.
 func (s *Store) Alarms(ctx context.Context) ([]string, error) {

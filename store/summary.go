@@ -120,10 +120,7 @@ func (s *Store) taskList(ctx context.Context, region string, status Status) (*pa
 	if status != "" && !status.Valid() {
 		return nil, invalid("status", "unknown status %q", status)
 	}
-	l := &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
-		_, err := uuid.Parse(id)
-		return err == nil
-	}, timed: taskIDTimes}
+	l := newTaskList(region, status)
 	if region == "" && status == "" {
 		l.ranges, l.values = []pageRange{{prefix: taskRegionIndexKey("")}}, true
 		return l, nil
@@ -148,6 +145,16 @@ func (s *Store) taskList(ctx context.Context, region string, status Status) (*pa
 		}
 	}
 	return l, nil
+}
+
+// newTaskList is the task list of region and status without its ranges: its scope
+// (what a cursor belongs to) and ids. A Mirror pages with the same one, so cursors go
+// from one to the other.
+func newTaskList(region string, status Status) *pagedList {
+	return &pagedList{scope: "tasks/" + region + "/" + string(status), validID: func(id string) bool {
+		_, err := uuid.Parse(id)
+		return err == nil
+	}, timed: taskIDTimes}
 }
 
 // statusRefs reads the status index keys only: the tasks of a region ("" for every

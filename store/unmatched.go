@@ -87,6 +87,24 @@ func (s *Store) deleteUnmatchedKeys(ctx context.Context, region string, kvs []*m
 	return nil
 }
 
+// newUnmatchedList is the unmatched report list of region ("" for every region)
+// without its ranges (shared with Mirror.UnmatchedPage: one cursor for both).
+func newUnmatchedList(region string) *pagedList {
+	return &pagedList{scope: "unmatched/" + region, validID: func(id string) bool {
+		_, ok := unmatchedIDTime(id)
+		return ok
+	}, timed: &timedIDs{time: unmatchedIDTime, grain: time.Second,
+		floor: func(t time.Time) string { return t.UTC().Format("20060102150405") }}}
+}
+
+// unmatchedSummary is the report a row's id alone tells (id, region, MAC, received_at
+// to the second): UnmatchedPage without hardware, and a Mirror's.
+func unmatchedSummary(region, id string) (UnmatchedReport, bool) {
+	t, ok := unmatchedIDTime(id)
+	_, mac, _ := strings.Cut(id, "-")
+	return UnmatchedReport{ID: id, Region: region, MACAddress: mac, ReceivedAt: t}, ok
+}
+
 // UnmatchedPage returns one page of a region's ("" for every region) unmatched
 // reports, newest first. The ids start with their time, so a page is a keys-only
 // range from the cursor with a limit per region; without hardware the reports are
@@ -102,11 +120,7 @@ func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHa
 	} else if err := ValidateRegion(region); err != nil {
 		return nil, PageMarks{}, err
 	}
-	l := &pagedList{scope: "unmatched/" + region, validID: func(id string) bool {
-		_, ok := unmatchedIDTime(id)
-		return ok
-	}, timed: &timedIDs{time: unmatchedIDTime, grain: time.Second,
-		floor: func(t time.Time) string { return t.UTC().Format("20060102150405") }}}
+	l := newUnmatchedList(region)
 	for _, r := range regions {
 		l.ranges = append(l.ranges, pageRange{label: r, prefix: unmatchedPrefix(r)})
 	}
@@ -134,12 +148,10 @@ func (s *Store) UnmatchedPage(ctx context.Context, region string, p Page, withHa
 			}
 			u.ID = r.id
 		} else {
-			t, ok := unmatchedIDTime(r.id)
-			_, mac, _ := strings.Cut(r.id, "-")
-			if !ok {
+			var ok bool
+			if u, ok = unmatchedSummary(r.label, r.id); !ok {
 				continue
 			}
-			u.MACAddress, u.ReceivedAt = mac, t
 		}
 		out = append(out, u)
 	}

@@ -48,12 +48,19 @@ func (s *Store) WatchAll(ctx context.Context, ready func(), fn func(Change)) err
 }
 
 // watchBatch is what one prefix's watch hands on: events in revision order, or a
-// registration, or a resync.
+// registration, a resync, a progress notice, or a permanent error.
 type watchBatch struct {
+	prefix  string // the prefix watched
 	events  []*clientv3.Event
 	created bool
 	resync  bool
-	err     error // permanent: the watch ended
+	// compacted is the resync's compaction revision: the changes from the watch's
+	// revision up to compacted-1 are gone, the watch carries on from compacted.
+	compacted int64
+	// progress: etcd's progress notice (RequestProgress), every change of the prefix
+	// up to this revision was delivered.
+	progress int64
+	err      error // permanent: the watch ended
 }
 
 // watchPrefixes watches each prefix from revision from (0: now) until ctx ends. A watch
@@ -64,23 +71,9 @@ type watchBatch struct {
 // the changes in the gap are gone from etcd's history, the caller re-reads. ready is
 // also called once every prefix is first registered. fn is called from this goroutine.
 func (s *Store) watchPrefixes(ctx context.Context, prefixes []string, from int64, ready func(), fn func(*clientv3.Event)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	out := make(chan watchBatch)
-	for _, p := range prefixes {
-		go s.watchResuming(ctx, p, from, out)
-	}
 	registered, readied := 0, false
-	for {
-		var b watchBatch
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case b = <-out:
-		}
+	return s.watchBatches(ctx, prefixes, from, func(b watchBatch) error {
 		switch {
-		case b.err != nil:
-			return b.err
 		case b.created && !readied:
 			if registered++; registered == len(prefixes) {
 				readied = true
@@ -94,12 +87,40 @@ func (s *Store) watchPrefixes(ctx context.Context, prefixes []string, from int64
 		for _, ev := range b.events {
 			fn(ev)
 		}
+		return nil
+	})
+}
+
+// watchBatches runs one watchResuming per prefix and hands every batch to fn, from
+// this goroutine, in order per prefix, until ctx ends, a watch fails for good, or fn
+// returns an error.
+func (s *Store) watchBatches(ctx context.Context, prefixes []string, from int64, fn func(watchBatch) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := make(chan watchBatch)
+	for _, p := range prefixes {
+		go s.watchResuming(ctx, p, from, out)
+	}
+	for {
+		var b watchBatch
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case b = <-out:
+		}
+		if b.err != nil {
+			return b.err
+		}
+		if err := fn(b); err != nil {
+			return err
+		}
 	}
 }
 
 // watchResuming is one prefix's watch for watchPrefixes.
 func (s *Store) watchResuming(ctx context.Context, prefix string, next int64, out chan<- watchBatch) {
 	send := func(b watchBatch) bool {
+		b.prefix = prefix
 		select {
 		case out <- b:
 			return true
@@ -119,7 +140,7 @@ func (s *Store) watchResuming(ctx context.Context, prefix string, next int64, ou
 			if wr.CompactRevision != 0 {
 				// The history from next on is compacted: start at the compaction.
 				next, failed = wr.CompactRevision, nil
-				if !send(watchBatch{resync: true}) {
+				if !send(watchBatch{resync: true, compacted: next}) {
 					break
 				}
 				wait = 0
@@ -139,6 +160,12 @@ func (s *Store) watchResuming(ctx context.Context, prefix string, next int64, ou
 					if !send(watchBatch{created: true}) {
 						break
 					}
+				}
+				continue
+			}
+			if wr.IsProgressNotify() {
+				if !send(watchBatch{progress: wr.Header.Revision}) {
+					break
 				}
 				continue
 			}

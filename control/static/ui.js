@@ -49,6 +49,7 @@
         (m.tasks || []).forEach(task);
         break;
       case "task": task(m.task); break;
+      case "tasks": (m.tasks || []).forEach(task); break;
       case "task_deleted":
         $$('tr[data-task="' + CSS.escape(m.deleted) + '"]').forEach((r) => r.remove());
         break;
@@ -77,6 +78,7 @@
     setText(root, "mac", v.mac);
     setText(root, "os", v.os);
     setText(root, "error", v.error || "");
+    $$('[data-field="stale"]', root).forEach((e) => { e.hidden = !v.stale; });
     setText(root, "percent_text", v.percent_text);
     setText(root, "stage", v.stage);
     setText(root, "rate", v.rate || "—");
@@ -141,7 +143,7 @@
     const th = el("th", { scope: "row" });
     th.append(el("a", { href: "/regions/" + encodeURIComponent(r.name) }, r.name));
     const health = el("td");
-    health.append(el("span", { "data-field": "health" }));
+    health.append(el("span", { "data-field": "health" }), " ", el("span", { class: "stale", "data-field": "region-stale", hidden: "" }, "stale"));
     const hb = el("td");
     hb.append(el("span", { "data-field": "heartbeat" }));
     const counts = el("td");
@@ -153,9 +155,10 @@
   }
   function fillRegion(root, r) {
     $$('[data-field="health"]', root).forEach((e) => {
-      e.textContent = r.health;
+      e.textContent = r.health_text || r.health;
       e.className = "health health-" + r.health;
     });
+    $$('[data-field="region-stale"]', root).forEach((e) => { e.hidden = !r.stale; });
     $$('[data-field="heartbeat"]', root).forEach((e) => {
       const t = el("time");
       if (r.heartbeat) {
