@@ -72,15 +72,9 @@ type lab struct {
 	dc2st                *store.Store // dc2's own etcd, dialled inside dc2 (as on the appliance host)
 	cpHTTP, dc1HTTP      *http.Client
 	dc2HTTP              *http.Client
-	admin                string // the control plane's API token
-
-	// federated: the control plane federates region clusters (GET /api/v1/regions
-	// names each region's "cluster"). Without it (the control plane before issue 16),
-	// dc2's tasks are created and approved in dc2's etcd directly and the control
-	// plane's assertions are skipped, loudly.
-	federated bool
-	feed      *liveFeed // the live push, followed when federated
-	agents    int       // agents started, for unique log names
+	admin                string    // the control plane's API token
+	feed                 *liveFeed // the live push, followed through the whole test
+	agents               int       // agents started, for unique log names
 }
 
 // newLab builds the binaries and the image, creates the namespaces and links, and
@@ -129,27 +123,13 @@ func newLab(t *testing.T) *lab {
 		"--etcd-endpoints=127.0.0.1:2379", "--region=dc2=http://"+dc2ToHQ+":2379")
 	l.expect(l.cp, "control plane ready", 60*time.Second)
 
-	// Both regions heartbeat; the federated control plane lists dc2 (from its own
-	// cluster) beside dc1 (from the shared one).
-	l.poll("the control plane lists dc1 online", 30*time.Second, func() bool {
-		r, ok := l.regions()["dc1"]
-		if ok {
-			l.federated = r.Cluster != ""
-		}
-		return ok && r.Online
+	// Both regions heartbeat: the control plane lists dc1 from the shared cluster and
+	// dc2 from its own.
+	l.poll("the control plane lists dc1 (shared) and dc2 (own cluster, reachable) online", 30*time.Second, func() bool {
+		r := l.regions()
+		d1, d2 := r["dc1"], r["dc2"]
+		return d1.Online && d1.Cluster == "shared" && d2.Online && d2.Cluster == "own" && d2.Reachable != nil && *d2.Reachable
 	})
-	if !l.federated {
-		t.Log("NOTE: this control plane does not federate region clusters (no \"cluster\" in GET /api/v1/regions): " +
-			"dc2's tasks are created and approved in dc2's etcd directly and the control plane's assertions are skipped")
-		return l
-	}
-	l.poll("the control plane lists dc2 online, on its own cluster, reachable", 30*time.Second, func() bool {
-		r, ok := l.regions()["dc2"]
-		return ok && r.Online && r.Cluster == "own" && r.Reachable != nil && *r.Reachable
-	})
-	if r := l.regions()["dc1"]; r.Cluster != "shared" {
-		t.Fatalf("dc1 (on hq's etcd) is listed with cluster %q, want shared", r.Cluster)
-	}
 	l.feed = l.follow()
 	return l
 }
@@ -400,27 +380,11 @@ func (l *lab) regionStore(region string) *store.Store {
 	return l.home
 }
 
-// adminCtx acts as the control plane's admin (for direct writes without a federating
-// control plane).
-func adminCtx(ctx context.Context) context.Context {
-	return store.WithActor(ctx, store.Actor{Kind: store.ActorUser, Name: "admin"})
-}
-
-// create creates m's task through the control plane (in dc2's etcd directly when the
-// control plane does not federate).
+// create creates m's task through the control plane.
 func (l *lab) create(m *machine) {
 	l.t.Helper()
-	req := store.NewTask{RegionID: m.region, TargetMAC: m.mac, OSRef: osRef}
-	if m.region == "dc2" && !l.federated {
-		t, err := l.dc2st.CreateTask(adminCtx(stepCtx(l.t, 10*time.Second)), req)
-		if err != nil {
-			l.t.Fatalf("create %s in dc2's etcd: %v", m.name, err)
-		}
-		m.taskID = t.TaskID
-		return
-	}
 	var t apiTask
-	if code, body := l.call("POST", "/api/v1/tasks", req, &t); code != http.StatusCreated {
+	if code, body := l.call("POST", "/api/v1/tasks", store.NewTask{RegionID: m.region, TargetMAC: m.mac, OSRef: osRef}, &t); code != http.StatusCreated {
 		l.t.Fatalf("create %s: %d %s", m.name, code, body)
 	}
 	m.taskID = t.TaskID
@@ -464,16 +428,9 @@ func (l *lab) reported(m *machine) string {
 	return t.Plan.Digest
 }
 
-// approve approves m's plan through the control plane (in dc2's etcd directly when the
-// control plane does not federate).
+// approve approves m's plan through the control plane.
 func (l *lab) approve(m *machine, digest string) {
 	l.t.Helper()
-	if m.region == "dc2" && !l.federated {
-		if _, err := l.dc2st.ApproveTask(adminCtx(stepCtx(l.t, 10*time.Second)), m.taskID, digest); err != nil {
-			l.t.Fatalf("approve %s in dc2's etcd: %v", m.name, err)
-		}
-		return
-	}
 	if code, body := l.call("POST", "/api/v1/tasks/"+m.taskID+"/approve", map[string]any{"plan_digest": digest}, nil); code != http.StatusOK {
 		l.t.Fatalf("approve %s: %d %s", m.name, code, body)
 	}
@@ -1005,4 +962,29 @@ func (l *lab) tasksPushed(f *liveFeed, t time.Time, want map[string]store.Status
 		l.t.Fatalf("the live push did not show %d of %d tasks in their status within %s: %v", len(missing), len(want), within, missing)
 	}
 	return last
+}
+
+var resyncsRE = regexp.MustCompile(`msg="region mirror caught up".* region=dc2 .*resyncs=(\d+)`)
+
+// mirrorLog is how many times the control plane logged dc2's mirror caught up, and
+// the full reloads (resyncs) the last of those lines counts.
+func (l *lab) mirrorLog() (lines, resyncs int) {
+	for _, m := range resyncsRE.FindAllStringSubmatch(l.cp.Log(), -1) {
+		lines++
+		resyncs, _ = strconv.Atoi(m[1])
+	}
+	return lines, resyncs
+}
+
+// resyncsAfter waits for a caught-up line after the first `lines` and returns the
+// resyncs it counts: 0 after a watch resumed from its revision, one more after a
+// reload (the revision was compacted).
+func (l *lab) resyncsAfter(lines int) int {
+	l.t.Helper()
+	var n, r int
+	l.poll("the control plane logs dc2's mirror caught up", catchUpWithin, func() bool {
+		n, r = l.mirrorLog()
+		return n > lines
+	})
+	return r
 }

@@ -49,10 +49,6 @@ func TestWANCut(t *testing.T) {
 	began := time.Now()
 	e := l.mainCut()
 	want := l.compactionCut(e)
-	if !l.federated {
-		t.Log("NOTE: catch-up sweep skipped: this control plane does not federate region clusters")
-		return
-	}
 	for _, n := range []int{10, 100, 1000} {
 		want = l.sweepCut(want, n)
 	}
@@ -96,18 +92,15 @@ func (l *lab) mainCut() (e *machine) {
 		t.Fatalf("a at the cut: %q, want installing (mid-stream)", before.tasks[a.taskID])
 	}
 	var metric0 struct{ count, sum float64 }
-	if l.federated {
-		metric0.count, metric0.sum = l.catchUpMetric()
-	}
+	metric0.count, metric0.sum = l.catchUpMetric()
+	logged, _ := l.mirrorLog()
 
 	l.setLink(false)
 	cut := time.Now()
-	if l.federated {
-		figure(t, "cut1 unreachable_shown", l.awaitUnreachable(cut), "link down -> GET /api/v1/regions shows dc2 reachable=false")
-		figure(t, "cut1 unreachable_pushed", l.regionPushed(l.feed, cut, false, 10*time.Second).Sub(cut), "link down -> the live push shows dc2 unreachable, stale")
-		l.staleView(before)
-		l.cutAPI(a, c, before)
-	}
+	figure(t, "cut1 unreachable_shown", l.awaitUnreachable(cut), "link down -> GET /api/v1/regions shows dc2 reachable=false")
+	figure(t, "cut1 unreachable_pushed", l.regionPushed(l.feed, cut, false, 10*time.Second).Sub(cut), "link down -> the live push shows dc2 unreachable, stale")
+	l.staleView(before)
+	l.cutAPI(a, c, before)
 
 	// dc2 on its own: b boots (its boot script carries its agent token) and installs.
 	l.boot(b, "--agent-token="+l.bootToken(b))
@@ -149,24 +142,22 @@ func (l *lab) mainCut() (e *machine) {
 		l.installed(m, cutFor)
 	}
 	figure(t, "cut1 installs_done", time.Since(cut), "a (mid-stream at the cut), b (booted in the cut), c (break-glass), d (dc1) installed")
-	if l.federated {
-		var got apiTask
-		if code, body := l.call("GET", "/api/v1/tasks/"+d.taskID, nil, &got); code != http.StatusOK || got.Status != store.StatusCompleted || got.Stale {
-			t.Fatalf("dc1's d through the control plane during the cut: %d %s", code, body)
-		}
-		l.staleView(before) // still the state at the cut: nothing of dc2 leaks through the cut
+	var dv apiTask
+	if code, body := l.call("GET", "/api/v1/tasks/"+d.taskID, nil, &dv); code != http.StatusOK || dv.Status != store.StatusCompleted || dv.Stale {
+		t.Fatalf("dc1's d through the control plane during the cut: %d %s", code, body)
 	}
+	l.staleView(before) // still the state at the cut: nothing of dc2 leaks through the cut
 	if left := cutFor - time.Since(cut); left > 0 {
 		time.Sleep(left) // the cut lasts cutFor: its length is what is under test here
 	}
 	want := l.dc2State()
 	l.setLink(true)
-	if !l.federated {
-		return e
-	}
 	up := time.Now()
 	figure(t, "cut1 catchup_api", l.awaitCatchUp(want, up, catchUpWithin), fmt.Sprintf("%s cut; link up -> the API shows every dc2 change (%s)", cutFor, want))
 	figure(t, "cut1 catchup_mirror", l.mirrorCaughtUp(metric0, catchUpWithin), "lpmos_control_region_catchup_seconds: link up -> mirror at dc2's revision")
+	if r := l.resyncsAfter(logged); r != 0 {
+		t.Fatalf("dc2's mirror reloaded %d times to catch up after the first cut, want 0: its watch resumes from the revision it had", r)
+	}
 	// What an open page gets: dc2 reachable again, and the installs of the cut done.
 	live := l.regionPushed(l.feed, up, true, catchUpWithin)
 	done := map[string]store.Status{a.taskID: store.StatusCompleted, b.taskID: store.StatusCompleted, c.taskID: store.StatusCompleted}
@@ -311,17 +302,14 @@ func (l *lab) trail(m *machine, approver, reason string) {
 func (l *lab) compactionCut(e *machine) regionState {
 	t := l.t
 	var metric0 struct{ count, sum float64 }
-	if l.federated {
-		metric0.count, metric0.sum = l.catchUpMetric()
-	}
+	metric0.count, metric0.sum = l.catchUpMetric()
+	logged, resyncs := l.mirrorLog()
 	before := l.dc2State()
 
 	l.setLink(false)
 	cut := time.Now()
-	if l.federated {
-		l.awaitUnreachable(cut)
-		l.staleView(before)
-	}
+	l.awaitUnreachable(cut)
+	l.staleView(before)
 	const reason = "machine e returned to the vendor"
 	if out, err := l.breakGlass("cancel", e.taskID, "--as", "bob", "--reason", reason); err != nil {
 		t.Fatalf("break-glass cancel of e: %v\n%s", err, out)
@@ -344,12 +332,12 @@ func (l *lab) compactionCut(e *machine) regionState {
 		t.Fatalf("e after the local cancel: %q", want.tasks[e.taskID])
 	}
 	l.setLink(true)
-	if !l.federated {
-		return want
-	}
 	up := time.Now()
 	figure(t, "compacted catchup_api", l.awaitCatchUp(want, up, catchUpWithin), fmt.Sprintf("compacted at revision %d; link up -> the API shows dc2's state (%s)", rev, want))
 	figure(t, "compacted catchup_mirror", l.mirrorCaughtUp(metric0, catchUpWithin), "lpmos_control_region_catchup_seconds: link up -> mirror reloaded at dc2's revision")
+	if r := l.resyncsAfter(logged); r != resyncs+1 {
+		t.Fatalf("dc2's mirror after its revision was compacted: %d reloads in all, want %d (one more)", r, resyncs+1)
+	}
 	var page apiAudit
 	l.call("GET", "/api/v1/audit?region=dc2&task="+e.taskID+"&action=task.cancel", nil, &page)
 	if len(page.Entries) != 1 || page.Entries[0].Actor != "local:bob" || page.Entries[0].Detail["reason"] != reason {
