@@ -114,6 +114,16 @@ func (l *lab) mainCut() (e *machine) {
 		t.Fatalf("tasks show printed no approve command with a digest:\n%s", show)
 	}
 	const reason = "WAN to hq cut; rack c needed today"
+	// A digest that is not the stored plan's, and no reason: refused, nothing written.
+	for _, args := range [][]string{{"--digest", strings.Repeat("0", len(dg[1])), "--as", "alice", "--reason", reason},
+		{"--digest", dg[1], "--as", "alice"}} {
+		if out, err := l.breakGlass(append([]string{"approve", c.taskID}, args...)...); err == nil || !strings.Contains(out, "refused") && !strings.Contains(out, "--reason") {
+			t.Fatalf("break-glass approve %v: %v, want refused:\n%s", args, err, out)
+		}
+	}
+	if ct, err := l.task(c); err != nil || ct.Status != store.StatusPendingApproval {
+		t.Fatalf("c after refused break-glass approvals: %v %v, want pending_approval", ct.Status, err)
+	}
 	if out, err := l.breakGlass("approve", c.taskID, "--digest", dg[1], "--as", "alice", "--reason", reason); err != nil ||
 		!strings.Contains(out, "approved by local:alice") {
 		t.Fatalf("break-glass approval of c: %v\n%s", err, out)
