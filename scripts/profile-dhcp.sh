@@ -38,7 +38,7 @@ ip -n $srv link set pf0 up; ip -n $cli link set pf1 up
 if [ "$mode" = appliance ]; then
   mkdir -p "$work/images"
   ip netns exec $srv "$work/lpmos-appliance" --label=prof --dhcp-mode=full --dhcp-interface=pf0 --dhcp-range=10.81.1.0,10.81.250.255 \
-    --etcd-data-dir="$work/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>"$work/appliance.err" &
+    --etcd-data-dir="$work/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>"${APP_ERR:-$work/appliance.err}" &
 else
   args=(--dhcp-mode "$mode" --dhcp-interface pf0 --log-level error)
   # Older trees (to compare against) have no --cpu-profile.
