@@ -25,7 +25,10 @@
 # Servers start as "ip netns exec NS server &" so $! is the server's PID.
 # Ratios are ours/peer, oriented so that > 1 means ours is better.
 # Needs root, perfdhcp (kea-admin), kea-dhcp4, dnsmasq, in.tftpd, atftpd
-# (or ATFTPD=path), nginx, curl. ONLY_DHCP=1 stops after the DHCP parts.
+# (or ATFTPD=path), nginx, curl. ONLY_DHCP=1 stops after the DHCP parts;
+# DHCP_SERVERS picks the full-DHCP servers run, NO_PROXY=1 skips proxy DHCP.
+# Each full-DHCP climb that stopped is explained in one line: the step, the
+# OFFER and ACK drops and perfdhcp's own socket overflows there.
 # Usage: scripts/bench-sidebyside.sh
 set -euo pipefail
 DHCP_RATES=${DHCP_RATES:-"500 1000 2000 3000 4000 6000 8000 12000 16000"}

@@ -7,7 +7,8 @@
 # SECONDS, with --cpu-profile; prints CPU us per answered DORA/offer from
 # /proc/PID/stat and pprof's top, and keeps the profile as OUT (default
 # /tmp/dhcp-MODE.pprof). Namespaces 10.81.0.1/16 (server) and 10.81.0.2/16
-# (client); nothing else is touched. Needs root, perfdhcp, go.
+# (client); nothing else is touched. Needs root, perfdhcp, go. APP_ERR=FILE keeps
+# the appliance's stderr (default: dropped with the work directory).
 # Usage: scripts/profile-dhcp.sh full|proxy [RATE] [SECONDS] [OUT]
 set -euo pipefail
 mode=${1:?full, proxy or appliance}
