@@ -168,8 +168,15 @@ func (a *Appliance) startBoot(ctx context.Context, mux *http.ServeMux, port int)
 				pool.DNS = append(pool.DNS, ip)
 			}
 			// Group commit: one etcd transaction (one fsync) for all the
-			// leases ACKed meanwhile, each ACK still after its lease is stored.
-			cfg.Pool, cfg.Leases = pool, dhcpd.NewGroupCommit(&etcdLeases{s: a.store, region: a.cfg.Label})
+			// leases ACKed meanwhile, each ACK still after its lease is stored;
+			// to the embedded etcd in-process (store.LeaseWriter).
+			var local *store.Store
+			if a.etcd != nil {
+				lc := a.etcd.LocalClient()
+				a.closers.add(func() { lc.Close() })
+				local = store.New(lc)
+			}
+			cfg.Pool, cfg.Leases = pool, dhcpd.NewGroupCommit(&etcdLeases{s: a.store, w: store.NewLeaseWriter(a.store, local), region: a.cfg.Label})
 		}
 		srv, err := dhcpd.New(cfg)
 		if err != nil {
@@ -254,6 +261,7 @@ func (a *Appliance) bootServerIP() (netip.Addr, error) {
 // etcdLeases keeps full-DHCP leases in etcd under the region.
 type etcdLeases struct {
 	s      *store.Store
+	w      *store.LeaseWriter // groups (Apply); nil: through s
 	region string
 }
 
@@ -291,6 +299,9 @@ func (l *etcdLeases) Apply(ctx context.Context, puts []dhcpd.Lease, deletes []ne
 	sd := make([]string, len(deletes))
 	for i, ip := range deletes {
 		sd[i] = ip.String()
+	}
+	if l.w != nil {
+		return l.w.ApplyLeases(ctx, l.region, sp, sd)
 	}
 	return l.s.ApplyLeases(ctx, l.region, sp, sd)
 }

@@ -7,7 +7,8 @@
 # SECONDS, with --cpu-profile; prints CPU us per answered DORA/offer from
 # /proc/PID/stat and pprof's top, and keeps the profile as OUT (default
 # /tmp/dhcp-MODE.pprof). Namespaces 10.81.0.1/16 (server) and 10.81.0.2/16
-# (client); nothing else is touched. Needs root, perfdhcp, go.
+# (client); nothing else is touched. Needs root, perfdhcp, go. APP_ERR=FILE keeps
+# the appliance's stderr (default: dropped with the work directory).
 # Usage: scripts/profile-dhcp.sh full|proxy [RATE] [SECONDS] [OUT]
 set -euo pipefail
 mode=${1:?full, proxy or appliance}
@@ -38,7 +39,7 @@ ip -n $srv link set pf0 up; ip -n $cli link set pf1 up
 if [ "$mode" = appliance ]; then
   mkdir -p "$work/images"
   ip netns exec $srv "$work/lpmos-appliance" --label=prof --dhcp-mode=full --dhcp-interface=pf0 --dhcp-range=10.81.1.0,10.81.250.255 \
-    --etcd-data-dir="$work/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>"$work/appliance.err" &
+    --etcd-data-dir="$work/etcd" --tftp-addr= --api-host=127.0.0.1 --images-dir="$work/images" --log-level=warn 2>"${APP_ERR:-$work/appliance.err}" &
 else
   args=(--dhcp-mode "$mode" --dhcp-interface pf0 --log-level error)
   # Older trees (to compare against) have no --cpu-profile.

@@ -3,9 +3,12 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 )
@@ -99,4 +102,51 @@ func (s *Store) ApplyLeases(ctx context.Context, region string, puts []DHCPLease
 		ops = ops[n:]
 	}
 	return g.Wait()
+}
+
+// LeaseWriter stores lease groups through an in-process client of the appliance's
+// embedded etcd (etcdserver.LocalClient) when there is one, else through the regular
+// client. The in-process path skips gRPC and loopback TCP: at 1000 DORA/s they were
+// a fifth of the appliance's CPU. Durability is the same (the same server path: a
+// transaction returns once it is in the WAL, fsynced, and applied). The in-process
+// client has no etcd user: when etcd's authentication is on (an operator turned it on
+// for the region), its writes are refused before anything is stored, and from then on
+// every group goes through the regular client, which carries the credentials.
+type LeaseWriter struct {
+	std, local *Store
+	stdOnly    atomic.Bool
+}
+
+// NewLeaseWriter writes through local (nil: none) and falls back to std.
+func NewLeaseWriter(std, local *Store) *LeaseWriter {
+	w := &LeaseWriter{std: std, local: local}
+	w.stdOnly.Store(local == nil)
+	return w
+}
+
+// InProcess reports whether groups still go through the in-process client.
+func (w *LeaseWriter) InProcess() bool { return !w.stdOnly.Load() }
+
+// ListLeases is Store.ListLeases through the regular client (read once at start).
+func (w *LeaseWriter) ListLeases(ctx context.Context, region string) ([]DHCPLease, error) {
+	return w.std.ListLeases(ctx, region)
+}
+
+// ApplyLeases is Store.ApplyLeases, in-process while etcd lets it.
+func (w *LeaseWriter) ApplyLeases(ctx context.Context, region string, puts []DHCPLease, deletes []string) error {
+	if !w.stdOnly.Load() {
+		err := w.local.ApplyLeases(ctx, region, puts, deletes)
+		if !authRefused(err) {
+			return err
+		}
+		w.stdOnly.Store(true)
+	}
+	return w.std.ApplyLeases(ctx, region, puts, deletes)
+}
+
+// authRefused: etcd refused a request for want of (the right) user. Auth is checked
+// before a transaction is applied, so nothing of a refused one is stored.
+func authRefused(err error) bool {
+	return err != nil && (errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrPermissionDenied) ||
+		errors.Is(err, rpctypes.ErrInvalidAuthToken) || errors.Is(err, rpctypes.ErrAuthOldRevision))
 }

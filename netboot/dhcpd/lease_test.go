@@ -219,3 +219,99 @@ func testLeaseIP(t *testing.T, got map[netip.Addr]string) netip.Addr {
 	t.Fatal("no address")
 	return netip.Addr{}
 }
+
+// MaxGroup ends the gather early: with an hour's gather, MaxGroup concurrent Puts
+// are stored as one group at once.
+func TestGroupCommitMaxGroup(t *testing.T) {
+	st := &slowApplier{}
+	g := NewGroupCommit(st)
+	g.Gather, g.MaxGroup = time.Hour, 10
+	done := make(chan error, 10)
+	for i := range 10 {
+		go func() { done <- g.Put(context.Background(), testLease(i)) }()
+	}
+	deadline := time.After(10 * time.Second)
+	for range 10 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatal("Puts still waiting after 10s: the full group did not end the gather")
+		}
+	}
+	if n := g.Groups(); n != 1 {
+		t.Fatalf("%d groups for MaxGroup Puts, want 1", n)
+	}
+}
+
+// A stored group's deferred ACKs run in order, AckBurst at a time with a pause
+// between bursts (a client sharing the CPUs drains its socket meanwhile); a group
+// of at most AckBurst runs at once.
+func TestGroupCommitPacesAcks(t *testing.T) {
+	st := &slowApplier{}
+	g := NewGroupCommit(st)
+	g.Gather, g.MaxGroup, g.AckBurst = 5*time.Millisecond, 0, 32
+	var mu sync.Mutex
+	var order []int
+	var at []time.Time
+	all := make(chan struct{})
+	const n = 100
+	for i := range n {
+		grp := g.enqueue(leaseOp{l: testLease(i)})
+		g.after(grp, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			order = append(order, i)
+			at = append(at, time.Now())
+			if len(order) == n {
+				close(all)
+			}
+		})
+	}
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d of %d ACKs after 10s", len(order), n)
+	}
+	if g.Groups() != 1 {
+		t.Fatalf("%d groups, want 1 (the test queues within one gather)", g.Groups())
+	}
+	for i, v := range order {
+		if v != i {
+			t.Fatalf("ACK %d ran as number %d", v, i)
+		}
+	}
+	for i := 1; i < n; i++ {
+		gap := at[i].Sub(at[i-1])
+		if i%32 == 0 && gap < minAckGap {
+			t.Errorf("ACK %d only %v after the previous burst, want >= %v", i, gap, minAckGap)
+		}
+	}
+	pauses := func() int64 {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.ackPauses
+	}
+	if p := pauses(); p != 3 {
+		t.Errorf("%d pauses for 100 ACKs in bursts of 32, want 3", p)
+	}
+
+	// A small group: no pause.
+	small := make(chan time.Time, 32)
+	for i := range 32 {
+		grp := g.enqueue(leaseOp{l: testLease(200 + i)})
+		g.after(grp, func() { small <- time.Now() })
+	}
+	for i := range 32 {
+		select {
+		case <-small:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of 32 ACKs after 10s", i)
+		}
+	}
+	if p := pauses(); p != 3 {
+		t.Errorf("a group of 32 ACKs paused %d times", p-3)
+	}
+}

@@ -391,15 +391,9 @@ func (s *Server) answer(ctx context.Context, pkt *dhcpv4.DHCPv4, req request) (*
 		return nil, nil, log // only Ethernet clients boot from us
 	}
 	req.pkt = pkt
-	// s.log defers these to the lines written (lazyAttrs): no formatting per packet.
-	attrs := []any{slog.Any("mac", stringValue{pkt.ClientHWAddr}), slog.Any("xid", stringValue{pkt.TransactionID}), slog.Any("type", stringValue{pkt.MessageType()})}
-	if req.ifIndex != 0 {
-		attrs = append(attrs, slog.Any("iface", ifaceName{s, req.ifIndex}))
-	}
-	if !pkt.GatewayIPAddr.IsUnspecified() && pkt.GatewayIPAddr != nil {
-		attrs = append(attrs, slog.Any("relay", stringValue{pkt.GatewayIPAddr}))
-	}
-	log = log.With(attrs...)
+	// The packet's attributes are made only for the lines written (packetLog):
+	// building them per packet cost more allocations than the DHCP logic.
+	log = slog.New(&packetLog{h: log.Handler(), s: s, pkt: pkt, ifIndex: req.ifIndex})
 	serverIP, ok := s.serverIP(req)
 	if !ok {
 		log.Warn("DHCP: no IPv4 address on the receiving interface; set the boot server IP")
@@ -453,18 +447,43 @@ func (s *Server) serverIP(req request) (netip.Addr, bool) {
 
 func (s *Server) ifName(idx int) string { return s.ifAddr(idx).name }
 
-// ifaceName logs an interface's name, looked up only when a line is written.
-type ifaceName struct {
-	s   *Server
-	idx int
+// packetLog adds one packet's attributes (mac, xid, type, iface, relay) to the
+// lines written through it, made then and not per packet.
+type packetLog struct {
+	h       slog.Handler
+	s       *Server
+	pkt     *dhcpv4.DHCPv4
+	ifIndex int
 }
 
-func (n ifaceName) LogValue() slog.Value { return slog.StringValue(n.s.ifName(n.idx)) }
+func (p *packetLog) attrs() []slog.Attr {
+	a := make([]slog.Attr, 0, 5)
+	a = append(a, slog.String("mac", p.pkt.ClientHWAddr.String()), slog.String("xid", p.pkt.TransactionID.String()), slog.String("type", p.pkt.MessageType().String()))
+	if p.ifIndex != 0 {
+		a = append(a, slog.String("iface", p.s.ifName(p.ifIndex)))
+	}
+	if gw := p.pkt.GatewayIPAddr; gw != nil && !gw.IsUnspecified() {
+		a = append(a, slog.String("relay", gw.String()))
+	}
+	return a
+}
 
-// stringValue logs v.String(), called only when a line is written.
-type stringValue struct{ v fmt.Stringer }
+func (p *packetLog) Enabled(ctx context.Context, lv slog.Level) bool { return p.h.Enabled(ctx, lv) }
 
-func (v stringValue) LogValue() slog.Value { return slog.StringValue(v.v.String()) }
+func (p *packetLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return p.h.WithAttrs(append(p.attrs(), as...))
+}
+
+func (p *packetLog) WithGroup(name string) slog.Handler {
+	return p.h.WithAttrs(p.attrs()).WithGroup(name)
+}
+
+func (p *packetLog) Handle(ctx context.Context, r slog.Record) error {
+	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	nr.AddAttrs(p.attrs()...)
+	r.Attrs(func(a slog.Attr) bool { nr.AddAttrs(a); return true })
+	return p.h.Handle(ctx, nr)
+}
 
 // lazyAttrs keeps a logger's With attributes aside and hands them to the
 // handler only with a line actually written: slog's handlers (and applog's)

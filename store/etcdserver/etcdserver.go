@@ -12,7 +12,9 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 )
 
@@ -157,6 +159,14 @@ func (s *Server) Endpoints() []string {
 	}
 	return eps
 }
+
+// LocalClient is a client of this member that calls its services in-process
+// (etcd's v3client): no gRPC encoding, no loopback TCP, none of their goroutine
+// hand-offs. Same server path, so the same guarantees: a write returns once it is
+// committed (persisted in the WAL) and applied. It carries no credentials: with
+// etcd's authentication on, every request through it is refused (ErrUserEmpty).
+// The caller closes it before Close.
+func (s *Server) LocalClient() *clientv3.Client { return v3client.New(s.etcd.Server) }
 
 // Err reports a fatal serving error.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
