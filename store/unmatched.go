@@ -31,14 +31,14 @@ func unmatchedIDTime(id string) (time.Time, bool) {
 	return t, err == nil
 }
 
-// evictUnmatched deletes the region's oldest unmatched reports so that one more fits
+// evictUnmatched deletes the region's oldest unmatched reports so that room more fit
 // under UnmatchedMax. Ids start with their time, so key order is age order.
-func (s *Store) evictUnmatched(ctx context.Context, region string) error {
+func (s *Store) evictUnmatched(ctx context.Context, region string, room int) error {
 	resp, err := s.c.Get(ctx, unmatchedPrefix(region), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return fmt.Errorf("count unmatched reports: %w", err)
 	}
-	over := int(resp.Count) - UnmatchedMax + 1
+	over := int(resp.Count) - UnmatchedMax + room
 	if over <= 0 {
 		return nil
 	}
