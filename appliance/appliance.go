@@ -177,7 +177,7 @@ func (a *Appliance) open(ctx context.Context) error {
 			return err
 		}
 	}
-	st, err := store.Open(startCtx, store.DialConfig{Endpoints: endpoints, Credentials: cfg.EtcdCredentials})
+	st, err := store.Open(startCtx, store.DialConfig{Endpoints: endpoints, Credentials: cfg.EtcdCredentials, Log: a.log})
 	if err != nil {
 		return fmt.Errorf("%s: %w", etcdFlag, err)
 	}

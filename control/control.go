@@ -131,7 +131,7 @@ func (s *Server) URL() string {
 // plane, or being restarted) is waited for with backoff and a log line per attempt, up to
 // --etcd-wait (0: until stopped); a configuration etcd refuses (TLS, user) fails at once.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*store.Store, error) {
-	dial := store.DialConfig{Endpoints: cfg.EtcdEndpoints, Credentials: cfg.EtcdCredentials}
+	dial := store.DialConfig{Endpoints: cfg.EtcdEndpoints, Credentials: cfg.EtcdCredentials, Log: log}
 	var deadline <-chan time.Time
 	if cfg.EtcdWait > 0 {
 		t := time.NewTimer(cfg.EtcdWait)

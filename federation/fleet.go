@@ -254,7 +254,9 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 	lastErr := ""
 	for ctx.Err() == nil {
 		dctx, cancel := context.WithTimeout(ctx, dialDeadline)
-		s, err := store.Open(dctx, c.rc.DialConfig())
+		dial := c.rc.DialConfig()
+		dial.Log = log
+		s, err := store.Open(dctx, dial)
 		cancel()
 		if err == nil {
 			st = s

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -35,6 +36,8 @@ type Credentials struct {
 type DialConfig struct {
 	Endpoints []string // host:port (TLS when a CA or a certificate is given), http:// or https://
 	Credentials
+	// Log receives the etcd client's warnings and errors (nil: slog.Default()).
+	Log *slog.Logger
 }
 
 // flags pairs each credential with its flag and environment variable (etcdctl's
@@ -132,7 +135,8 @@ func (d DialConfig) ClientConfig() (clientv3.Config, error) {
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(reconnectParams)},
 		// A link that drops packets (a WAN cut) leaves the connection looking open:
 		// pings find it dead, and the reconnect starts, within 15 s.
-		DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second}
+		DialKeepAliveTime: 10 * time.Second, DialKeepAliveTimeout: 5 * time.Second,
+		Logger: clientLogger(d.Log)}
 	if len(d.Endpoints) == 0 {
 		return cfg, errors.New("--etcd-endpoints: no endpoint")
 	}
