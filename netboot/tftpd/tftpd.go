@@ -22,6 +22,7 @@ import (
 	"github.com/pin/tftp/v3"
 
 	"golang.org/x/net/ipv4"
+
 	"lpmos.dev/lpmos/netboot"
 )
 
