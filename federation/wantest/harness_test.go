@@ -3,8 +3,6 @@ package wantest
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -491,7 +489,7 @@ func (l *lab) installed(m *machine, within time.Duration) {
 	if err := m.agent.Err(); err != nil {
 		l.t.Fatalf("%s's agent: %v\n%s", m.name, err, proc.Tail(m.agent.Log(), 30))
 	}
-	if got := fileSHA256(l.t, m.target); got != l.image.SHA256 {
+	if got := labtest.FileSHA256(l.t, m.target); got != l.image.SHA256 {
 		l.t.Fatalf("%s's disk holds sha256 %s, the image is %s", m.name, got, l.image.SHA256)
 	}
 	l.waitStatus(m, store.StatusCompleted, 10*time.Second)
@@ -804,20 +802,6 @@ func record(t *testing.T, name, value, note string) {
 	if err != nil {
 		t.Errorf("timings file: %v", err)
 	}
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // liveFeed follows the control plane's live push (/live, what every open page gets)

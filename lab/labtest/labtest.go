@@ -1,8 +1,12 @@
-// Package labtest holds what the VM tests share in their set-up: the project's
-// binaries built from the repository and an SSH key for logging into a machine.
+// Package labtest holds what the tests with real processes share in their set-up: the
+// project's binaries built from the repository, an SSH key for logging into a machine,
+// and the sha256 of an installed target.
 package labtest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,4 +45,20 @@ func SSHKey(t testing.TB, dir string) (key, pub string) {
 		t.Fatal(err)
 	}
 	return key, string(b)
+}
+
+// FileSHA256 is the hex sha256 of the file at path (an install's target, compared with
+// the image's digest).
+func FileSHA256(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -28,6 +28,7 @@ import (
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/images"
 	"lpmos.dev/lpmos/internal/proc"
+	"lpmos.dev/lpmos/lab/labtest"
 	"lpmos.dev/lpmos/store"
 )
 
@@ -430,7 +431,7 @@ func (s *system) finish() {
 	if _, err := s.app.NextLine(stepCtx(s.t, 30*time.Second), "Task "+s.taskID+" status: completed"); err != nil {
 		s.t.Fatalf("the appliance's task watch: %v", err)
 	}
-	if got := fileSHA256(s.t, s.target); got != image.SHA256 {
+	if got := labtest.FileSHA256(s.t, s.target); got != image.SHA256 {
 		s.t.Fatalf("target holds sha256 %s, the image is %s", got, image.SHA256)
 	}
 	ctx := stepCtx(s.t, 30*time.Second)
@@ -580,18 +581,4 @@ func (s *system) leader() (*member, error) {
 		return m, nil
 	}
 	return nil, errors.New("no leader")
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
