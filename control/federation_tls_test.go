@@ -371,3 +371,197 @@ func useToken(t *testing.T, base, token string) {
 	bearers.Store(u.Host, token)
 	t.Cleanup(func() { bearers.Delete(u.Host) })
 }
+
+// regions add NAME --etcd https://... with the --region-etcd-* TLS flags: each TLS
+// mistake is refused before anything is written (in the control plane's etcd or the
+// region's), naming its cause; then the registration (relative paths made absolute,
+// --role creating region-dc2 in dc2's etcd whose auth is on) is followed by a running
+// control plane, and dc2's appliance works with its own certificate.
+func TestRegionsAddTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir, other := tlsPKI(t, "dc2"), tlsPKI(t)
+	home, dc2 := storetest.Start(t), tlsCluster(t, dir)
+	if out, err := runCLIOn(t, dc2, pkiCreds(dir, "control"), "regions", "enable-auth"); err != nil {
+		t.Fatalf("enable-auth in dc2's etcd: %v\n%s", err, out)
+	}
+	cp, _ := startControlArgs(t, ctx, "--etcd-endpoints="+home.Endpoints[0])
+	base := cp.URL()
+	withAdmin(t, home.Store, base)
+	ctl := pkiCreds(dir, "control")
+	expCert, expKey := expiredPair(t, dir, "root")
+	ep := dc2.Endpoints[0]
+	add := func(cacert, cert, key string, more ...string) []string {
+		args := []string{"regions", "add", "dc2", "--etcd", ep, "--dial-timeout", "5s"}
+		for f, v := range map[string]string{"--region-etcd-cacert": cacert, "--region-etcd-cert": cert, "--region-etcd-key": key} {
+			if v != "" {
+				args = append(args, f, v)
+			}
+		}
+		return append(args, more...)
+	}
+	refusals := []struct {
+		args []string
+		says string
+	}{
+		{add(filepath.Join(other, "ca.crt"), ctl.Cert, ctl.Key), "does not vouch for"},
+		{add(ctl.CACert, filepath.Join(other, "control.crt"), filepath.Join(other, "control.key")), "refused the client certificate"},
+		{add(ctl.CACert, expCert, expKey), "valid only from"},
+		{add(ctl.CACert, "", ""), "asks for a client certificate"},
+		{add(ctl.CACert, ctl.Cert, ""), "cert and key go together"},
+		{add(ctl.CACert+".missing", ctl.Cert, ctl.Key), "no such file"},
+		{append(add("", "", ""), "--role"), "speaks TLS, this client plaintext"},
+	}
+	refusals[len(refusals)-1].args[4] = "http://" + strings.TrimPrefix(ep, "https://")
+	refuse := func(args []string, says string) {
+		t.Helper()
+		homeBefore, dc2Before := home.Dump(t, "/"), dc2.Dump(t, "/")
+		start := time.Now()
+		_, _, err := runCLI(t, home, "", args...)
+		if err == nil || !strings.Contains(err.Error(), says) {
+			t.Fatalf("%v: want an error saying %q, got %v", args, says, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("%v: refused after %s", args, d)
+		}
+		storetest.AssertSame(t, homeBefore, home.Dump(t, "/"))
+		storetest.AssertSame(t, dc2Before, dc2.Dump(t, "/"))
+		t.Logf("refused in %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	for _, r := range refusals {
+		refuse(r.args, r.says)
+	}
+
+	// Relative paths are the operator's working directory's: stored absolute, as the
+	// control plane reads them from its own.
+	t.Chdir(dir)
+	out, _, err := runCLI(t, home, "", "regions", "add", "dc2", "--etcd", ep,
+		"--region-etcd-cacert", "ca.crt", "--region-etcd-cert", "control.crt", "--region-etcd-key", "control.key", "--role")
+	if err != nil || !strings.Contains(out, "registered its own etcd "+ep) || !strings.Contains(out, "etcd user and role region-dc2 in region dc2's etcd") {
+		t.Fatalf("regions add dc2 over TLS: %q %v", out, err)
+	}
+	t.Logf("regions add:\n%s", out)
+	cs, _, _, err := home.Store.RegionClusters(ctx)
+	if want := (store.RegionCluster{Region: "dc2", Endpoints: []string{ep}, CACert: ctl.CACert, Cert: ctl.Cert, Key: ctl.Key}); err != nil || len(cs) != 1 || fmt.Sprint(cs[0]) != fmt.Sprint(want) {
+		t.Fatalf("registration %+v %v, want %+v", cs, err, want)
+	}
+	took := poll(t, 10*time.Second, "the running control plane reaches dc2 over TLS", func() bool {
+		r := regionOf(t, base, "dc2")
+		return r != nil && r["cluster"] == "own" && r["reachable"] == true
+	})
+	t.Logf("registration followed: dc2 reachable %s after regions add returned", took.Round(time.Millisecond))
+	app := openAs(t, ctx, dc2, dir, "region-dc2") // the role --role made, in force (auth is on)
+	heartbeatOn(t, app, "dc2")
+	poll(t, 5*time.Second, "dc2 online", func() bool { return regionOf(t, base, "dc2")["online"] == true })
+	if _, err := app.ListUsers(ctx); !store.PermissionDenied(err) {
+		t.Fatalf("region-dc2 reading users in its etcd: want permission denied, got %v", err)
+	}
+	const mac = "02:00:00:00:02:01"
+	code, m := createVia(t, base, "dc2", mac)
+	if code != http.StatusCreated {
+		t.Fatalf("create in dc2: %d %v", code, m)
+	}
+	if task, err := app.OpenTaskForMAC(ctx, "dc2", mac); err != nil || task.TaskID != m["task_id"] {
+		t.Fatalf("dc2's appliance finds the task the control plane created: %+v %v", task, err)
+	}
+	if len(home.Dump(t, "/os/install/task/dc2/")) != 0 {
+		t.Fatal("dc2's task is in the control plane's etcd")
+	}
+	// Registered with the wrong CA again: refused, the registration that works stays.
+	refuse(add(filepath.Join(other, "ca.crt"), ctl.Cert, ctl.Key), "does not vouch for")
+	if r := regionOf(t, base, "dc2"); r["reachable"] != true {
+		t.Fatalf("dc2 after a refused re-registration: %v", r)
+	}
+}
+
+// regions migrate copy|verify|register|finish of dc1 from the control plane's etcd into
+// its own TLS cluster with client certificates and etcd's auth on (region role
+// region-dc1 there): the TLS target recorded by copy is what verify, register and
+// finish dial; a running control plane then serves dc1 from it, and dc1's appliance
+// works there with its own certificate.
+func TestRegionsMigrateTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir, other := tlsPKI(t, "dc1"), tlsPKI(t)
+	home, target := storetest.Start(t), tlsCluster(t, dir)
+	regionAuth(t, target, dir, "dc1")
+	ubuntu := contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}
+	macs := []string{"52:54:00:00:01:01", "52:54:00:00:01:02"}
+	var ids []string
+	for _, mac := range macs {
+		task, err := home.Store.CreateTask(ctx, store.NewTask{RegionID: "dc1", TargetMAC: mac, OSRef: ubuntu})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, task.TaskID)
+	}
+	if _, err := home.Store.Report(ctx, "dc1", macs[0], []byte(testHardware)); err != nil {
+		t.Fatal(err)
+	}
+	cp, _ := startControlArgs(t, ctx, "--etcd-endpoints="+home.Endpoints[0])
+	base := cp.URL()
+	withAdmin(t, home.Store, base)
+	ctl := pkiCreds(dir, "control")
+	ep := target.Endpoints[0]
+	tlsFlags := []string{"--region-etcd-cacert", ctl.CACert, "--region-etcd-cert", ctl.Cert, "--region-etcd-key", ctl.Key}
+	run := func(want string, args ...string) string {
+		t.Helper()
+		start := time.Now()
+		out, _, err := runCLI(t, home, "", args...)
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("%v: want %q in\n%s\nerr %v", args, want, out, err)
+		}
+		t.Logf("%s (%s):\n%s", strings.Join(args[:min(3, len(args))], " "), time.Since(start).Round(time.Millisecond), out)
+		return out
+	}
+
+	homeBefore := home.Dump(t, "/")
+	_, _, err := runCLI(t, home, "", "regions", "migrate", "copy", "dc1", "--to", ep, "--dial-timeout", "5s",
+		"--region-etcd-cacert", filepath.Join(other, "ca.crt"), "--region-etcd-cert", ctl.Cert, "--region-etcd-key", ctl.Key)
+	if err == nil || !strings.Contains(err.Error(), "does not vouch for") {
+		t.Fatalf("copy to a target of another CA: %v", err)
+	}
+	storetest.AssertSame(t, homeBefore, home.Dump(t, "/"))
+	if d := target.Dump(t, "/os/"); len(d) != 0 {
+		t.Fatalf("a refused copy wrote the target: %v", d)
+	}
+
+	run("copied ", append([]string{"regions", "migrate", "copy", "dc1", "--to", ep}, tlsFlags...)...)
+	run("verified", "regions", "migrate", "verify", "dc1")
+	run("registered "+ep, "regions", "migrate", "register", "dc1")
+	poll(t, 10*time.Second, "the control plane serves dc1 from its TLS cluster", func() bool {
+		r := regionOf(t, base, "dc1")
+		return r != nil && r["cluster"] == "own" && r["reachable"] == true
+	})
+	app := openAs(t, ctx, target, dir, "region-dc1")
+	heartbeatOn(t, app, "dc1")
+	if res, err := app.Report(ctx, "dc1", macs[1], []byte(testHardware)); err != nil || !res.Matched || res.Task.TaskID != ids[1] {
+		t.Fatalf("dc1's appliance reports on its own etcd: %+v %v", res, err)
+	}
+	run("deleted ", "regions", "migrate", "finish", "dc1")
+	for k := range home.Dump(t, "/os/") {
+		if strings.Contains(k, "/dc1/") {
+			t.Fatalf("left in the control plane's etcd: %s", k)
+		}
+	}
+	for _, id := range ids {
+		if _, ok := home.Get(t, "/os/index/task/"+id); ok {
+			t.Fatalf("task index of %s left in the control plane's etcd", id)
+		}
+		if _, ok := target.Get(t, "/os/index/task/"+id); !ok {
+			t.Fatalf("task index of %s not in dc1's own etcd", id)
+		}
+	}
+	poll(t, 5*time.Second, "both of dc1's tasks pending approval, from its TLS cluster", func() bool {
+		ids2, list := listIDs(t, base, "?region=dc1&status=pending_approval")
+		return ids2[ids[0]] && ids2[ids[1]] && list["stale_regions"] == nil
+	})
+	code, m := createVia(t, base, "dc1", "52:54:00:00:01:03")
+	if code != http.StatusCreated {
+		t.Fatalf("create in dc1 after the migration: %d %v", code, m)
+	}
+	if task, err := app.OpenTaskForMAC(ctx, "dc1", "52:54:00:00:01:03"); err != nil || task.TaskID != m["task_id"] {
+		t.Fatalf("dc1's appliance finds the new task in its etcd: %+v %v", task, err)
+	}
+	run("dc1          own     "+ep, "regions", "list")
+}
