@@ -175,7 +175,11 @@ func (d DialConfig) ClientConfig() (clientv3.Config, error) {
 				return cfg, fmt.Errorf("--etcd-cert %s: valid only from %s to %s, not now: etcd refuses it (issue a new one)",
 					c.Cert, kp.Leaf.NotBefore.UTC().Format(time.RFC3339), kp.Leaf.NotAfter.UTC().Format(time.RFC3339))
 			}
-			tc.Certificates = []tls.Certificate{kp}
+			// Read again at each handshake when the files changed: a client outlives its
+			// certificate, and one renewed in place must be what the next connection
+			// (a reconnect after a WAN cut) presents, not the expired one read at start.
+			r := &certReloader{certFile: c.Cert, keyFile: c.Key, pair: &kp, stamp: fileStamp(c.Cert, c.Key), log: d.Log}
+			tc.GetClientCertificate = r.get
 		}
 		cfg.TLS = tc
 	}
@@ -201,6 +205,49 @@ func (d DialConfig) ClientConfig() (clientv3.Config, error) {
 	}
 	cfg.Username, cfg.Password = user, password
 	return cfg, nil
+}
+
+// certReloader presents the client pair its files hold at each TLS handshake: a
+// certificate renewed in place (the same paths: lpmos-control certs add-region --force,
+// or an operator's tooling) is picked up without a restart. While the files are being
+// replaced (a new certificate beside the old key), it presents the pair read last.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu    sync.Mutex
+	pair  *tls.Certificate
+	stamp string // the files' size and mtime when pair was read
+}
+
+func (r *certReloader) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := fileStamp(r.certFile, r.keyFile); s != "" && s != r.stamp {
+		if kp, err := tls.LoadX509KeyPair(r.certFile, r.keyFile); err == nil {
+			r.pair, r.stamp = &kp, s
+			log := r.log
+			if log == nil {
+				log = slog.Default()
+			}
+			log.Info("etcd client certificate changed on disk: the next connections present the new one",
+				"cert", r.certFile, "valid_until", kp.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return r.pair, nil
+}
+
+// fileStamp is the files' sizes and modification times ("" if one cannot be read).
+func fileStamp(paths ...string) string {
+	var b strings.Builder
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return ""
+		}
+		fmt.Fprintf(&b, "%d/%d;", fi.Size(), fi.ModTime().UnixNano())
+	}
+	return b.String()
 }
 
 // splitEndpoint returns an endpoint's scheme ("" for host:port) and address.
