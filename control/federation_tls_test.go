@@ -325,7 +325,7 @@ func TestRegionsFileTLS(t *testing.T) {
 		}
 		poll(t, 5*time.Second, b.region+": a log line naming the TLS problem", func() bool {
 			for _, l := range strings.Split(logs.String(), "\n") {
-				if strings.Contains(l, "region="+b.region) && strings.Contains(l, b.says) {
+				if strings.Contains(l, "region="+b.region) && strings.Contains(l, b.says) && strings.Contains(l, "the --regions-file entry or --region flag of "+b.region) {
 					t.Logf("%s: %s", b.region, l)
 					return true
 				}

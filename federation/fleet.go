@@ -265,7 +265,8 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 		if ctx.Err() == nil && err.Error() != lastErr {
 			// Once per distinct error: a wrong CA or user says so, not only "no answer".
 			lastErr = err.Error()
-			log.Warn("region cluster cannot be dialled; retrying in the background", "endpoints", c.rc.Endpoints, "err", err)
+			log.Warn("region cluster cannot be dialled; retrying in the background", "endpoints", c.rc.Endpoints, "err", err,
+				"settings", f.settingsOf(region))
 		}
 		if c.markFailed() {
 			f.reach(region)
@@ -305,6 +306,18 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 	}()
 	go func() { defer wg.Done(); f.healthLoop(ctx, c, st, m) }()
 	wg.Wait()
+}
+
+// settingsOf says where region's dial settings come from: store.Open's errors name
+// the control plane's own --etcd-* flags, which are not what to change for a region
+// cluster.
+func (f *Fleet) settingsOf(region string) string {
+	for _, rc := range f.static {
+		if rc.Region == region {
+			return "the --regions-file entry or --region flag of " + region + " (cacert, cert, key, user, password_file are its --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file; --region uses the control plane's own)"
+		}
+	}
+	return "the registration of " + region + " in the control plane's etcd (lpmos-control regions add " + region + " --etcd URL with --region-etcd-cacert, --region-etcd-cert, --region-etcd-key, ... rewrites it)"
 }
 
 // healthLoop pings the cluster and measures each catch-up.

@@ -111,7 +111,7 @@ func TestFleetTLSConfigFixedWhileRunning(t *testing.T) {
 		t.Fatalf("dc2 with the wrong CA: %+v %v", r, err)
 	}
 	eventually(t, 3*time.Second, "a log line naming the CA problem", func() bool {
-		return logs.line("region=dc2", "does not vouch for", caFile) != ""
+		return logs.line("region=dc2", "does not vouch for", caFile, "the --regions-file entry or --region flag of dc2") != ""
 	})
 	t.Logf("%s", logs.line("region=dc2", "does not vouch for"))
 	dc2Before := dc2.Dump(t, "/")
@@ -155,7 +155,7 @@ func TestFleetTLSConfigFixedWhileRunning(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "dc3 unreachable with a foreign client certificate, logged", func() bool {
 		r, err := f.GetRegion(ctx, "dc3")
-		return err == nil && !r.Reachable && logs.line("region=dc3", "refused the client certificate", alien.Cert) != ""
+		return err == nil && !r.Reachable && logs.line("region=dc3", "refused the client certificate", alien.Cert, "the registration of dc3") != ""
 	})
 	t.Logf("%s", logs.line("region=dc3", "refused the client certificate"))
 	if !reachable(ctx, f, "dc2") {
