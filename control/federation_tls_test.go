@@ -353,6 +353,28 @@ func TestRegionsFileTLS(t *testing.T) {
 			t.Fatalf("create in %s beside the broken entries: %d %v", r, code, m)
 		}
 	}
+	// The pages too: never a 500 for a region whose cluster was never reached.
+	for path, marks := range map[string][]string{
+		"/":                 {"unreachable since "},
+		"/regions/dc2":      {"unreachable since ", `id="region-unreachable"`},
+		"/regions/dc3":      nil,
+		"/tasks":            {`id="stale-regions"`},
+		"/tasks?region=dc2": {`id="stale-regions"`},
+		"/tasks/" + id1:     nil,
+		"/unmatched":        nil,
+		"/audit":            {`id="audit-unreachable"`},
+		"/tasks/create":     nil,
+	} {
+		code, body := get(t, base+path)
+		if code != 200 {
+			t.Fatalf("GET %s beside the broken entries: %d\n%.400s", path, code, body)
+		}
+		for _, m := range marks {
+			if !strings.Contains(body, m) {
+				t.Fatalf("GET %s beside the broken entries does not show %q", path, m)
+			}
+		}
+	}
 	ids, list = listIDs(t, base, "")
 	if !ids[id1] || !ids[id3] {
 		t.Fatalf("the merged list beside the broken entries lacks dc1's or dc3's task: %v", list)
