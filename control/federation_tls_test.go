@@ -160,6 +160,13 @@ func startControlArgs(t *testing.T, ctx context.Context, args ...string) (*contr
 	return cp, logs
 }
 
+// homeFlags are the control plane's flags for its own etcd e, dialled with dir's
+// control.crt.
+func homeFlags(e *storetest.Etcd, dir string) []string {
+	c := pkiCreds(dir, "control")
+	return []string{"--etcd-endpoints=" + e.Endpoints[0], "--etcd-cacert=" + c.CACert, "--etcd-cert=" + c.Cert, "--etcd-key=" + c.Key}
+}
+
 func writeRegionsFile(t *testing.T, body string) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "regions.yaml")
@@ -204,7 +211,7 @@ func TestRegionsFileTLS(t *testing.T) {
 	home, dc2, dc3 := tlsCluster(t, dir), tlsCluster(t, dir), tlsCluster(t, dir)
 	regionAuth(t, dc2, dir, "dc2")
 	ctl := pkiCreds(dir, "control")
-	homeFlags := []string{"--etcd-endpoints=" + home.Endpoints[0], "--etcd-cacert=" + ctl.CACert, "--etcd-cert=" + ctl.Cert, "--etcd-key=" + ctl.Key}
+	homeArgs := homeFlags(home, dir)
 	file := writeRegionsFile(t, fmt.Sprintf(`regions:
   - name: dc2
     endpoints: [%s]
@@ -212,7 +219,7 @@ func TestRegionsFileTLS(t *testing.T) {
     cert: %s
     key: %s
 `, dc2.Endpoints[0], ctl.CACert, ctl.Cert, ctl.Key))
-	cp, _ := startControlArgs(t, ctx, append(homeFlags, "--regions-file="+file, "--region=dc3="+dc3.Endpoints[0])...)
+	cp, _ := startControlArgs(t, ctx, append(homeArgs, "--regions-file="+file, "--region=dc3="+dc3.Endpoints[0])...)
 	base := cp.URL()
 	_, token := withAdmin(t, home.Store, base)
 	app2 := openAs(t, ctx, dc2, dir, "region-dc2") // dc2's appliance, etcd user region-dc2
@@ -315,7 +322,7 @@ func TestRegionsFileTLS(t *testing.T) {
 		}
 	}
 	dc2Before := dc2.Dump(t, "/os/")
-	cp, logs := startControlArgs(t, ctx, append(homeFlags, "--regions-file="+writeRegionsFile(t, yaml.String()), "--region=dc3="+dc3.Endpoints[0])...)
+	cp, logs := startControlArgs(t, ctx, append(homeArgs, "--regions-file="+writeRegionsFile(t, yaml.String()), "--region=dc3="+dc3.Endpoints[0])...)
 	base = cp.URL()
 	useToken(t, base, token)
 	for _, b := range bad {
@@ -402,12 +409,14 @@ func useToken(t *testing.T, base, token string) {
 func TestRegionsAddTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// The control plane's etcd on TLS too, with a CA of its own: giving the region its
+	// CA and certificate is the mistake to catch.
 	dir, other := tlsPKI(t, "dc2"), tlsPKI(t)
-	home, dc2 := storetest.Start(t), tlsCluster(t, dir)
+	home, dc2 := tlsCluster(t, other), tlsCluster(t, dir)
 	if out, err := runCLIOn(t, dc2, pkiCreds(dir, "control"), "regions", "enable-auth"); err != nil {
 		t.Fatalf("enable-auth in dc2's etcd: %v\n%s", err, out)
 	}
-	cp, _ := startControlArgs(t, ctx, "--etcd-endpoints="+home.Endpoints[0])
+	cp, _ := startControlArgs(t, ctx, homeFlags(home, other)...)
 	base := cp.URL()
 	withAdmin(t, home.Store, base)
 	ctl := pkiCreds(dir, "control")
@@ -439,7 +448,7 @@ func TestRegionsAddTLS(t *testing.T) {
 		t.Helper()
 		homeBefore, dc2Before := home.Dump(t, "/"), dc2.Dump(t, "/")
 		start := time.Now()
-		_, _, err := runCLI(t, home, "", args...)
+		_, err := runCLIOn(t, home, pkiCreds(other, "control"), args...)
 		if err == nil || !strings.Contains(err.Error(), says) {
 			t.Fatalf("%v: want an error saying %q, got %v", args, says, err)
 		}
@@ -457,7 +466,7 @@ func TestRegionsAddTLS(t *testing.T) {
 	// Relative paths are the operator's working directory's: stored absolute, as the
 	// control plane reads them from its own.
 	t.Chdir(dir)
-	out, _, err := runCLI(t, home, "", "regions", "add", "dc2", "--etcd", ep,
+	out, err := runCLIOn(t, home, pkiCreds(other, "control"), "regions", "add", "dc2", "--etcd", ep,
 		"--region-etcd-cacert", "ca.crt", "--region-etcd-cert", "control.crt", "--region-etcd-key", "control.key", "--role")
 	if err != nil || !strings.Contains(out, "registered its own etcd "+ep) || !strings.Contains(out, "etcd user and role region-dc2 in region dc2's etcd") {
 		t.Fatalf("regions add dc2 over TLS: %q %v", out, err)
@@ -504,8 +513,8 @@ func TestRegionsAddTLS(t *testing.T) {
 func TestRegionsMigrateTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir, other := tlsPKI(t, "dc1"), tlsPKI(t)
-	home, target := storetest.Start(t), tlsCluster(t, dir)
+	dir, other := tlsPKI(t, "dc1"), tlsPKI(t) // the target's CA, the control plane's etcd's
+	home, target := tlsCluster(t, other), tlsCluster(t, dir)
 	regionAuth(t, target, dir, "dc1")
 	ubuntu := contract.OSRef{OSType: "ubuntu", OSVersion: "22.04"}
 	macs := []string{"52:54:00:00:01:01", "52:54:00:00:01:02"}
@@ -520,7 +529,7 @@ func TestRegionsMigrateTLS(t *testing.T) {
 	if _, err := home.Store.Report(ctx, "dc1", macs[0], []byte(testHardware)); err != nil {
 		t.Fatal(err)
 	}
-	cp, _ := startControlArgs(t, ctx, "--etcd-endpoints="+home.Endpoints[0])
+	cp, _ := startControlArgs(t, ctx, homeFlags(home, other)...)
 	base := cp.URL()
 	withAdmin(t, home.Store, base)
 	ctl := pkiCreds(dir, "control")
@@ -529,7 +538,7 @@ func TestRegionsMigrateTLS(t *testing.T) {
 	run := func(want string, args ...string) string {
 		t.Helper()
 		start := time.Now()
-		out, _, err := runCLI(t, home, "", args...)
+		out, err := runCLIOn(t, home, pkiCreds(other, "control"), args...)
 		if err != nil || !strings.Contains(out, want) {
 			t.Fatalf("%v: want %q in\n%s\nerr %v", args, want, out, err)
 		}
@@ -538,7 +547,7 @@ func TestRegionsMigrateTLS(t *testing.T) {
 	}
 
 	homeBefore := home.Dump(t, "/")
-	_, _, err := runCLI(t, home, "", "regions", "migrate", "copy", "dc1", "--to", ep, "--dial-timeout", "5s",
+	_, err := runCLIOn(t, home, pkiCreds(other, "control"), "regions", "migrate", "copy", "dc1", "--to", ep, "--dial-timeout", "5s",
 		"--region-etcd-cacert", filepath.Join(other, "ca.crt"), "--region-etcd-cert", ctl.Cert, "--region-etcd-key", ctl.Key)
 	if err == nil || !strings.Contains(err.Error(), "does not vouch for") {
 		t.Fatalf("copy to a target of another CA: %v", err)
