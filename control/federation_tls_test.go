@@ -503,6 +503,8 @@ func TestRegionsAddTLS(t *testing.T) {
 	if r := regionOf(t, base, "dc2"); r["reachable"] != true {
 		t.Fatalf("dc2 after a refused re-registration: %v", r)
 	}
+	// remove dials dc2 with the registration's TLS files to count its open tasks.
+	refuse([]string{"regions", "remove", "dc2"}, "1 open task(s)")
 }
 
 // regions migrate copy|verify|register|finish of dc1 from the control plane's etcd into
