@@ -348,7 +348,8 @@ func TestRegionsFileTLS(t *testing.T) {
 	}
 	start := time.Now()
 	code, m = createVia(t, base, "dc2", "02:00:00:00:02:09")
-	if msg, _ := m["message"].(string); code != http.StatusServiceUnavailable || !strings.Contains(msg, "region dc2 is unreachable since") || m["retry_after"] != 5.0 {
+	if msg, _ := m["message"].(string); code != http.StatusServiceUnavailable || !strings.Contains(msg, "region dc2 is unreachable since") ||
+		!strings.Contains(msg, "refuses the control plane") || !strings.Contains(msg, bad[0].says) || m["retry_after"] != 5.0 {
 		t.Fatalf("create in dc2 with the wrong CA: %d %v", code, m)
 	}
 	if d := time.Since(start); d > 2*time.Second {

@@ -72,6 +72,9 @@ type cluster struct {
 	backAt      time.Time // when it last came back (catch-up measure)
 	everReached bool
 	tried       chan struct{} // closed after the first dial, answered or not
+	// dialErr: why the cluster could not be dialled, when it answered but refused
+	// (TLS, user): what a refusal tells the operator instead of "does not answer".
+	dialErr string
 }
 
 // New makes a fleet on home with the statically configured region clusters (the
@@ -262,6 +265,11 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 			st = s
 			break
 		}
+		if ctx.Err() == nil && !errors.Is(err, store.ErrNoAnswer) {
+			c.mu.Lock()
+			c.dialErr = err.Error()
+			c.mu.Unlock()
+		}
 		if ctx.Err() == nil && err.Error() != lastErr {
 			// Once per distinct error: a wrong CA or user says so, not only "no answer".
 			lastErr = err.Error()
@@ -279,7 +287,7 @@ func (f *Fleet) runCluster(ctx context.Context, c *cluster) {
 	}
 	m := store.NewMirror(st, region)
 	c.mu.Lock()
-	c.st, c.mirror = st, m
+	c.st, c.mirror, c.dialErr = st, m, ""
 	c.mu.Unlock()
 	if c.markReached(time.Now()) {
 		f.reach(region)
@@ -430,7 +438,10 @@ func (c *cluster) state() (st *store.Store, m *store.Mirror, reachable bool, sin
 // does not answer.
 func (c *cluster) unreachable() error {
 	_, _, _, since := c.state()
-	return &UnreachableError{Region: c.rc.Region, Since: since, Endpoints: c.rc.Endpoints}
+	c.mu.Lock()
+	cause := c.dialErr
+	c.mu.Unlock()
+	return &UnreachableError{Region: c.rc.Region, Since: since, Endpoints: c.rc.Endpoints, Refused: cause}
 }
 
 // failed notes a request's failure: an etcd that does not answer makes the region
@@ -453,9 +464,17 @@ type UnreachableError struct {
 	Region    string
 	Since     time.Time
 	Endpoints []string
+	// Refused is why the cluster, answering, refused the control plane (TLS, user);
+	// "" when it does not answer.
+	Refused string
 }
 
 func (e *UnreachableError) Error() string {
+	if e.Refused != "" {
+		return fmt.Sprintf("region %s is unreachable since %s UTC: its etcd (%s) refuses the control plane: %s; "+
+			"fix the region's etcd settings (lpmos-control regions show %s; the control plane's log names them)",
+			e.Region, e.Since.UTC().Format("15:04"), strings.Join(e.Endpoints, ", "), e.Refused, e.Region)
+	}
 	return fmt.Sprintf("region %s is unreachable since %s UTC: its etcd (%s) does not answer; try again when the link is back, "+
 		"or approve on the appliance host with lpmos-appliance tasks approve", e.Region, e.Since.UTC().Format("15:04"), strings.Join(e.Endpoints, ", "))
 }
