@@ -130,7 +130,11 @@ func certsInit(dir string, hosts []string, force bool, now time.Time) ([]string,
 		return nil, err
 	}
 	notBefore := now.Add(-clockSkew)
-	ca, err := pki.NewCA("LPMOS etcd CA", notBefore, now.Add(caValidity))
+	// The CA's name says where and when it was made: with a CA per site (hq, dc2), an
+	// "issued by X, which ca.crt does not vouch for" error then tells them apart.
+	host, _ := os.Hostname()
+	host = host[:min(len(host), 24)] // a CN is at most 64 characters (RFC 5280)
+	ca, err := pki.NewCA(fmt.Sprintf("LPMOS etcd CA %s %s", host, now.UTC().Format("2006-01-02T15:04:05Z")), notBefore, now.Add(caValidity))
 	if err != nil {
 		return nil, err
 	}
