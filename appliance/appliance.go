@@ -165,7 +165,7 @@ func (a *Appliance) open(ctx context.Context) error {
 		srv, err := etcdserver.Start(startCtx, etcdserver.Config{
 			Name: cfg.Label, DataDir: cfg.EtcdDataDir,
 			ListenClientURLs: cfg.EtcdListenClientURLs, ListenPeerURLs: cfg.EtcdListenPeerURLs,
-			TLS: cfg.EtcdTLS,
+			TLS: cfg.EtcdTLS, Log: a.log,
 		})
 		if err != nil {
 			return fmt.Errorf("embedded etcd (--etcd-data-dir, --etcd-listen-client-urls, --etcd-listen-peer-urls): %w", err)

@@ -7,15 +7,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"lpmos.dev/lpmos/internal/zapslog"
 )
 
 // Config uses etcd's own flag names (data-dir, listen-client-urls, listen-peer-urls).
@@ -24,8 +29,10 @@ type Config struct {
 	DataDir          string
 	ListenClientURLs string // comma-separated; default http://127.0.0.1:2379
 	ListenPeerURLs   string // comma-separated; default http://127.0.0.1:2380
-	// Quiet drops etcd's own zap logging (tests); otherwise etcd logs errors to stderr.
+	// Quiet drops etcd's own zap logging (tests); otherwise etcd logs errors to Log
+	// (component=etcd; nil: zap JSON on stderr).
 	Quiet bool
+	Log   *slog.Logger
 	// QuotaBackendBytes is etcd's --quota-backend-bytes; 0: 2 GiB.
 	QuotaBackendBytes int64
 	// TLS is etcd's client and peer TLS (tls.go); zero: plaintext.
@@ -45,7 +52,8 @@ type Config struct {
 type Server struct {
 	etcd      *embed.Etcd
 	close     sync.Once
-	clientTLS bool // Endpoints say https://
+	closing   *atomic.Bool // set by Close: etcd's "server closed" errors then are the stop
+	clientTLS bool         // Endpoints say https://
 }
 
 // Start starts etcd and waits until it serves (or ctx ends). Port 0 in a URL picks a free
@@ -80,10 +88,16 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if c.QuotaBackendBytes > 0 {
 		cfg.QuotaBackendBytes = c.QuotaBackendBytes
 	}
-	if c.Quiet {
+	closing := new(atomic.Bool)
+	switch {
+	case c.Quiet:
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	} else {
-		cfg.LogLevel = "error" // etcd logs every slow-ish request at warn: too loud beside our lines
+	case c.Log != nil:
+		// Errors only: etcd logs every slow-ish request at warn, too loud beside our lines.
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zapslog.New(c.Log.With("component", "etcd"), zapcore.ErrorLevel,
+			30*time.Second, func(string) bool { return closing.Load() }))
+	default:
+		cfg.LogLevel = "error"
 	}
 	if err := c.TLS.apply(cfg); err != nil {
 		return nil, err
@@ -104,7 +118,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e, clientTLS: c.TLS.Client()}, nil
+	return &Server{etcd: e, closing: closing, clientTLS: c.TLS.Client()}, nil
 }
 
 // membership applies the cluster flags to cfg.
@@ -172,7 +186,12 @@ func (s *Server) LocalClient() *clientv3.Client { return v3client.New(s.etcd.Ser
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
 
 // Close stops etcd; later calls do nothing (a test may stop etcd before its cleanup).
-func (s *Server) Close() { s.close.Do(s.etcd.Close) }
+func (s *Server) Close() {
+	s.close.Do(func() {
+		s.closing.Store(true)
+		s.etcd.Close()
+	})
+}
 
 func parseURLs(s, def string) ([]url.URL, error) {
 	if strings.TrimSpace(s) == "" {
