@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/contract"
@@ -238,7 +240,7 @@ func TestAgentTokenKeyFile(t *testing.T) {
 	sys.regions["dc1"].Stop()
 	cfg := appliance.Config{Label: "dc1", APIHost: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints,
 		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir(), AgentTokenKey: key}
-	a, err := appliance.Start(t.Context(), cfg, &syncBuffer{})
+	a, err := appliance.Start(t.Context(), cfg, &syncbuf.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +249,7 @@ func TestAgentTokenKeyFile(t *testing.T) {
 		t.Fatal("the key changed across restarts")
 	}
 	os.WriteFile(key, []byte("short\n"), 0o600)
-	if _, err := appliance.Start(t.Context(), cfg, &syncBuffer{}); err == nil || !strings.Contains(err.Error(), "--agent-token-key") {
+	if _, err := appliance.Start(t.Context(), cfg, &syncbuf.Buffer{}); err == nil || !strings.Contains(err.Error(), "--agent-token-key") {
 		t.Fatalf("bad key file: %v", err)
 	}
 }

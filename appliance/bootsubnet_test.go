@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"lpmos.dev/lpmos/internal/syncbuf"
 )
 
 // --boot-server-ip names the boot server; the boot subnet full DHCP needs still comes
@@ -38,7 +40,7 @@ func TestFullDHCPWithBootServerIP(t *testing.T) {
 	p := freePorts(t)
 	cfg := testConfig(t, p, true)
 	cfg.Boot.DHCPMode, cfg.Boot.DHCPRange = "full", "127.0.0.100,127.0.0.200"
-	a, err := Start(t.Context(), cfg, &lockedBuffer{})
+	a, err := Start(t.Context(), cfg, &syncbuf.Buffer{})
 	if err != nil {
 		t.Fatalf("full DHCP with --boot-server-ip=127.0.0.1 --dhcp-interface=lo: %v", err)
 	}
@@ -46,7 +48,7 @@ func TestFullDHCPWithBootServerIP(t *testing.T) {
 
 	cfg = testConfig(t, freePorts(t), true)
 	cfg.Boot.DHCPMode, cfg.Boot.DHCPRange, cfg.Boot.BootServerIP = "full", "192.0.2.100,192.0.2.200", "192.0.2.1"
-	if a, err := Start(t.Context(), cfg, &lockedBuffer{}); err == nil {
+	if a, err := Start(t.Context(), cfg, &syncbuf.Buffer{}); err == nil {
 		a.Stop()
 		t.Fatal("full DHCP with a boot server address on no interface started")
 	} else if !strings.Contains(err.Error(), "boot subnet is unknown") {

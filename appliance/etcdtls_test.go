@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/control"
@@ -51,7 +53,7 @@ func TestSeedFlowOverTLS(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	a, err := appliance.Start(ctx, cfg, logs)
 	if err != nil {
 		t.Fatal(err)

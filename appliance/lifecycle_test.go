@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	"lpmos.dev/lpmos/agent-initramfs/agent"
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/contract"
@@ -26,26 +28,12 @@ import (
 	"lpmos.dev/lpmos/store/storetest"
 )
 
-// syncBuffer collects an appliance's log for assertions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 type system struct {
 	token     string // an admin's API token for the control plane
 	etcd      *storetest.Etcd
 	control   *control.Server
 	regions   map[string]*appliance.Appliance
-	logs      map[string]*syncBuffer
+	logs      map[string]*syncbuf.Buffer
 	imagesDir string
 }
 
@@ -59,7 +47,7 @@ func startSystemWith(t *testing.T, adjust func(*appliance.Config), regions ...st
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	sys := &system{etcd: storetest.Start(t), regions: map[string]*appliance.Appliance{}, logs: map[string]*syncBuffer{}, imagesDir: t.TempDir()}
+	sys := &system{etcd: storetest.Start(t), regions: map[string]*appliance.Appliance{}, logs: map[string]*syncbuf.Buffer{}, imagesDir: t.TempDir()}
 	c, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +64,7 @@ func startSystemWith(t *testing.T, adjust func(*appliance.Config), regions ...st
 	sys.token = tok
 	controlTokens.Store(c.URL(), tok)
 	for _, r := range regions {
-		logs := &syncBuffer{}
+		logs := &syncbuf.Buffer{}
 		cfg := appliance.Config{
 			Label: r, APIHost: "127.0.0.1", EtcdEndpoints: sys.etcd.Endpoints,
 			HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: sys.imagesDir, LogLevel: "info",

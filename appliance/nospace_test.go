@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"lpmos.dev/lpmos/appliance"
@@ -31,7 +33,7 @@ func TestNoSpaceAlarmIsSurfaced(t *testing.T) {
 	}
 	defer cli.Close()
 	a, err := appliance.Start(ctx, appliance.Config{Label: "dc1", APIHost: "127.0.0.1", EtcdEndpoints: srv.Endpoints(),
-		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, &syncBuffer{})
+		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, &syncbuf.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}

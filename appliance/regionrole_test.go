@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"lpmos.dev/lpmos/appliance"
@@ -62,7 +64,7 @@ func TestSeedFlowWithRegionRoles(t *testing.T) {
 	defer ctlCli.Close()
 	view := &storetest.Etcd{Client: ctlCli, Store: store.New(ctlCli), Endpoints: e.Endpoints}
 
-	controlLog := &syncBuffer{}
+	controlLog := &syncbuf.Buffer{}
 	c, err := control.Start(ctx, ccfg, slog.New(slog.NewTextHandler(controlLog, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +82,7 @@ func TestSeedFlowWithRegionRoles(t *testing.T) {
 	acfg.APIHost, acfg.APIPort, acfg.Boot = "127.0.0.1", 0, appliance.BootConfig{}
 	acfg.ImagesDir, acfg.HeartbeatTTL, acfg.RetryAfter = t.TempDir(), 5*time.Second, 2
 	image := addImage(t, acfg.ImagesDir, "ubuntu", "22.04")
-	applianceLog := &syncBuffer{}
+	applianceLog := &syncbuf.Buffer{}
 	a, err := appliance.Start(ctx, acfg, applianceLog)
 	if err != nil {
 		t.Fatalf("appliance dc2 as region-dc2: %v", err)
@@ -141,7 +143,7 @@ func TestSeedFlowWithRegionRoles(t *testing.T) {
 	}
 	view.WaitValue(t, "/os/region/dc2/status", store.RegionOffline, 5*time.Second)
 	view.WaitGone(t, "/os/region/dc2/heartbeat", 5*time.Second)
-	for name, log := range map[string]*syncBuffer{"appliance": applianceLog, "control plane": controlLog} {
+	for name, log := range map[string]*syncbuf.Buffer{"appliance": applianceLog, "control plane": controlLog} {
 		if strings.Contains(log.String(), "permission denied") {
 			t.Errorf("the %s was refused something:\n%s", name, log)
 		}

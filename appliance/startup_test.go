@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,28 +8,15 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	"lpmos.dev/lpmos/netboot/dhcpd"
 	"lpmos.dev/lpmos/store/storetest"
 )
-
-// lockedBuffer collects an appliance's log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // ports are the loopback ports one appliance binds.
 type ports struct {
@@ -178,7 +164,7 @@ func TestFailedStartupFreesPorts(t *testing.T) {
 			p := freePorts(t)
 			injected := errors.New("injected failure")
 			var reached []string
-			logs := &lockedBuffer{}
+			logs := &syncbuf.Buffer{}
 			a, err := start(t.Context(), testConfig(t, p, dhcp), logs, startOptions{failAt: func(s string) error {
 				reached = append(reached, s)
 				if s == step {
@@ -225,7 +211,7 @@ func TestStartupPortInUse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			logs := &lockedBuffer{}
+			logs := &syncbuf.Buffer{}
 			a, err := Start(t.Context(), testConfig(t, p, false), logs)
 			if err == nil {
 				a.Stop()
@@ -253,7 +239,7 @@ func TestRunningFailureStopsAll(t *testing.T) {
 	p := freePorts(t)
 	cfg := testConfig(t, p, dhcp)
 	cfg.EtcdEndpoints = e.Endpoints
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	a, err := Start(t.Context(), cfg, logs)
 	if err != nil {
 		t.Fatal(err)

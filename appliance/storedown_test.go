@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	"lpmos.dev/lpmos/appliance"
 	"lpmos.dev/lpmos/control"
 	"lpmos.dev/lpmos/store"
@@ -53,7 +55,7 @@ func TestServiceResumesAfterEtcdRestart(t *testing.T) {
 	eps := srv.Endpoints()
 	t.Cleanup(func() { srv.Close() })
 	a, err := appliance.Start(ctx, appliance.Config{Label: "dc1", APIHost: "127.0.0.1", EtcdEndpoints: eps,
-		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, &syncBuffer{})
+		HeartbeatTTL: 5 * time.Second, RetryAfter: 2, ImagesDir: t.TempDir()}, &syncbuf.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}

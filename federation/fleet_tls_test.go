@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/syncbuf"
 
 	"lpmos.dev/lpmos/contract"
 	"lpmos.dev/lpmos/federation"
@@ -21,22 +22,11 @@ import (
 )
 
 // logSink is a log for tests to search, safe for the fleet's goroutines.
-type logSink struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logSink struct{ syncbuf.Buffer }
 
 // line is the first log line holding every one of words ("" when none does).
 func (l *logSink) line(words ...string) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, ln := range strings.Split(l.b.String(), "\n") {
+	for _, ln := range strings.Split(l.String(), "\n") {
 		ok := true
 		for _, w := range words {
 			ok = ok && strings.Contains(ln, w)
@@ -58,9 +48,7 @@ func startLoggedFleet(t *testing.T, home *store.Store, static []store.RegionClus
 		cancel()
 		f.Wait()
 		if t.Failed() {
-			logs.mu.Lock()
-			t.Logf("the fleet's log:\n%s", logs.b.String())
-			logs.mu.Unlock()
+			t.Logf("the fleet's log:\n%s", logs.String())
 		}
 	})
 	return f, ctx, logs

@@ -7,10 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/syncbuf"
 
 	"lpmos.dev/lpmos/internal/netlab/netlabtest"
 )
@@ -34,7 +35,7 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	cmd := exec.Command("ip", "netns", "exec", ns, "make", "run")
 	cmd.Dir = ".."
 	cmd.Env = append(os.Environ(), "RUN_DIR="+runDir)
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C goes to the whole group, as in a terminal
 	if err := cmd.Start(); err != nil {
@@ -186,22 +187,4 @@ func TestSeedFlowsWithMakeRun(t *testing.T) {
 	if b, _ := exec.Command("ip", "netns", "pids", ns).Output(); strings.TrimSpace(string(b)) != "" {
 		t.Fatalf("processes left in the namespace after Ctrl-C: %s", b)
 	}
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,39 +1,22 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"lpmos.dev/lpmos/internal/syncbuf"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The etcd client's own warnings (a request failing while etcd is out of reach) reach
 // the caller's slog logger, with its attributes (the appliance's [label] lives there),
 // once per clientLogRepeat, not as zap JSON on stderr.
 func TestEtcdClientLogsThroughSlog(t *testing.T) {
-	var buf lockedBuf
+	var buf syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil)).With("label", "dc9")
 	cfg, err := DialConfig{Endpoints: []string{"127.0.0.1:1"}, Log: log}.ClientConfig()
 	if err != nil {

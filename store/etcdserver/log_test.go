@@ -1,40 +1,23 @@
 package etcdserver_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"lpmos.dev/lpmos/internal/syncbuf"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"lpmos.dev/lpmos/store/etcdserver"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // With a Log, the embedded etcd's own errors go to it (an appliance's lines carry its
 // [label]), and a clean Close logs nothing: its "server closed" errors are the stop.
 func TestEmbeddedEtcdLogsThroughSlogQuietOnClose(t *testing.T) {
-	var buf syncBuf
+	var buf syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	srv, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), ListenClientURLs: "http://127.0.0.1:0",
