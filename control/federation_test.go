@@ -79,6 +79,23 @@ func regionOf(t *testing.T, base, name string) map[string]any {
 	return nil
 }
 
+// startMixed starts the mixed layout of the federation tests: dc1 (and the control
+// plane's users) on home, dc2 on its own etcd reached through a link the test cuts,
+// and a control plane on both.
+func startMixed(t *testing.T, ctx context.Context) (home, dc2 *storetest.Etcd, link *fedtest.Link, cp *control.Server) {
+	t.Helper()
+	home, dc2 = storetest.Start(t), storetest.Start(t)
+	link = fedtest.NewLink(t, strings.TrimPrefix(dc2.Endpoints[0], "http://"))
+	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: home.Endpoints, UnmatchedAlert: 5,
+		RegionClusters: []store.RegionCluster{{Region: "dc2", Endpoints: []string{link.Endpoint()}}}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.Stop() })
+	return home, dc2, link, cp
+}
+
 // Mixed layouts through one control plane: dc1 on the control plane's etcd, dc2 on its
 // own behind a link the test cuts. The seed's flows pass in both; dc2's tasks live in
 // dc2's cluster only; with the link cut, dc2 shows unreachable with its last known
@@ -88,15 +105,7 @@ func regionOf(t *testing.T, base, name string) map[string]any {
 func TestMixedLayouts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	home, dc2 := storetest.Start(t), storetest.Start(t)
-	link := fedtest.NewLink(t, strings.TrimPrefix(dc2.Endpoints[0], "http://"))
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: home.Endpoints, UnmatchedAlert: 5,
-		RegionClusters: []store.RegionCluster{{Region: "dc2", Endpoints: []string{link.Endpoint()}}}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
+	home, dc2, link, cp := startMixed(t, ctx)
 	base := cp.URL()
 	_, token := withAdmin(t, home.Store, base)
 	live := followLive(t, ctx, base, token)

@@ -3,20 +3,14 @@ package control_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
 	"lpmos.dev/lpmos/contract"
-	"lpmos.dev/lpmos/control"
-	"lpmos.dev/lpmos/federation/fedtest"
 	"lpmos.dev/lpmos/store"
-	"lpmos.dev/lpmos/store/storetest"
 )
 
 // An open dashboard follows a region on its own etcd through a WAN cut without a
@@ -29,15 +23,7 @@ func TestMixedLayoutsInBrowser(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	home, dc2 := storetest.Start(t), storetest.Start(t)
-	link := fedtest.NewLink(t, strings.TrimPrefix(dc2.Endpoints[0], "http://"))
-	cp, err := control.Start(ctx, control.Config{Host: "127.0.0.1", EtcdEndpoints: home.Endpoints, UnmatchedAlert: 5,
-		RegionClusters: []store.RegionCluster{{Region: "dc2", Endpoints: []string{link.Endpoint()}}}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
+	home, dc2, link, cp := startMixed(t, ctx)
 	base := cp.URL()
 	password, _ := withAdmin(t, home.Store, base)
 	for _, r := range []struct {

@@ -194,6 +194,15 @@ func (s source[T]) newer(ctx context.Context, at pos, n int, key func(T) pos) ([
 	}
 }
 
+// regionPage checks a one-region page request: the region's name, and a cursor of that
+// region's list (not of the merged one).
+func regionPage(region string, p store.Page) error {
+	if err := store.ValidateRegion(region); err != nil {
+		return err
+	}
+	return storeCursors(p)
+}
+
 // storeCursors refuses a merged list's cursor on one region's list (whose cursors are
 // the store's), with the store's words.
 func storeCursors(p store.Page) error {

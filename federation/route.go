@@ -221,10 +221,7 @@ func (f *Fleet) TaskPage(ctx context.Context, region string, status store.Status
 		homePage = f.home.TaskPageWhole
 	}
 	if region != "" {
-		if err := store.ValidateRegion(region); err != nil {
-			return nil, store.PageMarks{}, nil, err
-		}
-		if err := storeCursors(p); err != nil {
+		if err := regionPage(region, p); err != nil {
 			return nil, store.PageMarks{}, nil, err
 		}
 		c := f.own(region)
@@ -429,10 +426,7 @@ func (f *Fleet) UnmatchedPage(ctx context.Context, region string, p store.Page, 
 		})
 	}
 	if region != "" {
-		if err := store.ValidateRegion(region); err != nil {
-			return nil, store.PageMarks{}, nil, err
-		}
-		if err := storeCursors(p); err != nil {
+		if err := regionPage(region, p); err != nil {
 			return nil, store.PageMarks{}, nil, err
 		}
 		c := f.own(region)
@@ -541,10 +535,7 @@ func (f *Fleet) AuditPage(ctx context.Context, fl store.AuditFilter, p store.Pag
 		}
 	}
 	if fl.Region != "" {
-		if err := store.ValidateRegion(fl.Region); err != nil {
-			return nil, store.PageMarks{}, nil, err
-		}
-		if err := storeCursors(p); err != nil {
+		if err := regionPage(fl.Region, p); err != nil {
 			return nil, store.PageMarks{}, nil, err
 		}
 		c := f.own(fl.Region)
