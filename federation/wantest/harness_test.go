@@ -177,17 +177,7 @@ func (l *lab) makeImage() {
 // the test ends (its last lines shown if the test failed).
 func (l *lab) start(name, ns string, argv ...string) *proc.Proc {
 	l.t.Helper()
-	p, err := proc.Start(name, argv, proc.Options{NetNS: ns, Log: filepath.Join(l.dir, name+".log")})
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() {
-		p.Stop(5 * time.Second)
-		if l.t.Failed() {
-			l.t.Logf("--- %s (last lines):\n%s", name, proc.Tail(p.Log(), 25))
-		}
-	})
-	return p
+	return labtest.StartProc(l.t, l.dir, name, ns, argv...)
 }
 
 func (l *lab) expect(p *proc.Proc, line string, within time.Duration) {

@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
+
+	"lpmos.dev/lpmos/internal/proc"
 )
 
 // repoRoot is the repository root, two directories up from this file.
@@ -61,4 +64,22 @@ func FileSHA256(t testing.TB, path string) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// StartProc starts argv as process name in network namespace ns ("" for the host's),
+// its output logged to dir/name.log; the test's cleanup stops it and, when the test
+// failed, shows the log's last lines.
+func StartProc(t testing.TB, dir, name, ns string, argv ...string) *proc.Proc {
+	t.Helper()
+	p, err := proc.Start(name, argv, proc.Options{NetNS: ns, Log: filepath.Join(dir, name+".log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(5 * time.Second)
+		if t.Failed() {
+			t.Logf("--- %s (last lines):\n%s", name, proc.Tail(p.Log(), 25))
+		}
+	})
+	return p
 }

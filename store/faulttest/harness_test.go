@@ -224,17 +224,7 @@ func (s *system) endpoints() []string {
 
 func (s *system) start(name string, argv []string) *proc.Proc {
 	s.t.Helper()
-	p, err := proc.Start(name, argv, proc.Options{Log: filepath.Join(s.dir, name+".log")})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() {
-		p.Stop(5 * time.Second)
-		if s.t.Failed() {
-			s.t.Logf("--- %s (last lines):\n%s", name, proc.Tail(p.Log(), 25))
-		}
-	})
-	return p
+	return labtest.StartProc(s.t, s.dir, name, "", argv...)
 }
 
 func (s *system) startMember(m *member, cluster, state string) {
